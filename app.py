@@ -1,0 +1,43 @@
+"""Application factory for the imaging FHIR facade; ``python app.py`` runs the dev server."""
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from fhir_facade import config as facade_config
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the facade's Flask application.
+
+    Parameters
+    ----------
+    test_config : dict, optional
+        Configuration that overrides the values read from the environment
+        (see ``fhir_facade.config.from_environ``); tests pass a temporary
+        database URL and a fake PACS URL here.
+
+    Returns
+    -------
+    flask.Flask
+        The wired application: database, SMART authorization server, FHIR API
+        and DICOMweb proxy. The factory makes no network calls and creates no
+        tables (``flask --app app init-db`` does).
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(facade_config.from_environ(os.environ))
+    if test_config:
+        app.config.update(test_config)
+
+    import fhir_facade
+    import smart
+
+    smart.init_app(app)
+    fhir_facade.init_app(app)
+    return app
+
+
+if __name__ == "__main__":
+    _app = create_app()
+    _app.run(host=_app.config["FACADE_HOST"], port=_app.config["FACADE_PORT"], threaded=True)

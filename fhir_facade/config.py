@@ -1,0 +1,60 @@
+"""Configuration keys of the facade and their defaults, read from the environment."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: (environment variable, default, converter) — DESIGN.md "Configuration".
+SETTINGS = (
+    ("FACADE_PACS_URL", "http://127.0.0.1:8042/dicom-web", str),
+    ("FACADE_PACS_USER", None, str),
+    ("FACADE_PACS_PASSWORD", None, str),
+    ("FACADE_PUBLIC_URL", "http://127.0.0.1:8080", str),
+    ("FACADE_DATABASE_URL", "sqlite:///var/facade.db", str),
+    ("FACADE_HOST", "127.0.0.1", str),
+    ("FACADE_PORT", 8080, int),
+    # Zone used for DICOM times that carry no TimezoneOffsetFromUTC (FH-4).
+    ("FACADE_TIMEZONE", "UTC", str),
+    # Seconds before a PACS request is abandoned (connect, read).
+    ("FACADE_PACS_TIMEOUT", 30.0, float),
+    # Study -> patient and QIDO metadata cache: entries and seconds.
+    ("FACADE_CACHE_SIZE", 4096, int),
+    ("FACADE_CACHE_TTL", 60.0, float),
+    # Allow plain-HTTP OAuth on loopback (demo and tests only).
+    ("FACADE_INSECURE_TRANSPORT", "1", str),
+)
+
+
+def from_environ(environ: Mapping[str, str]) -> dict:
+    """Read the facade's settings from an environment mapping.
+
+    Parameters
+    ----------
+    environ : Mapping[str, str]
+        Usually ``os.environ``.
+
+    Returns
+    -------
+    dict
+        One entry per name in :data:`SETTINGS`, converted, with the default
+        where the variable is unset or empty. ``FACADE_PUBLIC_URL`` and
+        ``FACADE_PACS_URL`` lose any trailing slash.
+
+    Raises
+    ------
+    ValueError
+        If a numeric variable holds something that is not a number; the
+        message names the variable.
+    """
+    values: dict = {}
+    for name, default, convert in SETTINGS:
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            values[name] = default
+            continue
+        try:
+            values[name] = convert(raw)
+        except ValueError as exc:
+            raise ValueError(f"{name}={raw!r} is not a valid {convert.__name__}") from exc
+    for name in ("FACADE_PUBLIC_URL", "FACADE_PACS_URL"):
+        values[name] = values[name].rstrip("/")
+    return values
