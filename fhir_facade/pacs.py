@@ -1,0 +1,178 @@
+"""The PACS client: one pooled ``requests.Session`` speaking DICOMweb (PS3.18) to the PACS."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+import requests
+from flask import Flask, current_app
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+log = logging.getLogger(__name__)
+
+#: Media type of QIDO-RS and metadata answers (PS3.18 Section 8.7.3.5.1).
+DICOM_JSON = "application/dicom+json"
+
+
+class PacsError(Exception):
+    """The PACS could not answer; ``status`` is the HTTP status the facade should return."""
+
+    status = 502
+    default_message = "the PACS returned an invalid answer"
+
+    def __init__(self, message: str | None = None, *, upstream_status: int | None = None):
+        super().__init__(message or self.default_message)
+        self.upstream_status = upstream_status
+
+
+class PacsUnavailable(PacsError):
+    """The PACS refused the connection or is not reachable (answered as 503 + Retry-After)."""
+
+    status = 503
+    default_message = "the PACS is unavailable"
+
+
+class PacsTimeout(PacsError):
+    """The PACS did not answer in time (answered as 504)."""
+
+    status = 504
+    default_message = "the PACS did not answer in time"
+
+
+class PacsClient:
+    """DICOMweb client for the PACS behind the facade.
+
+    One instance per application, created in :func:`init_app`; it owns a pooled
+    session so connections to the PACS are reused across requests.
+
+    Parameters
+    ----------
+    base_url : str
+        DICOMweb base of the PACS, without trailing slash
+        (e.g. ``http://127.0.0.1:8042/dicom-web``).
+    username, password : str, optional
+        HTTP basic credentials added to every PACS request (never forwarded
+        from, or shown to, clients).
+    timeout : float
+        Connect and read timeout in seconds.
+    pool_size : int
+        Connections kept open to the PACS.
+    """
+
+    def __init__(self, base_url: str, username: str | None = None, password: str | None = None,
+                 timeout: float = 30.0, pool_size: int = 32):
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        #: scheme://host[:port] of the PACS, used to recognise PACS URLs in answers.
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.timeout = timeout
+        self.session = requests.Session()
+        if username is not None:
+            self.session.auth = (username, password or "")
+        # Idempotent GETs are retried on overload answers (PS3.18 Section 8.6.2 lists 503).
+        retry = Retry(total=2, connect=2, read=0, status=2, backoff_factor=0.05,
+                      status_forcelist=(429, 503, 504), allowed_methods=("GET", "HEAD"),
+                      raise_on_status=False, respect_retry_after_header=False)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def url(self, path: str) -> str:
+        """Return the PACS URL for a DICOMweb *path* (``studies/1.2/series``)."""
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def get(self, path: str, params: Sequence[tuple[str, str]] | Mapping | None = None,
+            headers: Mapping[str, str] | None = None, stream: bool = False) -> requests.Response:
+        """Send a GET to the PACS.
+
+        Parameters
+        ----------
+        path : str
+            Path below the DICOMweb base.
+        params : sequence of (name, value) or mapping, optional
+            Query parameters; a sequence keeps repeated names in order.
+        headers : mapping, optional
+            Request headers (e.g. ``Accept``).
+        stream : bool
+            Leave the body unread so it can be relayed chunk by chunk.
+
+        Returns
+        -------
+        requests.Response
+            Whatever status the PACS answered; the caller decides.
+
+        Raises
+        ------
+        PacsUnavailable
+            Connection refused or reset.
+        PacsTimeout
+            No answer within the timeout.
+        """
+        try:
+            return self.session.get(self.url(path), params=params, headers=headers,
+                                    stream=stream, timeout=self.timeout, allow_redirects=False)
+        except requests.Timeout as exc:
+            log.warning("PACS timeout on %s", path.split("?")[0])
+            raise PacsTimeout() from exc
+        except requests.ConnectionError as exc:
+            log.warning("PACS unreachable: %s", type(exc).__name__)
+            raise PacsUnavailable() from exc
+        except requests.RequestException as exc:
+            raise PacsError() from exc
+
+    def qido(self, path: str, params: Sequence[tuple[str, str]] | Mapping | None = None) -> list[dict]:
+        """Run a QIDO-RS query and return its DICOM JSON datasets (PS3.18 Section 10.6).
+
+        Parameters
+        ----------
+        path : str
+            ``studies``, ``studies/{uid}/series``, ``studies/{uid}/instances``, ...
+        params : sequence or mapping, optional
+            Matching keys and ``includefield``/``limit``/``offset``.
+
+        Returns
+        -------
+        list of dict
+            DICOM JSON objects (PS3.18 Annex F); empty for 204 or 404.
+
+        Raises
+        ------
+        PacsError, PacsUnavailable, PacsTimeout
+            The PACS failed or answered something that is not DICOM JSON.
+        """
+        response = self.get(path, params=params, headers={"Accept": DICOM_JSON})
+        if response.status_code in (204, 404):
+            return []
+        if response.status_code == 503:
+            raise PacsUnavailable(upstream_status=503)
+        if response.status_code == 504:
+            raise PacsTimeout(upstream_status=504)
+        if response.status_code != 200:
+            raise PacsError(f"the PACS answered {response.status_code} to a query",
+                            upstream_status=response.status_code)
+        if not response.content.strip():
+            return []
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise PacsError("the PACS answered a query with invalid JSON") from exc
+        if not isinstance(body, list):
+            raise PacsError("the PACS answered a query with something other than a JSON array")
+        return [item for item in body if isinstance(item, dict)]
+
+
+def init_app(app: Flask) -> None:
+    """Create the application's :class:`PacsClient` from its configuration."""
+    app.extensions["pacs"] = PacsClient(
+        app.config["FACADE_PACS_URL"],
+        username=app.config.get("FACADE_PACS_USER"),
+        password=app.config.get("FACADE_PACS_PASSWORD"),
+        timeout=float(app.config.get("FACADE_PACS_TIMEOUT", 30.0)),
+    )
+
+
+def get_pacs() -> PacsClient:
+    """Return the current application's PACS client."""
+    return current_app.extensions["pacs"]
