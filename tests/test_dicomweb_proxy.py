@@ -1,0 +1,123 @@
+"""Unit tests for the DICOMweb proxy (fhir_facade.dicomweb) with the PACS faked by `responses`."""
+import hashlib
+import json
+
+import pytest
+import responses
+
+from dicom_json_builders import ds
+from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, token  # noqa: F401
+from fhir_facade.dicomweb import rewrite_urls
+
+STUDY, SERIES, SOP = "1.2.1", "1.2.1.1", "1.2.1.1.1"
+PACS_HOST = "http://localhost:8042/dicom-web"  # Orthanc names itself, not the configured address
+
+
+@pytest.fixture
+def rsps():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, f"{FAKE_PACS}/studies",
+                 json=[ds(StudyInstanceUID=STUDY, PatientID="P1")], match=[
+                     responses.matchers.query_param_matcher({"StudyInstanceUID": STUDY, "includefield": "00100020"})])
+        mock.add(responses.GET, f"{FAKE_PACS}/studies",
+                 json=[ds(StudyInstanceUID="1.2.9", PatientID="P2")], match=[
+                     responses.matchers.query_param_matcher({"StudyInstanceUID": "1.2.9", "includefield": "00100020"})])
+        mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[], match=[
+                 responses.matchers.query_param_matcher({"StudyInstanceUID": "9.9", "includefield": "00100020"})])
+        yield mock
+
+
+BODY = b"--xyz\r\nContent-Type: application/dicom\r\n\r\n" + bytes(range(256)) * 100 + b"\r\n--xyz--\r\n"
+MULTIPART = 'multipart/related; type="application/dicom"; boundary=xyz'
+
+
+def test_study_retrieval_is_relayed_byte_for_byte(fake_app, rsps):
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}", body=BODY, content_type=MULTIPART,
+             headers={"Warning": '299 pacs "partial"', "Connection": "close", "Set-Cookie": "x=1"})
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers={
+        **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert response.status_code == 200
+    assert hashlib.sha256(response.data).hexdigest() == hashlib.sha256(BODY).hexdigest()
+    assert response.headers["Content-Type"] == MULTIPART
+    assert response.headers["Warning"] == '299 pacs "partial"'
+    assert "Set-Cookie" not in response.headers
+    sent = rsps.calls[-1].request
+    assert sent.headers["Accept"] == 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    assert "Authorization" not in sent.headers  # the client's token never reaches the PACS
+
+
+@pytest.mark.parametrize("path", [
+    f"studies/{STUDY}", f"studies/{STUDY}/metadata", f"studies/{STUDY}/series",
+    f"studies/{STUDY}/series/{SERIES}", f"studies/{STUDY}/series/{SERIES}/metadata",
+    f"studies/{STUDY}/series/{SERIES}/instances/{SOP}", f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/metadata",
+    f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1", f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+])
+def test_every_path_needs_a_token_and_the_right_patient(fake_app, rsps, path):
+    client = fake_app.test_client()
+    response = client.get(f"/dicomweb/{path}")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert client.get(f"/dicomweb/{path}", headers=bearer("a.b.c")).status_code == 401
+    other = token(fake_app, patient="P2")
+    assert client.get(f"/dicomweb/{path}", headers=bearer(other)).status_code == 403
+    wrong_scope = token(fake_app, scope="patient/Observation.rs")
+    assert client.get(f"/dicomweb/{path}", headers=bearer(wrong_scope)).status_code == 403
+    # none of these reached the PACS beyond the study -> patient lookup
+    assert all("/studies?" in call.request.url for call in rsps.calls)
+
+
+def test_unknown_study_is_404(fake_app, rsps):
+    response = fake_app.test_client().get("/dicomweb/studies/9.9", headers=bearer(token(fake_app)))
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("path, status", [
+    ("studies/../etc/passwd", 400), (f"studies/{STUDY}/series/..%2F..", 400),
+    (f"studies/{STUDY}/series/abc", 400), (f"studies/{STUDY}/nonsense", 404),
+    (f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/0", 400),
+    (f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1,x", 400),
+    (f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames", 404),
+])
+def test_bad_paths_never_reach_the_pacs(fake_app, rsps, path, status):
+    response = fake_app.test_client().get(f"/dicomweb/{path}", headers=bearer(token(fake_app)))
+    assert response.status_code == status
+    assert not any(f"{FAKE_PACS}/studies/" in call.request.url for call in rsps.calls)
+
+
+def test_metadata_urls_point_at_the_facade(fake_app, rsps):
+    metadata = [{"7FE00010": {"vr": "OB", "BulkDataURI": f"{PACS_HOST}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/bulk/7FE00010"}}]
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/metadata", json=metadata,
+             content_type="application/dicom+json")
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/metadata", headers=bearer(token(fake_app)))
+    assert response.status_code == 200
+    uri = response.get_json()[0]["7FE00010"]["BulkDataURI"]
+    assert uri == f"{PUBLIC}/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/bulk/7FE00010"
+    assert "8042" not in response.get_data(as_text=True)
+
+
+def test_qido_studies_is_limited_to_the_token_patient(fake_app, rsps):
+    rows = [ds(StudyInstanceUID=STUDY, PatientID="P1", RetrieveURL=f"{PACS_HOST}/studies/{STUDY}"),
+            ds(StudyInstanceUID="1.2.9", PatientID="P10")]  # a PACS matching loosely
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=rows)
+    response = fake_app.test_client().get("/dicomweb/studies?PatientID=P2", headers=bearer(token(fake_app)))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
+    assert body[0]["00081190"]["Value"] == [f"{PUBLIC}/dicomweb/studies/{STUDY}"]
+    sent = rsps.calls[-1].request.url
+    assert "PatientID=P1" in sent and "PatientID=P2" not in sent
+
+
+def test_pacs_status_passes_through(fake_app, rsps):
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}", status=404, body=b"")
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}", headers=bearer(token(fake_app)))
+    assert response.status_code == 404
+
+
+def test_rewrite_urls_leaves_foreign_urls_alone():
+    data = [{"00081190": {"vr": "UR", "Value": ["https://elsewhere.example/x/studies/1"]}},
+            {"00081190": {"vr": "UR", "Value": ["http://pacs:1/dicom-web/studies/1"]}}]
+    rewrite_urls(data, "http://pacs:1/dicom-web", "https://f.example/dicomweb")
+    assert data[0]["00081190"]["Value"] == ["https://elsewhere.example/x/studies/1"]
+    assert data[1]["00081190"]["Value"] == ["https://f.example/dicomweb/studies/1"]
+    assert json.dumps(data).count("pacs:1") == 0
