@@ -1,8 +1,73 @@
 """SMART on FHIR authorization server (SMART App Launch 2.x on Authlib)."""
 from __future__ import annotations
 
-from flask import Flask
+import secrets
+
+from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy.exc import IntegrityError
+
+from . import cli, cors, db, server
+from .routes import bp
+
+#: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
+SECRET_KEY_SETTING = "flask_secret_key"
+
+
+def load_secret_key() -> str:
+    """Return the persisted session signing key, generating and storing it on first use.
+
+    Stored in the database so every worker and every restart share it. Never logged.
+    """
+    from .models import Setting
+
+    session = db.get_session()
+    row = session.get(Setting, SECRET_KEY_SETTING)
+    if row is None:
+        session.add(Setting(name=SECRET_KEY_SETTING, value=secrets.token_urlsafe(48)))
+        try:
+            session.commit()
+        except IntegrityError:  # another worker won the race
+            session.rollback()
+        row = session.get(Setting, SECRET_KEY_SETTING)
+    return row.value
+
+
+class PersistentKeySessionInterface(SecureCookieSessionInterface):
+    """Signed-cookie sessions whose key is loaded lazily from the database.
+
+    The factory opens no connection, so the key is read at the first request that
+    touches the session (by then ``init-db`` has created the table).
+    """
+
+    def get_signing_serializer(self, app: Flask):
+        if not app.secret_key:
+            app.secret_key = load_secret_key()
+        return super().get_signing_serializer(app)
+
+
+def _no_store(response):
+    # RFC 6749 §5.1 / RFC 6750: token and auth pages must not be cached.
+    if request.endpoint in cors.CLIENT_ENDPOINTS or request.endpoint == "smart.authorize":
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+    return response
 
 
 def init_app(app: Flask) -> None:
     """Register the database, the authorization server, its routes and CLI on *app*."""
+    db.init_app(app)
+    server.init_app(app)
+    if not app.config.get("SECRET_KEY"):
+        app.session_interface = PersistentKeySessionInterface()
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if app.config["FACADE_PUBLIC_URL"].startswith("https://"):
+        app.config["SESSION_COOKIE_SECURE"] = True
+    if "smart" not in app.blueprints:
+        app.register_blueprint(bp)
+    app.cli.add_command(cli.smart_cli)
+
+
+bp.after_request(cors.add_cors_headers)
+bp.after_request(_no_store)

@@ -1,0 +1,221 @@
+"""Administration: register clients, create users and EHR launch contexts, rotate keys (``flask smart ...``)."""
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import cors, keys
+from .db import get_session
+from .models import Client, LaunchContext, User, now
+from .routes import FHIR_ID
+
+#: Seconds an EHR launch context stays usable (issue 4: short-lived).
+LAUNCH_LIFETIME = 300
+
+ROLES = ("patient", "practitioner")
+
+
+class AdminError(Exception):
+    """A refused administrative action; the message says why (shown without traceback)."""
+
+
+def _check_redirect_uri(uri: str) -> None:
+    # RFC 6749 §3.1.2: absolute URI, no fragment. Custom schemes are fine (RFC 8252 §7.1).
+    parts = urlsplit(uri)
+    if not parts.scheme or parts.fragment or not (parts.netloc or parts.path):
+        raise AdminError(f"redirect URI {uri!r} must be an absolute URI without a fragment")
+    if parts.scheme in ("http", "https") and not parts.netloc:
+        raise AdminError(f"redirect URI {uri!r} has no host")
+
+
+def add_client(
+    client_id: str,
+    redirect_uris: list[str],
+    public: bool = True,
+    secret: str | None = None,
+    scope: str | None = None,
+    name: str | None = None,
+) -> Client:
+    """Register an OAuth 2.0 client (RFC 6749 §2).
+
+    Parameters
+    ----------
+    client_id : str
+        Identifier the app presents.
+    redirect_uris : list of str
+        Exact redirect URIs (compared as strings, SMART 2.2 / RFC 9700 §4.1.3).
+    public : bool
+        A public client (no secret, ``token_endpoint_auth_method`` ``none``). Ignored
+        when *secret* is given, which makes a confidential symmetric client
+        (``client_secret_basic`` or ``client_secret_post``).
+    secret : str, optional
+        Client secret; stored hashed.
+    scope : str, optional
+        Space-separated scopes the client may be granted; None allows any valid scope.
+    name : str, optional
+        Name shown on the consent page.
+
+    Returns
+    -------
+    Client
+
+    Raises
+    ------
+    AdminError
+        If the client id exists, no redirect URI is given or one is malformed, or a
+        confidential client has no secret.
+    """
+    if not client_id:
+        raise AdminError("client id must not be empty")
+    if not redirect_uris:
+        raise AdminError("at least one redirect URI is required")
+    for uri in redirect_uris:
+        _check_redirect_uri(uri)
+    if not public and not secret:
+        raise AdminError("a confidential client needs a secret")
+    session = get_session()
+    if session.scalars(select(Client).where(Client.client_id == client_id)).first() is not None:
+        raise AdminError(f"client {client_id!r} already exists")
+    client = Client(
+        client_id=client_id,
+        client_name=name or client_id,
+        redirect_uris=list(redirect_uris),
+        scope=scope,
+        token_endpoint_auth_method="client_secret_basic" if secret else "none",
+        grant_types=["authorization_code", "refresh_token"],
+    )
+    client.set_secret(secret)
+    session.add(client)
+    session.commit()
+    cors.forget_origins()
+    return client
+
+
+def add_user(username: str, password: str, patient: str | None = None, role: str = "patient") -> User:
+    """Create a built-in user who can log in on the authorization page.
+
+    Parameters
+    ----------
+    username, password : str
+        Credentials; the password is stored hashed (werkzeug scrypt).
+    patient : str, optional
+        FHIR Patient id of a patient user's own record (required for role ``patient``).
+    role : {"patient", "practitioner"}
+
+    Raises
+    ------
+    AdminError
+        If the username exists, the role is unknown, or a patient user has no valid
+        patient id.
+    """
+    if not username or not password:
+        raise AdminError("username and password must not be empty")
+    if role not in ROLES:
+        raise AdminError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if role == "patient" and not patient:
+        raise AdminError("a patient user needs --patient (their FHIR Patient id)")
+    if patient is not None and not FHIR_ID.match(patient):
+        raise AdminError(f"patient id {patient!r} is not a valid FHIR id")
+    session = get_session()
+    if session.scalars(select(User).where(User.username == username)).first() is not None:
+        raise AdminError(f"user {username!r} already exists")
+    user = User(username=username, patient=patient, role=role)
+    user.set_password(password)
+    session.add(user)
+    session.commit()
+    return user
+
+
+def create_launch(
+    patient: str | None = None,
+    encounter: str | None = None,
+    username: str | None = None,
+    need_patient_banner: bool = True,
+    lifetime: int = LAUNCH_LIFETIME,
+) -> str:
+    """Create an EHR launch context (SMART 2.2 §EHR launch) and return its ``launch`` id.
+
+    The id is single-use and expires after *lifetime* seconds.
+    """
+    if patient is not None and not FHIR_ID.match(patient):
+        raise AdminError(f"patient id {patient!r} is not a valid FHIR id")
+    if encounter is not None and not FHIR_ID.match(encounter):
+        raise AdminError(f"encounter id {encounter!r} is not a valid FHIR id")
+    launch_id = secrets.token_urlsafe(24)
+    session = get_session()
+    session.add(LaunchContext(
+        launch_id=launch_id,
+        patient=patient,
+        encounter=encounter,
+        username=username,
+        need_patient_banner=need_patient_banner,
+        created_at=now(),
+        expires_at=now() + lifetime,
+    ))
+    session.commit()
+    return launch_id
+
+
+def rotate_key() -> str:
+    """Make a new signing key current; the old one verifies until its tokens expire."""
+    return keys.rotate_key()
+
+
+smart_cli = AppGroup("smart", help="Administer the SMART authorization server.")
+
+
+def _run(func, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@smart_cli.command("add-client")
+@click.option("--client-id", required=True, help="Client identifier.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, required=True,
+              help="Exact redirect URI (repeatable).")
+@click.option("--public", "public", is_flag=True, default=False, help="Public client (default).")
+@click.option("--secret", default=None, help="Client secret: makes a confidential symmetric client.")
+@click.option("--scope", default=None, help="Space-separated scopes the client may get (default: any).")
+@click.option("--name", default=None, help="Name shown on the consent page.")
+def add_client_command(client_id, redirect_uris, public, secret, scope, name):
+    """Register an OAuth client."""
+    if public and secret:
+        raise click.UsageError("--public and --secret exclude each other")
+    _run(add_client, client_id, list(redirect_uris), public=not secret, secret=secret, scope=scope, name=name)
+    kind = "confidential (client_secret_basic/post)" if secret else "public"
+    click.echo(f"Added {kind} client {client_id}.")
+
+
+@smart_cli.command("add-user")
+@click.option("--username", required=True)
+@click.option("--password", required=True, help="Stored hashed.")
+@click.option("--patient", default=None, help="FHIR Patient id of a patient user's record.")
+@click.option("--role", type=click.Choice(ROLES), default="patient", show_default=True)
+def add_user_command(username, password, patient, role):
+    """Create a user who can log in on the authorization page."""
+    _run(add_user, username, password, patient=patient, role=role)
+    click.echo(f"Added {role} user {username}.")
+
+
+@smart_cli.command("create-launch")
+@click.option("--patient", default=None, help="FHIR Patient id in context.")
+@click.option("--encounter", default=None, help="FHIR Encounter id in context.")
+@click.option("--user", "username", default=None, help="Username the EHR launches for.")
+@click.option("--no-banner", is_flag=True, help="need_patient_banner=false (the EHR shows one).")
+@click.option("--lifetime", type=int, default=LAUNCH_LIFETIME, show_default=True, help="Seconds.")
+def create_launch_command(patient, encounter, username, no_banner, lifetime):
+    """Create an EHR launch context and print its launch id."""
+    click.echo(_run(create_launch, patient=patient, encounter=encounter, username=username,
+                    need_patient_banner=not no_banner, lifetime=lifetime))
+
+
+@smart_cli.command("rotate-key")
+def rotate_key_command():
+    """Rotate the token signing key (the old key keeps verifying until tokens expire)."""
+    click.echo(f"New signing key {rotate_key()}.")

@@ -1,0 +1,104 @@
+"""Database wiring: declarative Base, engine from FACADE_DATABASE_URL, a session per request, init-db."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import click
+from flask import Flask, current_app, g
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table the facade owns."""
+
+
+@dataclass
+class Database:
+    """The engine and session factory of one Flask app (``app.extensions["smart_db"]``)."""
+
+    engine: Engine
+    sessionmaker: sessionmaker
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    """Create the parent folder of a file-based SQLite database if it is missing."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    parent = os.path.dirname(os.path.abspath(database))
+    os.makedirs(parent, exist_ok=True)
+
+
+def create_database(url: str) -> Database:
+    """Create the engine and session factory for *url*.
+
+    SQLite gets a busy timeout and foreign keys on, so concurrent dev-server threads
+    wait for each other instead of failing with "database is locked".
+    """
+    _ensure_sqlite_dir(url)
+    kwargs: dict = {}
+    if make_url(url).get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 15}
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return Database(engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def get_database(app: Flask | None = None) -> Database:
+    """Return the :class:`Database` of *app* (default: the current app)."""
+    return (app or current_app).extensions["smart_db"]
+
+
+def get_session() -> Session:
+    """Return this request's (or app context's) session, created on first use and
+    closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = get_database().sessionmaker()
+    return g.db_session
+
+
+def close_session(exc: BaseException | None = None) -> None:
+    """Close the context's session; roll back whatever was left uncommitted."""
+    session = g.pop("db_session", None)
+    if session is not None:
+        if exc is not None:
+            session.rollback()
+        session.close()
+
+
+def init_db() -> None:
+    """Create every table that does not exist yet and make sure a signing key exists.
+
+    Needs an app context. Safe to run again on an existing database.
+    """
+    from . import keys, models  # noqa: F401  (models registers the tables on Base)
+
+    Base.metadata.create_all(get_database().engine)
+    keys.current_signing_key()
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the facade's database tables (idempotent)."""
+    init_db()
+    click.echo("Initialized the database.")
+
+
+def init_app(app: Flask) -> None:
+    """Create *app*'s engine (no connection is opened yet), register teardown and ``init-db``."""
+    app.extensions["smart_db"] = create_database(app.config["FACADE_DATABASE_URL"])
+    app.teardown_appcontext(close_session)
+    app.cli.add_command(init_db_command)

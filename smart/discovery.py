@@ -1,0 +1,111 @@
+"""Discovery documents: SMART configuration (SMART 2.2 §Using well-known) and OIDC metadata."""
+from __future__ import annotations
+
+from . import grants, keys, tokens
+
+#: Paths below FACADE_PUBLIC_URL (DESIGN.md "URLs").
+AUTHORIZE_PATH = "/auth/authorize"
+TOKEN_PATH = "/auth/token"
+INTROSPECT_PATH = "/auth/introspect"
+REVOKE_PATH = "/auth/revoke"
+JWKS_PATH = "/.well-known/jwks.json"
+SMART_STYLE_PATH = "/auth/smart-style.json"
+
+#: Capabilities this server really implements (SMART 2.2 §Capabilities), plus the
+#: Argonaut "smart-imaging-access" marker. Only list what works end to end.
+CAPABILITIES = [
+    "launch-ehr",
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "sso-openid-connect",
+    "context-banner",
+    "context-style",
+    "context-ehr-patient",
+    "context-ehr-encounter",
+    "context-standalone-patient",
+    "permission-offline",
+    "permission-online",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+    "authorize-post",
+    "smart-imaging-access",
+]
+
+#: Example scopes advertised in discovery (any well-formed SMART scope is accepted).
+SCOPES_SUPPORTED = [
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "patient/*.rs",
+    "patient/*.read",
+    "user/*.rs",
+    "user/*.read",
+    "patient/ImagingStudy.rs",
+    "patient/Patient.rs",
+    "patient/Endpoint.rs",
+    "user/ImagingStudy.rs",
+    "user/Patient.rs",
+    "user/Endpoint.rs",
+]
+
+#: Style hints served at SMART_STYLE_PATH (SMART 2.2 §Styling).
+SMART_STYLE = {
+    "color_background": "#f7f8fa",
+    "color_error": "#b00020",
+    "color_highlight": "#1f6feb",
+    "color_modal_backdrop": "",
+    "color_success": "#1a7f37",
+    "color_text": "#1f2328",
+    "dim_border_radius": "6px",
+    "dim_font_size": "16px",
+    "dim_spacing_size": "16px",
+    "font_family_body": "system-ui, sans-serif",
+    "font_family_heading": "system-ui, sans-serif",
+}
+
+
+def _url(path: str) -> str:
+    return tokens.issuer() + path
+
+
+def smart_configuration() -> dict:
+    """The ``.well-known/smart-configuration`` JSON (needs an app context)."""
+    return {
+        "issuer": tokens.issuer(),
+        "jwks_uri": _url(JWKS_PATH),
+        "authorization_endpoint": _url(AUTHORIZE_PATH),
+        "token_endpoint": _url(TOKEN_PATH),
+        "introspection_endpoint": _url(INTROSPECT_PATH),
+        "revocation_endpoint": _url(REVOKE_PATH),
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": list(grants.TOKEN_AUTH_METHODS),
+        "scopes_supported": SCOPES_SUPPORTED,
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": CAPABILITIES,
+    }
+
+
+def openid_configuration() -> dict:
+    """OpenID Provider metadata (OIDC Discovery 1.0 §3) for ``openid fhirUser``."""
+    return {
+        "issuer": tokens.issuer(),
+        "authorization_endpoint": _url(AUTHORIZE_PATH),
+        "token_endpoint": _url(TOKEN_PATH),
+        "jwks_uri": _url(JWKS_PATH),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [keys.ALG],
+        "scopes_supported": ["openid", "fhirUser"],
+        "token_endpoint_auth_methods_supported": list(grants.TOKEN_AUTH_METHODS),
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
+    }

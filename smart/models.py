@@ -1,0 +1,265 @@
+"""SQLAlchemy tables of the authorization server: clients, users, codes, refresh tokens, keys, revocations."""
+from __future__ import annotations
+
+import hashlib
+import time
+from urllib.parse import urlsplit
+
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from . import scopes
+from .db import Base
+
+#: Client authentication methods at the token endpoint (RFC 7591 §2, SMART 2.2 §Client Authentication).
+PUBLIC_AUTH_METHODS = ("none",)
+SYMMETRIC_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+ASYMMETRIC_AUTH_METHODS = ("private_key_jwt",)
+
+#: Authorization code lifetime in seconds (issue 4: codes are single-use and live at most 60 s).
+CODE_LIFETIME = 60
+
+
+def now() -> int:
+    """Current time in whole seconds since the epoch (all timestamps in these tables)."""
+    return int(time.time())
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex digest used to store high-entropy bearer secrets (codes, refresh tokens).
+
+    They are random 48-character strings, so a fast hash is enough to make a stolen
+    database useless for replay; user-chosen secrets use :func:`hash_secret` instead.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def hash_secret(secret: str) -> str:
+    """Slow salted hash (werkzeug scrypt) for passwords and client secrets."""
+    return generate_password_hash(secret)
+
+
+class Client(Base, ClientMixin):
+    """A registered OAuth 2.0 client (RFC 6749 §2): public, symmetric or asymmetric."""
+
+    __tablename__ = "smart_client"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(128), unique=True)
+    client_secret_hash: Mapped[str | None] = mapped_column(String(256))
+    client_name: Mapped[str | None] = mapped_column(String(256))
+    redirect_uris: Mapped[list] = mapped_column(JSON, default=list)
+    #: Space-separated scopes the client may be granted; None means any valid SMART scope.
+    scope: Mapped[str | None] = mapped_column(Text)
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(64), default="none")
+    grant_types: Mapped[list] = mapped_column(JSON, default=list)
+    #: Public keys for private_key_jwt (a JWK Set) or where to fetch them.
+    jwks: Mapped[dict | None] = mapped_column(JSON)
+    jwks_uri: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+    @property
+    def is_public(self) -> bool:
+        """True for clients that hold no credential (``token_endpoint_auth_method`` ``none``)."""
+        return self.token_endpoint_auth_method in PUBLIC_AUTH_METHODS
+
+    @property
+    def origins(self) -> set[str]:
+        """Web origins (``scheme://host[:port]``) of the http(s) redirect URIs, for CORS."""
+        found = set()
+        for uri in self.redirect_uris or []:
+            parts = urlsplit(uri)
+            if parts.scheme in ("http", "https") and parts.netloc:
+                found.add(f"{parts.scheme}://{parts.netloc}".lower())
+        return found
+
+    def set_secret(self, secret: str | None) -> None:
+        """Store *secret* hashed (never in clear); None makes the client public-only."""
+        self.client_secret_hash = hash_secret(secret) if secret else None
+
+    # --- authlib ClientMixin -------------------------------------------------------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        # SMART App Launch 2.2 §Obtain authorization code: redirect_uri is REQUIRED,
+        # so never fall back to a registered default.
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        return scopes.granted(scope, self.scope)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        # Exact string comparison (RFC 6749 §3.1.2.3, RFC 9700 §4.1.3): no prefix,
+        # no trailing-slash or case normalisation.
+        return redirect_uri in (self.redirect_uris or [])
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if not self.client_secret_hash or not client_secret:
+            return False
+        return check_password_hash(self.client_secret_hash, client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.token_endpoint_auth_method in SYMMETRIC_AUTH_METHODS:
+            return method in SYMMETRIC_AUTH_METHODS
+        return method == self.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in (self.grant_types or [])
+
+
+class User(Base):
+    """A built-in end user who can log in on the authorization page."""
+
+    __tablename__ = "smart_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    #: FHIR Patient id of a patient user (their own record).
+    patient: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(32), default="patient")
+    #: Relative FHIR reference of the user (``Patient/x``, ``Practitioner/y``); derived if None.
+    fhir_user_reference: Mapped[str | None] = mapped_column(String(256))
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = hash_secret(password)
+
+    def check_password(self, password: str) -> bool:
+        return bool(password) and check_password_hash(self.password_hash, password)
+
+    @property
+    def fhir_user(self) -> str | None:
+        """``fhirUser`` reference (SMART 2.2 §Scopes for requesting identity data)."""
+        if self.fhir_user_reference:
+            return self.fhir_user_reference
+        if self.role == "patient" and self.patient:
+            return f"Patient/{self.patient}"
+        return None
+
+    def get_user_id(self) -> int:
+        return self.id
+
+
+class AuthorizationCode(Base, AuthorizationCodeMixin):
+    """An issued authorization code, stored by hash, with everything the token request needs."""
+
+    __tablename__ = "smart_authorization_code"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(128), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("smart_user.id"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    nonce: Mapped[str | None] = mapped_column(Text)
+    code_challenge: Mapped[str | None] = mapped_column(String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(String(16))
+    aud: Mapped[str | None] = mapped_column(Text)
+    #: Launch context (SMART 2.2 §Launch context arrives with your access_token).
+    context: Mapped[dict] = mapped_column(JSON, default=dict)
+    auth_time: Mapped[int] = mapped_column(Integer, default=now)
+    expires_at: Mapped[int] = mapped_column(Integer)
+    used_at: Mapped[int | None] = mapped_column(Integer)
+    #: jti of the access token issued from this code, revoked if the code is replayed.
+    access_jti: Mapped[str | None] = mapped_column(String(64))
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= time.time()
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return self.auth_time
+
+
+class RefreshToken(Base, TokenMixin):
+    """A refresh token (RFC 6749 §6), stored by hash, bound to its client and launch context."""
+
+    __tablename__ = "smart_refresh_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(128), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("smart_user.id"))
+    scope: Mapped[str] = mapped_column(Text, default="")
+    context: Mapped[dict] = mapped_column(JSON, default=dict)
+    issued_at: Mapped[int] = mapped_column(Integer, default=now)
+    expires_at: Mapped[int | None] = mapped_column(Integer)
+    revoked_at: Mapped[int | None] = mapped_column(Integer)
+    #: Authorization code the token family started from (replay of that code revokes it).
+    code_id: Mapped[int | None] = mapped_column(Integer, index=True)
+
+    def check_client(self, client) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return 0 if self.expires_at is None else max(0, self.expires_at - self.issued_at)
+
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= time.time()
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class SigningKey(Base):
+    """An RSA signing key (private JWK as JSON); retired keys still verify until tokens expire."""
+
+    __tablename__ = "smart_signing_key"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_jwk: Mapped[str] = mapped_column(Text)
+    alg: Mapped[str] = mapped_column(String(16), default="RS256")
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    retired_at: Mapped[int | None] = mapped_column(Integer)
+
+
+class RevokedToken(Base):
+    """A revoked JWT access token, by ``jti``, kept until its ``exp`` passes."""
+
+    __tablename__ = "smart_revoked_token"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    exp: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class LaunchContext(Base):
+    """An EHR launch context (SMART 2.2 §EHR launch): single use, short-lived."""
+
+    __tablename__ = "smart_launch_context"
+
+    launch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient: Mapped[str | None] = mapped_column(String(64))
+    encounter: Mapped[str | None] = mapped_column(String(64))
+    #: username of the user the EHR launched for (optional).
+    username: Mapped[str | None] = mapped_column(String(128))
+    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=True)
+    smart_style_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    expires_at: Mapped[int] = mapped_column(Integer)
+    used_at: Mapped[int | None] = mapped_column(Integer)
+
+
+class Setting(Base):
+    """Server-generated settings that must survive restarts (e.g. the session SECRET_KEY)."""
+
+    __tablename__ = "smart_setting"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

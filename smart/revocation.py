@@ -1,0 +1,111 @@
+"""Token introspection (RFC 7662) and revocation (RFC 7009) of access and refresh tokens."""
+from __future__ import annotations
+
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from flask import jsonify, request
+
+from . import tokens
+from .db import get_session
+from .grants import RefreshTokenGrant
+from .models import User, now
+from .server import server
+
+#: Client authentication accepted at these endpoints.
+CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]
+ANY_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+INACTIVE = {"active": False}
+
+
+def _json(payload: dict, status: int = 200):
+    response = jsonify(payload)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _token_param() -> str:
+    value = request.form.get("token")
+    if not value:
+        raise InvalidRequestError("Missing 'token'.")
+    return value
+
+
+def _refresh_row(value: str):
+    row = RefreshTokenGrant._find(value)
+    if row is None or row.is_revoked() or row.is_expired():
+        return None
+    return row
+
+
+def describe(value: str) -> dict:
+    """Introspection answer for *value* (SMART 2.2 §Token Introspection response shape).
+
+    Returns exactly ``{"active": false}`` for anything unknown, expired or revoked.
+    """
+    claims = tokens.verify_unexpired(value) if value.count(".") == 2 else None
+    if claims is not None:
+        answer = {"active": True, "token_type": "Bearer"}
+        answer.update(claims)
+        return answer
+    row = _refresh_row(value)
+    if row is None:
+        return dict(INACTIVE)
+    answer = {"active": True, "token_type": "refresh_token", "scope": row.scope, "client_id": row.client_id,
+              "iat": row.issued_at, "iss": tokens.issuer()}
+    if row.expires_at is not None:
+        answer["exp"] = row.expires_at
+    user = get_session().get(User, row.user_id) if row.user_id is not None else None
+    if user is not None:
+        answer["sub"] = user.username
+    for name in ("patient", "encounter", "fhirUser"):
+        if row.context.get(name):
+            answer[name] = row.context[name]
+    return answer
+
+
+def introspect():
+    """Handle ``POST /auth/introspect``.
+
+    The caller authenticates as a confidential client (Basic or post) or presents any
+    active access token of ours as ``Authorization: Bearer`` (SMART 2.2 allows either).
+    """
+    try:
+        bearer = _bearer()
+        if bearer is None or tokens.verify_unexpired(bearer) is None:
+            oauth_request = server.create_oauth2_request(None)
+            server.authenticate_client(oauth_request, CONFIDENTIAL_METHODS, endpoint="introspection")
+        return _json(describe(_token_param()))
+    except OAuth2Error as error:
+        return server.handle_error_response(None, error)
+
+
+def revoke():
+    """Handle ``POST /auth/revoke`` (RFC 7009 §2): the client revokes one of its own tokens.
+
+    Answers 200 whether or not the token was known (RFC 7009 §2.2).
+    """
+    try:
+        oauth_request = server.create_oauth2_request(None)
+        client = server.authenticate_client(oauth_request, ANY_METHODS, endpoint="revocation")
+        value = _token_param()
+    except OAuth2Error as error:
+        return server.handle_error_response(None, error)
+    claims = tokens.verify_unexpired(value) if value.count(".") == 2 else None
+    if claims is not None:
+        if claims.get("client_id") == client.client_id:
+            tokens.revoke_jti(claims["jti"], claims["exp"])
+        return _json({})
+    row = _refresh_row(value)
+    if row is not None and row.client_id == client.client_id:
+        row.revoked_at = now()
+        get_session().commit()
+    return _json({})
+

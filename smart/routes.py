@@ -1,0 +1,234 @@
+"""HTTP routes of the authorization server: authorize (login, consent), token, discovery, JWKS."""
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from flask import Blueprint, current_app, jsonify, render_template, request, session
+
+from . import discovery, keys, revocation, scopes, tokens
+from .db import get_session
+from .grants import find_launch, scope_has
+from .models import User, now
+from .server import server
+
+bp = Blueprint("smart", __name__, template_folder="templates")
+
+#: FHIR id grammar (FHIR R4 §2.24.0.1 id) for the practitioner's patient picker.
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+#: Scopes the user may not deselect on the consent page: they carry no data access.
+FIXED_SCOPES = frozenset({"openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter"})
+
+
+# --- login state -------------------------------------------------------------------------
+def current_user() -> User | None:
+    """The user logged in on this browser session, or None."""
+    user_id = session.get("user_id")
+    return get_session().get(User, user_id) if user_id is not None else None
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return session["csrf"]
+
+
+def _csrf_ok() -> bool:
+    sent = request.form.get("csrf_token", "")
+    return bool(session.get("csrf")) and hmac.compare_digest(sent, session["csrf"])
+
+
+def _oauth_fields() -> list[tuple[str, str]]:
+    """The authorization request's parameters, to carry through the login and consent forms."""
+    skip = {"csrf_token", "action", "username", "password", "decision", "grant_scope", "patient"}
+    return [(k, v) for k, vs in request.values.lists() if k not in skip for v in vs]
+
+
+# --- pages ----------------------------------------------------------------------------------
+def _page(template: str, status: int = 200, **context):
+    context.setdefault("fields", _oauth_fields())
+    context["csrf_token"] = _csrf_token()
+    response = current_app.make_response((render_template(template, **context), status))
+    # The pages take credentials: never frame them (clickjacking), never cache them.
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
+
+
+def _error_page(error: OAuth2Error):
+    """Show an authorization error without redirecting (RFC 6749 §4.1.2.1)."""
+    return _page(
+        "smart/error.html",
+        status=400,
+        fields=[],
+        error=error.error,
+        description=error.description or "",
+    )
+
+
+def _authorization_error(error: OAuth2Error):
+    if error.redirect_uri:
+        # The client and redirect_uri were validated: report through the redirect.
+        return server.handle_error_response(None, error)
+    return _error_page(error)
+
+
+def _consent_page(grant, user: User, message: str | None = None, status: int = 200):
+    requested = grant.request.scope or ""
+    data = grant.request.payload.data
+    launch = find_launch(data.get("launch")) if scope_has(requested, "launch") else None
+    needs_picker = (
+        scope_has(requested, "launch/patient") and launch is None and user.role != "patient"
+    )
+    items = [
+        {"scope": s, "fixed": s in FIXED_SCOPES, "label": describe_scope(s)}
+        for s in requested.split()
+    ]
+    return _page(
+        "smart/consent.html",
+        status=status,
+        client=grant.request.client,
+        user=user,
+        items=items,
+        needs_picker=needs_picker,
+        launch=launch,
+        message=message,
+    )
+
+
+def describe_scope(scope: str) -> str:
+    """A short human description of one scope for the consent page."""
+    fixed = {
+        "openid": "Know who you are",
+        "fhirUser": "See your FHIR user record",
+        "profile": "See your profile",
+        "launch": "Open in the context of the current record",
+        "launch/patient": "Work with one patient's record",
+        "launch/encounter": "Work with one encounter",
+        "offline_access": "Keep access while you are away (offline)",
+        "online_access": "Keep access while you are signed in",
+    }
+    if scope in fixed:
+        return fixed[scope]
+    try:
+        parsed = scopes.parse_scope(scope)
+    except scopes.InvalidScope:
+        return scope
+    if parsed is None:
+        return scope
+    verbs = [name for letter, name in zip("cruds", ("create", "read", "update", "delete", "search"))
+             if letter in parsed.interactions]
+    what = "all data" if parsed.resource_type == "*" else parsed.resource_type
+    whose = {"patient": "of the selected patient", "user": "you can access", "system": "on the system"}
+    return f"{', '.join(verbs).capitalize()} {what} {whose[parsed.context]}"
+
+
+@bp.route("/auth/authorize", methods=["GET", "POST"])
+def authorize():
+    """Authorization endpoint (RFC 6749 §3.1, SMART 2.2 §Obtain authorization code).
+
+    GET or POST with the authorization request shows the login page, then the consent
+    page; those forms post back here with ``action`` login / consent / switch.
+    """
+    user = current_user()
+    try:
+        grant = server.get_consent_grant(end_user=user)
+    except OAuth2Error as error:
+        return _authorization_error(error)
+
+    action = request.form.get("action") if request.method == "POST" else None
+    if action and not _csrf_ok():
+        return _page("smart/login.html", status=400, message="The form expired; please sign in again.")
+
+    if action == "switch":
+        session.pop("user_id", None)
+        return _page("smart/login.html", client=grant.request.client)
+
+    if action == "login":
+        candidate = get_session().query(User).filter_by(username=request.form.get("username", "")).first()
+        if candidate is None or not candidate.check_password(request.form.get("password", "")):
+            return _page("smart/login.html", status=401, client=grant.request.client,
+                         message="Unknown username or wrong password.")
+        # New login: fresh session and CSRF token (session fixation).
+        session.clear()
+        session["user_id"] = candidate.id
+        session["auth_time"] = now()
+        return _consent_page(grant, candidate)
+
+    if user is None:
+        return _page("smart/login.html", client=grant.request.client)
+
+    if action != "consent":
+        return _consent_page(grant, user)
+
+    if request.form.get("decision") != "approve":
+        return server.create_authorization_response(grant_user=None, grant=grant)
+
+    requested = (grant.request.scope or "").split()
+    if request.form.get("scope_selection"):
+        chosen = set(request.form.getlist("grant_scope")) | (FIXED_SCOPES & set(requested))
+        grant.request.granted_scope = " ".join(s for s in requested if s in chosen)
+    else:
+        grant.request.granted_scope = " ".join(requested)
+    launch = find_launch(grant.request.payload.data.get("launch")) if "launch" in requested else None
+    if "launch/patient" in requested and launch is None and user.role != "patient":
+        patient = (request.form.get("patient") or "").strip()
+        if not FHIR_ID.match(patient):
+            return _consent_page(grant, user, message="Enter a valid patient id.", status=400)
+        grant.request.selected_patient = patient
+    grant.request.auth_time = session.get("auth_time")
+    grant.request.smart_style_url = tokens.issuer() + discovery.SMART_STYLE_PATH
+    return server.create_authorization_response(grant_user=user, grant=grant)
+
+
+@bp.route("/auth/token", methods=["POST"])
+def token():
+    """Token endpoint (RFC 6749 §3.2): authorization_code and refresh_token grants."""
+    try:
+        return server.create_token_response()
+    except OAuth2Error as error:
+        return server.handle_error_response(None, error)
+
+
+@bp.route("/auth/introspect", methods=["POST"])
+def introspect():
+    """Token introspection (RFC 7662, SMART 2.2 §Token Introspection)."""
+    return revocation.introspect()
+
+
+@bp.route("/auth/revoke", methods=["POST"])
+def revoke():
+    """Token revocation (RFC 7009)."""
+    return revocation.revoke()
+
+
+@bp.route("/.well-known/smart-configuration")
+@bp.route("/fhir/.well-known/smart-configuration")
+def smart_configuration():
+    """SMART discovery document (SMART 2.2 §Using well-known)."""
+    return jsonify(discovery.smart_configuration())
+
+
+@bp.route("/.well-known/openid-configuration")
+def openid_configuration():
+    """OpenID Provider metadata (OIDC Discovery 1.0 §3)."""
+    return jsonify(discovery.openid_configuration())
+
+
+@bp.route("/.well-known/jwks.json")
+def jwks():
+    """Public signing keys (RFC 7517 §5), current and recently retired."""
+    response = jsonify(keys.public_jwks())
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response
+
+
+@bp.route("/auth/smart-style.json")
+def smart_style():
+    """Style hints for launched apps (SMART 2.2 §Styling, ``smart_style_url``)."""
+    response = jsonify(discovery.SMART_STYLE)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
