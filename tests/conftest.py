@@ -1,0 +1,83 @@
+"""Shared pytest fixtures: the throwaway Orthanc PACS with the sample studies (dev PACS section)."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------------------
+# Dev PACS (scripts/devpacs.py, scripts/samples.py)
+#
+# `orthanc` is session-scoped and lazy: only tests that ask for it start
+# Orthanc, and such tests are marked `integration` automatically, so
+# `pytest -m "not integration"` runs without a PACS. Set FACADE_TEST_PACS_URL
+# to an already running Orthanc REST root to reuse it instead of starting one.
+# ---------------------------------------------------------------------------
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+
+@dataclass
+class PACS:
+    """A running Orthanc with the samples loaded, as the `orthanc` fixture yields it.
+
+    Attributes
+    ----------
+    url : str
+        Orthanc REST root, e.g. ``http://127.0.0.1:40123``.
+    dicomweb_url : str
+        DICOMweb base, ``url + "/dicom-web"`` (what ``FACADE_PACS_URL`` points at).
+    samples : dict
+        Summary returned by ``samples.load_samples``: ``samples["demo"]
+        ["StudyInstanceUID"]``, ``samples["sha256"][SOPInstanceUID]``, ...
+    process : devpacs.Orthanc or None
+        The process this session started; None for ``FACADE_TEST_PACS_URL``.
+    """
+
+    url: str
+    dicomweb_url: str
+    samples: dict = field(repr=False)
+    process: object = None
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory) -> Iterator[PACS]:
+    """Orthanc with the DICOMweb plugin and the samples loaded, for the whole session.
+
+    Starts a throwaway Orthanc on a free loopback port in a temporary folder
+    (or uses ``FACADE_TEST_PACS_URL``), stores pydicom's sample files and the
+    generated demo study, and stops Orthanc when the session ends.
+    """
+    import devpacs
+    import samples
+
+    external = os.environ.get("FACADE_TEST_PACS_URL", "").strip()
+    if external:
+        url = devpacs.rest_root(external)
+        yield PACS(url=url, dicomweb_url=url + "/dicom-web", samples=samples.load_samples(url))
+        return
+    devpacs.ensure_installed()
+    with devpacs.Orthanc(tmp_path_factory.mktemp("orthanc")) as process:
+        summary = samples.load_samples(process.url)
+        yield PACS(
+            url=process.url,
+            dicomweb_url=process.dicomweb_url,
+            samples=summary,
+            process=process,
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses the `orthanc` fixture as `integration`."""
+    for item in items:
+        if "orthanc" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+# --------------------------------------------------------------------------- end dev PACS
