@@ -16,10 +16,12 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from smart import authz
 
 from . import dicom_json as dj
+from . import multipart
+from .lookups import UnknownStudy, get_lookups
+from .negotiation import Choice, NotAcceptable, choose, parse_media_type
 from .pacs import DICOM_JSON, PacsError, get_pacs
 from .patient_ids import to_fhir_id, to_patient_id
 from .search import is_uid
-from .studies import StudyNotFound, get_studies
 
 log = logging.getLogger(__name__)
 
@@ -31,34 +33,8 @@ RELAYED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Conten
                    "ETag", "Last-Modified", "Cache-Control")
 #: Query parameters relayed to the PACS (PS3.18 Section 8.3.4, 8.3.5, 10.4.1).
 QIDO_PARAMS_RE = re.compile(r"^([0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*)(\.([0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*))*$")
-RESERVED_QUERY = frozenset({"includefield", "limit", "offset", "fuzzymatching", "charset", "accept",
+RESERVED_QUERY = frozenset({"includefield", "limit", "offset", "fuzzymatching", "charset",
                             "annotation", "quality", "viewport", "window", "iccprofile"})
-
-#: Path shapes below ``studies/{StudyInstanceUID}`` (PS3.18 Table 10.4.1-1, 10.6.1-1).
-#: Each is a tuple of literal words and ``uid`` / ``frames`` placeholders.
-RESOURCE_PATHS = {
-    (): "wado",
-    ("metadata",): "json",
-    ("rendered",): "wado",
-    ("thumbnail",): "wado",
-    ("series",): "qido",
-    ("instances",): "qido",
-    ("series", "uid"): "wado",
-    ("series", "uid", "metadata"): "json",
-    ("series", "uid", "rendered"): "wado",
-    ("series", "uid", "thumbnail"): "wado",
-    ("series", "uid", "instances"): "qido",
-    ("series", "uid", "instances", "uid"): "wado",
-    ("series", "uid", "instances", "uid", "metadata"): "json",
-    ("series", "uid", "instances", "uid", "rendered"): "wado",
-    ("series", "uid", "instances", "uid", "thumbnail"): "wado",
-    ("series", "uid", "instances", "uid", "frames", "frames"): "wado",
-    ("series", "uid", "instances", "uid", "frames", "frames", "rendered"): "wado",
-    ("series", "uid", "instances", "uid", "frames", "frames", "thumbnail"): "wado",
-    ("series", "uid", "instances", "uid", "bulkdata", "tag"): "wado",
-}
-_FRAMES = re.compile(r"[0-9]+(,[0-9]+)*")
-_TAG_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*")
 
 
 class DicomwebError(Exception):
@@ -99,20 +75,49 @@ def _pacs_error(exc: PacsError):
 
 # --- path and query validation ------------------------------------------------------------
 
-def classify(segments: list[str]) -> str:
-    """Validate the path below ``studies/{uid}`` and say what it is: ``wado``, ``json`` or ``qido``.
+#: Path shapes below ``studies/{StudyInstanceUID}`` (PS3.18 Tables 10.4.1-1 and 10.6.1-1) ->
+#: (negotiation kind, what the path names). ``uid``, ``frames`` and ``tag`` are placeholders.
+RESOURCE_PATHS = {
+    (): ("study", "study"),
+    ("metadata",): ("json", "metadata"),
+    ("rendered",): ("rendered", "study"),
+    ("thumbnail",): ("rendered", "study"),
+    ("series",): ("json", "qido"),
+    ("instances",): ("json", "qido"),
+    ("series", "uid"): ("series", "series"),
+    ("series", "uid", "metadata"): ("json", "metadata"),
+    ("series", "uid", "rendered"): ("rendered", "series"),
+    ("series", "uid", "thumbnail"): ("rendered", "series"),
+    ("series", "uid", "instances"): ("json", "qido"),
+    ("series", "uid", "instances", "uid"): ("instance", "instance"),
+    ("series", "uid", "instances", "uid", "metadata"): ("json", "metadata"),
+    ("series", "uid", "instances", "uid", "rendered"): ("rendered", "instance"),
+    ("series", "uid", "instances", "uid", "thumbnail"): ("rendered", "instance"),
+    ("series", "uid", "instances", "uid", "frames", "frames"): ("frames", "frames"),
+    ("series", "uid", "instances", "uid", "frames", "frames", "rendered"): ("rendered", "frames"),
+    ("series", "uid", "instances", "uid", "frames", "frames", "thumbnail"): ("rendered", "frames"),
+    ("series", "uid", "instances", "uid", "bulkdata", "tag"): ("bulkdata", "bulkdata"),
+    ("series", "uid", "instances", "uid", "bulk", "tag"): ("bulkdata", "bulkdata"),
+}
+_FRAMES = re.compile(r"[0-9]+(,[0-9]+)*")
+_TAG_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*")
+
+
+def classify(segments: list[str]) -> tuple[str, str]:
+    """Validate the path below ``studies/{uid}``; return (negotiation kind, resource).
 
     Raises
     ------
     DicomwebError
-        404 for a path that is not a DICOMweb resource, 400 for a malformed UID or frame list.
+        404 for a path that is not a DICOMweb resource, 400 for a malformed UID or frame list
+        (PS3.18 Section 8.6.1).
     """
-    shape = []
+    shape: list[str] = []
     i = 0
     while i < len(segments):
         segment = segments[i]
         previous = shape[-1] if shape else None
-        if previous in ("series", "instances") and i < len(segments):
+        if previous in ("series", "instances") and len(shape) in (1, 3):
             if not is_uid(segment):
                 raise DicomwebError(400, f"{segment!r} is not a valid UID")
             shape.append("uid")
@@ -120,24 +125,25 @@ def classify(segments: list[str]) -> str:
             if not _FRAMES.fullmatch(segment) or any(int(n) < 1 for n in segment.split(",")):
                 raise DicomwebError(400, f"{segment!r} is not a list of frame numbers (1-based)")
             shape.append("frames")
-        elif previous == "bulkdata":
-            rest = "/".join(segments[i:])
-            if not _TAG_PATH.fullmatch(rest):
+        elif previous in ("bulkdata", "bulk"):
+            if not _TAG_PATH.fullmatch("/".join(segments[i:])):
                 raise DicomwebError(404, "unknown bulk data path")
             shape.append("tag")
             break
         else:
             shape.append(segment)
         i += 1
-    kind = RESOURCE_PATHS.get(tuple(shape))
-    if kind is None:
+    found = RESOURCE_PATHS.get(tuple(shape))
+    if found is None:
         raise DicomwebError(404, "not a DICOMweb resource")
-    return kind
+    return found
 
 
 def _query() -> list[tuple[str, str]]:
     params = []
     for name, value in request.args.items(multi=True):
+        if name == "accept":  # PS3.18 Section 8.3.3.1: decided here, like the Accept header
+            continue
         if name.lower() in RESERVED_QUERY or QIDO_PARAMS_RE.fullmatch(name):
             params.append((name, value))
         else:
@@ -148,7 +154,7 @@ def _query() -> list[tuple[str, str]]:
 # --- authorization ------------------------------------------------------------------------
 
 def authorize_study(study_uid: str) -> None:
-    """Check the request's token may read study *study_uid*.
+    """Check the request's token may read study *study_uid* (every patient filed under it).
 
     Raises
     ------
@@ -158,44 +164,139 @@ def authorize_study(study_uid: str) -> None:
         404 if the PACS knows no such study.
     """
     grant = authz.require("ImagingStudy", "r")
-    if not is_uid(study_uid):
-        raise DicomwebError(400, f"{study_uid!r} is not a valid UID")
     try:
-        patient = get_studies().patient_of_study(study_uid)
-    except StudyNotFound as exc:
+        owners = get_lookups().patients_of_study(study_uid)
+    except UnknownStudy as exc:
         raise DicomwebError(404, "study not found") from exc
-    authz.check_patient(grant, "ImagingStudy", patient)
+    for patient in owners:
+        authz.check_patient(grant, "ImagingStudy", patient)
 
 
 # --- relaying -----------------------------------------------------------------------------
 
-def _upstream_headers() -> dict:
-    headers = {"Accept-Encoding": "identity"}
-    accept = request.headers.get("Accept")
-    if accept:
-        headers["Accept"] = accept
-    return headers
+def _public_base() -> str:
+    return f"{current_app.config['FACADE_PUBLIC_URL']}/dicomweb"
 
 
-def _relay(path: str, params: list[tuple[str, str]]) -> Response:
-    """Stream the PACS answer to *path* back to the client unchanged."""
-    upstream = get_pacs().get(path, params=params, headers=_upstream_headers(), stream=True)
+def public_url(url: str, pacs_base: str, public_base: str) -> str:
+    """Rewrite one PACS URL (any host, path below the PACS's DICOMweb root) to the facade."""
+    root = urlsplit(pacs_base).path.rstrip("/") + "/"
+    parts = urlsplit(url)
+    if (parts.scheme or url.startswith("/")) and parts.path.startswith(root):
+        return f"{public_base}/{parts.path[len(root):]}" + (f"?{parts.query}" if parts.query else "")
+    return url
 
-    def body():
-        with upstream:
-            yield from upstream.raw.stream(CHUNK, decode_content=False)
 
-    response = Response(stream_with_context(body()), status=upstream.status_code)
-    response.headers.pop("Content-Type", None)
-    for name in RELAYED_HEADERS:
+def _needs_transfer_syntax(headers) -> bool:
+    media, params = parse_media_type(multipart.header(headers, "Content-Type") or "")
+    return media == "application/dicom" and "transfer-syntax" not in params
+
+
+def _part_headers(headers, body_start: bytes):
+    """Point Content-Location at the facade; name the transfer syntax of DICOM parts (PS3.18 8.7.3.5.2)."""
+    pacs_base, public_base = get_pacs().base_url, _public_base()
+    result = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "content-location":
+            value = public_url(value, pacs_base, public_base)
+        elif lowered == "content-type" and body_start:
+            media, params = parse_media_type(value)
+            if media == "application/dicom" and "transfer-syntax" not in params:
+                uid = multipart.transfer_syntax_of(body_start)
+                if uid:
+                    value = f"{value}; transfer-syntax={uid}"
+        result.append((name, value))
+    return result
+
+
+def _upstream_failure(upstream, choice: Choice | None) -> Response:
+    """Answer a PACS error status without relaying its body (it may name the PACS)."""
+    status = upstream.status_code
+    upstream.close()
+    if choice is not None and (choice.multipart or choice.unwrap) and choice.transfer_syntax != "*" \
+            and status in (400, 415, 500, 501):
+        # The PACS could not transcode to the syntax asked for (or to the default, Explicit VR
+        # Little Endian, PS3.18 Section 8.7.3.5.2): not available, never mislabelled bytes.
+        wanted = choice.transfer_syntax or "Explicit VR Little Endian"
+        return _error(406, f"the instance is not available in {wanted}")
+    if status in (404, 410):
+        return _error(status, "not found")
+    if status == 503:
+        return _error(503, "the PACS is unavailable", {"Retry-After": "5"})
+    if status == 504:
+        return _error(504, "the PACS did not answer in time")
+    if status >= 500:
+        return _error(502, f"the PACS failed ({status})")
+    if status == 406:
+        return _error(406, "the PACS cannot serve this media type")
+    return _error(status if 400 <= status < 500 else 502, f"the PACS answered {status}")
+
+
+def _stream(upstream):
+    with upstream:
+        yield from upstream.raw.stream(CHUNK, decode_content=False)
+
+
+def _relay(path: str, params: list[tuple[str, str]], choice: Choice) -> Response:
+    """Stream the PACS answer to *path* in the representation *choice* names."""
+    upstream = get_pacs().get(path, params=params, headers={"Accept": choice.upstream_accept,
+                                                             "Accept-Encoding": "identity"}, stream=True)
+    if upstream.status_code == 204:
+        upstream.close()
+        return Response(status=204)
+    if upstream.status_code != 200:
+        return _upstream_failure(upstream, choice)
+    content_type = upstream.headers.get("Content-Type", "")
+    if not (choice.multipart or choice.unwrap):
+        response = Response(stream_with_context(_stream(upstream)), status=200)
+        response.headers.pop("Content-Type", None)
+        for name in RELAYED_HEADERS:
+            if name in upstream.headers:
+                response.headers[name] = upstream.headers[name]
+        response.call_on_close(upstream.close)
+        return response
+    media, params = parse_media_type(content_type)
+    boundary = params.get("boundary")
+    if media != "multipart/related" or not boundary:
+        upstream.close()
+        return _error(502, "the PACS answered something other than multipart/related")
+    if choice.unwrap:
+        try:
+            part, body = multipart.unwrap(_stream(upstream), boundary)
+        except multipart.MultipartError as exc:
+            upstream.close()
+            raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
+        part = _part_headers(part, b"")
+        response = Response(stream_with_context(body), status=200)
+        response.headers.pop("Content-Type", None)
+        response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
+        if multipart.header(part, "Content-Length"):
+            response.headers["Content-Length"] = multipart.header(part, "Content-Length")
+    else:
+        body = multipart.rewrite(_stream(upstream), boundary, _part_headers, peek=_needs_transfer_syntax)
+        part_type, part_params = parse_media_type(params.get("type", choice.part_type))
+        value = f'multipart/related; type="{part_type}"'
+        syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
+                                                        else None)
+        if syntax:
+            value += f"; transfer-syntax={syntax}"
+        response = Response(stream_with_context(body), status=200)
+        response.headers.pop("Content-Type", None)
+        response.headers["Content-Type"] = f'{value}; boundary="{boundary}"' if not _TOKEN.fullmatch(boundary) \
+            else f"{value}; boundary={boundary}"
+    for name in ("Warning", "Last-Modified", "ETag"):
         if name in upstream.headers:
             response.headers[name] = upstream.headers[name]
     response.call_on_close(upstream.close)
     return response
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9'()+_,\-./:=?]+")
+
+
 def rewrite_urls(datasets: list, pacs_base: str, public_base: str) -> list:
-    """Point every RetrieveURL and BulkDataURI in DICOM JSON at the facade.
+    """Point every RetrieveURL (0008,1190) and BulkDataURI in DICOM JSON at the facade.
 
     Parameters
     ----------
@@ -212,23 +313,14 @@ def rewrite_urls(datasets: list, pacs_base: str, public_base: str) -> list:
     list
         *datasets*.
     """
-    root = urlsplit(pacs_base).path.rstrip("/") + "/"
-
-    def fix(url: str) -> str:
-        parts = urlsplit(url)
-        path = parts.path if parts.scheme or url.startswith("/") else None
-        if path is not None and path.startswith(root):
-            rest = path[len(root):]
-            return f"{public_base}/{rest}" + (f"?{parts.query}" if parts.query else "")
-        return url
-
     def walk(node):
         if isinstance(node, dict):
             for key, value in node.items():
                 if key == "BulkDataURI" and isinstance(value, str):
-                    node[key] = fix(value)
+                    node[key] = public_url(value, pacs_base, public_base)
                 elif key == dj.TAGS["RetrieveURL"] and isinstance(value, dict):
-                    value["Value"] = [fix(v) if isinstance(v, str) else v for v in value.get("Value", [])]
+                    value["Value"] = [public_url(v, pacs_base, public_base) if isinstance(v, str) else v
+                                      for v in value.get("Value", [])]
                 else:
                     walk(value)
         elif isinstance(node, list):
@@ -242,13 +334,10 @@ def rewrite_urls(datasets: list, pacs_base: str, public_base: str) -> list:
 def _json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | None = None) -> Response:
     """Relay a DICOM JSON answer with its URLs rewritten (and rows of other patients dropped)."""
     upstream = get_pacs().get(path, params=params, headers={"Accept": DICOM_JSON, "Accept-Encoding": "identity"})
-    if upstream.status_code != 200 or not upstream.content.strip():
-        response = Response(upstream.content, status=upstream.status_code)
-        response.headers.pop("Content-Type", None)
-        for name in ("Content-Type", "Warning"):
-            if name in upstream.headers:
-                response.headers[name] = upstream.headers[name]
-        return response
+    if upstream.status_code == 204 or (upstream.status_code == 200 and not upstream.content.strip()):
+        return Response(status=204)
+    if upstream.status_code != 200:
+        return _upstream_failure(upstream, None)
     try:
         datasets = upstream.json()
     except ValueError as exc:
@@ -258,7 +347,7 @@ def _json_answer(path: str, params: list[tuple[str, str]], patient_filter: str |
     if patient_filter is not None:
         datasets = [ds for ds in datasets if isinstance(ds, dict)
                     and to_fhir_id(dj.text(ds, "PatientID")) == patient_filter]
-    rewrite_urls(datasets, get_pacs().base_url, f"{current_app.config['FACADE_PUBLIC_URL']}/dicomweb")
+    rewrite_urls(datasets, get_pacs().base_url, _public_base())
     response = Response(json.dumps(datasets, ensure_ascii=False, separators=(",", ":")), status=200,
                         mimetype=DICOM_JSON)
     if "Warning" in upstream.headers:
@@ -266,37 +355,65 @@ def _json_answer(path: str, params: list[tuple[str, str]], patient_filter: str |
     return response
 
 
+def _negotiate(kind: str, frames: int = 0) -> Choice:
+    try:
+        accept = request.args.get("accept") or request.headers.get("Accept")
+        return choose(kind, accept, frames=frames)
+    except NotAcceptable as exc:
+        raise DicomwebError(406, f"none of the accepted media types can be served: {exc.accept}") from exc
+
+
 # --- routes -------------------------------------------------------------------------------
 
+QIDO_LEVELS = {"studies": "studies", "series": "series", "instances": "instances"}
+
+
 @bp.get("/studies")
-def search_studies():
-    """QIDO-RS Search for Studies (PS3.18 Section 10.6), limited to the token's patient."""
+@bp.get("/series")
+@bp.get("/instances")
+def search_all():
+    """QIDO-RS searches at the top level (PS3.18 Section 10.6), limited to the token's patient."""
     grant = authz.require("ImagingStudy", "s")
     params = _query()
+    _negotiate("json")
     compartment = grant.compartment("ImagingStudy", "s")
     if compartment is not None:
         patient_id = to_patient_id(compartment)
         params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
         params.append(("PatientID", patient_id if patient_id is not None else ""))
         params.append(("includefield", dj.TAGS["PatientID"]))
-    return _json_answer("studies", params, patient_filter=compartment)
+    level = request.path.rstrip("/").rsplit("/", 1)[-1]
+    return _json_answer(QIDO_LEVELS[level], params, patient_filter=compartment)
 
 
 @bp.get("/studies/<path:rest>")
 def study_resource(rest: str):
-    """Every resource below a study: WADO-RS, metadata, QIDO-RS series/instances (PS3.18 Section 10.4)."""
+    """Every resource below a study: WADO-RS, metadata, frames, rendered, QIDO-RS (PS3.18 Section 10.4)."""
     segments = rest.split("/")
     study_uid = segments[0]
     if not is_uid(study_uid):
         authz.require("ImagingStudy", "r")
         raise DicomwebError(400, f"{study_uid!r} is not a valid UID")
-    kind = classify(segments[1:])
+    kind, resource = classify(segments[1:])
     params = _query()
     authorize_study(study_uid)
+    # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
+    frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
+    choice = _negotiate(kind, frames=len(frame_numbers))
+    if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
+        info = get_lookups().instance(study_uid, segments[2], segments[4])
+        if info is None:
+            raise DicomwebError(404, "instance not found")
+        if not info.has_pixels:
+            raise DicomwebError(404, "the instance has no pixel data")
+        missing = [n for n in frame_numbers if n > info.number_of_frames]
+        if missing:
+            raise DicomwebError(404, f"frame {missing[0]} does not exist "
+                                     f"(NumberOfFrames is {info.number_of_frames})")
     path = "studies/" + "/".join(segments)
-    if kind == "wado":
-        return _relay(path, params)
-    return _json_answer(path, params)
+    if kind == "json":
+        return _json_answer(path, params)
+    return _relay(path, params, choice)
 
 
 def http_error(exc) -> Response:

@@ -1,0 +1,110 @@
+"""Small, cached PACS look-ups the authorization and the proxy need: who owns a study, what an instance holds."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+from flask import Flask, current_app
+
+from . import dicom_json as dj
+from .pacs import PacsClient
+from .patient_ids import to_fhir_id
+
+
+class UnknownStudy(LookupError):
+    """The PACS holds no study with this StudyInstanceUID."""
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the proxy must know of an instance before relaying frames or renderings.
+
+    Attributes
+    ----------
+    number_of_frames : int
+        NumberOfFrames (0028,0008); 1 when absent on an image, 0 without pixel data.
+    has_pixels : bool
+        Rows (0028,0010) is present, i.e. the instance is an image (PS3.3 C.7.6.3).
+    sop_class_uid : str or None
+    """
+
+    number_of_frames: int
+    has_pixels: bool
+    sop_class_uid: str | None
+
+
+class Lookups:
+    """Bounded, time-limited caches of study -> patients and instance -> :class:`InstanceInfo`.
+
+    Parameters
+    ----------
+    pacs : PacsClient
+    size : int
+        Entries per cache.
+    ttl : float
+        Seconds an entry is trusted.
+    """
+
+    def __init__(self, pacs: PacsClient, size: int = 4096, ttl: float = 60.0):
+        self.pacs = pacs
+        self._lock = threading.Lock()
+        self._owners: TTLCache = TTLCache(size, ttl)
+        self._instances: TTLCache = TTLCache(size, ttl)
+
+    def patients_of_study(self, study_uid: str) -> frozenset[str]:
+        """FHIR Patient ids of every patient holding a study with this UID.
+
+        A StudyInstanceUID is meant to be unique, but a PACS can file the same UID under
+        two patients (Orthanc does); access needs every one of them to be allowed.
+
+        Raises
+        ------
+        UnknownStudy
+            If the PACS knows no such study.
+        PacsError
+            If the PACS fails.
+        """
+        with self._lock:
+            owners = self._owners.get(study_uid)
+        if owners is None:
+            rows = self.pacs.qido("studies", [("StudyInstanceUID", study_uid),
+                                              ("includefield", dj.TAGS["PatientID"])])
+            owners = frozenset(to_fhir_id(dj.text(row, "PatientID")) for row in rows
+                               if dj.text(row, "StudyInstanceUID") == study_uid)
+            if not owners:
+                raise UnknownStudy(study_uid)
+            with self._lock:
+                self._owners[study_uid] = owners
+        return owners
+
+    def instance(self, study_uid: str, series_uid: str, sop_uid: str) -> InstanceInfo | None:
+        """Frames and pixel presence of one instance, or ``None`` if the PACS does not have it."""
+        key = (study_uid, series_uid, sop_uid)
+        with self._lock:
+            info = self._instances.get(key)
+        if info is None:
+            rows = self.pacs.qido(f"studies/{study_uid}/series/{series_uid}/instances", [
+                ("SOPInstanceUID", sop_uid), ("includefield", dj.TAGS["NumberOfFrames"]),
+                ("includefield", "00280010")])
+            rows = [r for r in rows if dj.text(r, "SOPInstanceUID") == sop_uid]
+            if not rows:
+                return None
+            has_pixels = "00280010" in rows[0] and bool(rows[0]["00280010"].get("Value"))
+            frames = dj.integer(rows[0], "NumberOfFrames")
+            info = InstanceInfo(number_of_frames=(frames or 1) if has_pixels else 0, has_pixels=has_pixels,
+                                sop_class_uid=dj.text(rows[0], "SOPClassUID"))
+            with self._lock:
+                self._instances[key] = info
+        return info
+
+
+def init_app(app: Flask) -> None:
+    """Create the application's :class:`Lookups` (after ``pacs.init_app``)."""
+    app.extensions["lookups"] = Lookups(app.extensions["pacs"], size=int(app.config.get("FACADE_CACHE_SIZE", 4096)),
+                                        ttl=float(app.config.get("FACADE_CACHE_TTL", 60.0)))
+
+
+def get_lookups() -> Lookups:
+    """Return the current application's :class:`Lookups`."""
+    return current_app.extensions["lookups"]

@@ -1,0 +1,208 @@
+"""WADO-RS / QIDO-RS content negotiation (PS3.18 Section 8.7), decided by the facade, not the PACS.
+
+The facade parses the client's ``Accept`` (quoted or unquoted ``type`` and
+``transfer-syntax``, q-values), picks a representation the resource can have, and asks the
+PACS for it in one canonical form. What the client cannot get is a 406 before the PACS is
+asked anything.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from werkzeug.http import parse_list_header
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+#: Resource kind -> media types that may be asked for inside multipart/related (PS3.18
+#: Tables 8.7.3-2 to 8.7.3-5).
+MULTIPART_TYPES = {
+    "instances": ("application/dicom",),
+    "bulkdata": ("application/octet-stream", "image/jpeg", "image/jls", "image/jp2", "image/jpx",
+                 "image/dicom-rle", "video/mpeg", "video/mp4", "video/H265"),
+}
+#: Resource kind -> single-part media types (PS3.18 Table 8.7.3-1 "single part").
+SINGLE_TYPES = {
+    "instance": ("application/dicom",),
+    "frame": ("application/octet-stream", "image/jpeg", "image/jls", "image/jp2", "image/jpx"),
+    "rendered": ("image/jpeg", "image/png"),
+    "json": ("application/dicom+json", "application/json"),
+}
+
+
+def _split_quoted(text: str, separator: str) -> list[str]:
+    parts, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\" and quoted:
+            current.append(char)
+            escaped = True
+        elif char == '"':
+            current.append(char)
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_media_type(text: str) -> tuple[str, dict]:
+    """Split ``type/subtype; name=value; name="value"`` into the type and its parameters.
+
+    Unlike RFC 9110 tokens, unquoted values may hold ``/`` (``type=application/dicom``), as
+    DICOMweb clients commonly send them (PS3.18 Section 8.7.3.5.2 examples are quoted).
+    """
+    pieces = _split_quoted(text, ";")
+    media = pieces[0].strip().lower()
+    params = {}
+    for piece in pieces[1:]:
+        name, sep, value = piece.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params[name.strip().lower()] = value
+    return media, params
+
+
+class NotAcceptable(Exception):
+    """No representation the client accepts can be served (406, PS3.18 Section 8.7.1)."""
+
+    def __init__(self, accept: str):
+        super().__init__(f"cannot serve any of: {accept}")
+        self.accept = accept
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The representation chosen for one request.
+
+    Attributes
+    ----------
+    upstream_accept : str
+        Canonical ``Accept`` sent to the PACS.
+    unwrap : bool
+        The client wants a single part: unwrap the PACS's multipart answer.
+    multipart : bool
+        The answer is multipart/related (relayed with rewritten part headers).
+    part_type : str
+        Media type of the parts, or of the single-part answer.
+    transfer_syntax : str or None
+        Transfer syntax asked for (``*`` or a UID), ``None`` for the default.
+    """
+
+    upstream_accept: str
+    unwrap: bool
+    multipart: bool
+    part_type: str
+    transfer_syntax: str | None = None
+
+
+def media_ranges(accept: str | None) -> list[tuple[str, dict, float]]:
+    """Parse an Accept header into ``(media type, parameters, q)``, best first (RFC 9110 §12.5.1).
+
+    A missing or empty header is ``*/*``. Quoted and unquoted parameter values are the same;
+    a ``type`` parameter that embeds ``; transfer-syntax=`` (as some PACS write it) is split.
+    """
+    if not accept or not accept.strip():
+        return [("*/*", {}, 1.0)]
+    ranges = []
+    for position, item in enumerate(parse_list_header(accept)):
+        media, params = parse_media_type(item)
+        if "type" in params and ";" in params["type"]:
+            inner, inner_params = parse_media_type(params["type"])
+            params["type"] = inner
+            for key, value in inner_params.items():
+                params.setdefault(key.lower(), value)
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 0.0
+        if q > 0 and media:
+            ranges.append((media, params, q, position))
+    ranges.sort(key=lambda r: (-r[2], r[3]))
+    return [(m, p, q) for m, p, q, _ in ranges]
+
+
+def _transfer_syntax(params: dict) -> str | None | bool:
+    """The transfer-syntax parameter: ``None`` absent, a value, or ``False`` if malformed."""
+    value = params.get("transfer-syntax")
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "*" or _UID.fullmatch(value):
+        return value
+    return False
+
+
+def _multipart(part_type: str, ts: str | None, unwrap: bool = False) -> Choice:
+    accept = f'multipart/related; type="{part_type}"'
+    if ts:
+        accept += f"; transfer-syntax={ts}"
+    return Choice(accept, unwrap=unwrap, multipart=not unwrap, part_type=part_type, transfer_syntax=ts)
+
+
+def choose(kind: str, accept: str | None, frames: int = 0) -> Choice:
+    """Choose the representation of a DICOMweb resource for an Accept header.
+
+    Parameters
+    ----------
+    kind : str
+        ``study`` / ``series`` (DICOM instances, multipart only), ``instance`` (multipart or
+        single part), ``frames`` and ``bulkdata`` (pixel data), ``rendered`` (images),
+        ``json`` (metadata and QIDO-RS).
+    accept : str or None
+        The client's Accept header.
+    frames : int
+        Number of frames asked for (single-part frame answers need exactly one).
+
+    Returns
+    -------
+    Choice
+
+    Raises
+    ------
+    NotAcceptable
+        If nothing the client accepts can be produced.
+    """
+    for media, params, _ in media_ranges(accept):
+        ts = _transfer_syntax(params)
+        if ts is False:
+            continue
+        wildcard = media in ("*/*", "multipart/*")
+        if kind in ("study", "series", "instance"):
+            if wildcard or (media == "multipart/related" and params.get("type", "application/dicom").lower()
+                            == "application/dicom"):
+                return _multipart("application/dicom", ts)
+            if kind == "instance" and media == "application/dicom":
+                return _multipart("application/dicom", ts, unwrap=True)
+        elif kind in ("frames", "bulkdata"):
+            if wildcard or media == "multipart/related":
+                part = params.get("type", "application/octet-stream").lower() if not wildcard else \
+                    "application/octet-stream"
+                allowed = MULTIPART_TYPES["bulkdata"] if kind == "frames" else ("application/octet-stream",)
+                match = next((t for t in allowed if t.lower() == part), None)
+                if match:
+                    return _multipart(match, ts)
+            elif media in (t.lower() for t in SINGLE_TYPES["frame"]) and (frames == 1 or kind == "bulkdata"):
+                if kind == "bulkdata" and media != "application/octet-stream":
+                    continue
+                match = next(t for t in SINGLE_TYPES["frame"] if t.lower() == media)
+                return _multipart(match, ts, unwrap=True)
+        elif kind == "rendered":
+            if media in ("*/*", "image/*"):
+                return Choice("image/jpeg", unwrap=False, multipart=False, part_type="image/jpeg")
+            if media in SINGLE_TYPES["rendered"]:
+                return Choice(media, unwrap=False, multipart=False, part_type=media)
+        elif kind == "json":
+            if media in ("*/*", "application/*") or media in SINGLE_TYPES["json"]:
+                return Choice("application/dicom+json", unwrap=False, multipart=False,
+                              part_type="application/dicom+json")
+    raise NotAcceptable(accept or "")

@@ -1,0 +1,187 @@
+"""The DICOMweb proxy against a real Orthanc: field cases DW-1 to DW-10, authorization on every path."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+import devpacs
+import samples
+from facade_helpers import bearer, make_app, token
+from multipart_parsers import parse_by_boundary, parse_by_length
+
+PUBLIC = "https://facade.example/base"
+PATIENT = "DW-PATIENT"
+OTHER = "DW-OTHER"
+MULTI = 'multipart/related; type="application/dicom"'
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def dw(orthanc, tmp_path_factory):
+    """Store the DW test studies; return their UIDs and the stored bytes' hashes."""
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    stored = {}
+    # DW-1: a private OB element holding CRLF--boundary-like bytes.
+    tricky = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study, SeriesInstanceUID=series,
+                                   InstanceNumber=1, Modality="OT")
+    tricky.add_new(0x00090010, "LO", "FACADE TEST")
+    tricky.add_new(0x00091001, "OB", b"\r\n--boundary\r\n--" + b"\r\n--" * 64 + b"\r\nContent-Type: x\r\n\r\n")
+    instances = [tricky] + [samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study,
+                                                  SeriesInstanceUID=series, InstanceNumber=n, Modality="OT")
+                            for n in (2, 3)]
+    multiframe = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study, NumberOfFrames=10,
+                                       Rows=16, Columns=16, Modality="OT", InstanceNumber=1)
+    sr = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study, pixels=False, Modality="SR",
+                               SOPClassUID="1.2.840.10008.5.1.4.1.1.88.11")
+    other = samples.make_instance(PatientID=OTHER, Modality="OT")
+    for ds in instances + [multiframe, sr, other]:
+        data = devpacs.to_part10(ds)
+        devpacs.store_file(orthanc.url, data)
+        stored[str(ds.SOPInstanceUID)] = sha(data)
+    app = make_app(tmp_path_factory.mktemp("dw"), FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=PUBLIC)
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), stop_before_pixels=True)
+    return {
+        "app": app, "client": app.test_client(), "study": study, "series": series,
+        "instances": [str(d.SOPInstanceUID) for d in instances], "stored": stored,
+        "multiframe": (str(multiframe.SeriesInstanceUID), str(multiframe.SOPInstanceUID)),
+        "sr": (str(sr.SeriesInstanceUID), str(sr.SOPInstanceUID)),
+        "other": (str(other.StudyInstanceUID), str(other.SeriesInstanceUID), str(other.SOPInstanceUID)),
+        "token": token(app, patient=PATIENT), "jpeg": jpeg, "jpeg_token": token(app, patient="ID1"),
+        "orthanc": orthanc,
+    }
+
+
+def get(dw, path, accept=None, tok=None, **kw):
+    headers = bearer(tok or dw["token"])
+    if accept is not None:
+        headers["Accept"] = accept
+    return dw["client"].get(f"/dicomweb/{path}", headers=headers, **kw)
+
+
+def test_dw1_dw2_series_parts_are_byte_identical_with_either_parser(dw):
+    response = get(dw, f"studies/{dw['study']}/series/{dw['series']}", accept=f"{MULTI}; transfer-syntax=*")
+    assert response.status_code == 200
+    content_type = response.headers["Content-Type"]
+    for parse in (parse_by_boundary, parse_by_length):
+        parts = parse(response.data, content_type)
+        assert len(parts) == 3
+        assert sorted(sha(body) for _, body in parts) == sorted(dw["stored"][uid] for uid in dw["instances"])
+        for headers, body in parts:
+            assert body[128:132] == b"DICM"
+            assert headers["content-type"].startswith("application/dicom")
+            assert "transfer-syntax=1.2.840.10008.1.2.1" in headers["content-type"]
+
+
+@pytest.mark.parametrize("accept", [
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+    "multipart/related; type=application/octet-stream; transfer-syntax=*",
+    'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
+])
+def test_dw3_quoted_and_unquoted_type(dw, accept):
+    series, sop = dw["multiframe"]
+    response = get(dw, f"studies/{dw['study']}/series/{series}/instances/{sop}/frames/1", accept=accept)
+    assert response.status_code == 200
+    parts = parse_by_boundary(response.data, response.headers["Content-Type"])
+    assert len(parts) == 1 and len(parts[0][1]) == 16 * 16 * 2
+
+
+def test_dw4_transfer_syntax(dw):
+    jpeg = dw["jpeg"]
+    path = f"studies/{jpeg.StudyInstanceUID}/series/{jpeg.SeriesInstanceUID}/instances/{jpeg.SOPInstanceUID}"
+    as_stored = get(dw, path, accept=f"{MULTI}; transfer-syntax=*", tok=dw["jpeg_token"])
+    assert as_stored.status_code == 200
+    [(headers, body)] = parse_by_boundary(as_stored.data, as_stored.headers["Content-Type"])
+    assert "transfer-syntax=1.2.840.10008.1.2.4.70" in headers["content-type"]
+    assert sha(body) == hashlib.sha256(open(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), "rb").read()).hexdigest()
+    default = get(dw, path, accept=MULTI, tok=dw["jpeg_token"])
+    assert default.status_code in (200, 406)
+    if default.status_code == 200:
+        [(headers, body)] = parse_by_boundary(default.data, default.headers["Content-Type"])
+        ds = pydicom.dcmread(__import__("io").BytesIO(body))
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert "transfer-syntax=1.2.840.10008.1.2.1" in headers["content-type"]
+
+
+def test_dw5_accept_handling_on_an_instance(dw):
+    uid = dw["instances"][1]
+    path = f"studies/{dw['study']}/series/{dw['series']}/instances/{uid}"
+    single = get(dw, path, accept="application/dicom")
+    assert single.status_code == 200
+    assert single.headers["Content-Type"].startswith("application/dicom")
+    assert sha(single.data) == dw["stored"][uid]
+    assert get(dw, path, accept="image/jpeg").status_code == 406
+    assert get(dw, path, accept="text/html").status_code == 406
+    assert get(dw, path, accept="application/x-nonsense").status_code == 406
+
+
+def test_dw6_metadata_bulkdata_uris_point_at_the_facade_and_work(dw):
+    response = get(dw, f"studies/{dw['study']}/series/{dw['series']}/metadata")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    port = dw["orthanc"].url.rsplit(":", 1)[1]
+    assert port not in text and "127.0.0.1" not in text and "localhost" not in text
+    uris = [v["BulkDataURI"] for ds in response.get_json() for v in ds.values() if "BulkDataURI" in v]
+    assert uris and all(u.startswith(f"{PUBLIC}/dicomweb/") for u in uris)
+    relative = uris[0][len(f"{PUBLIC}/dicomweb/"):]
+    assert get(dw, relative).status_code == 200
+    qido = get(dw, "studies", accept="application/dicom+json")
+    urls = [ds["00081190"]["Value"][0] for ds in qido.get_json()]
+    assert urls == [f"{PUBLIC}/dicomweb/studies/{dw['study']}"]
+
+
+def test_dw9_frames(dw):
+    series, sop = dw["multiframe"]
+    base = f"studies/{dw['study']}/series/{series}/instances/{sop}/frames"
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    frames = {}
+    for n in (1, 2, 3, 10):
+        response = get(dw, f"{base}/{n}", accept=accept)
+        assert response.status_code == 200, n
+        frames[n] = parse_by_boundary(response.data, response.headers["Content-Type"])[0][1]
+    assert len(set(frames.values())) == 4
+    assert get(dw, f"{base}/11", accept=accept).status_code == 404
+    assert get(dw, f"{base}/0", accept=accept).status_code == 400
+    listed = get(dw, f"{base}/3,1,2", accept=accept)
+    assert listed.status_code == 200
+    assert [b for _, b in parse_by_boundary(listed.data, listed.headers["Content-Type"])] == \
+        [frames[3], frames[1], frames[2]]
+    for headers, _ in parse_by_boundary(listed.data, listed.headers["Content-Type"]):
+        assert headers.get("content-location", PUBLIC).startswith(PUBLIC)
+
+
+def test_dw10_rendered(dw):
+    uid = dw["instances"][0]
+    path = f"studies/{dw['study']}/series/{dw['series']}/instances/{uid}/rendered"
+    assert get(dw, path, accept="image/jpeg").data[:2] == b"\xff\xd8"
+    assert get(dw, path, accept="image/png").data[:4] == b"\x89PNG"
+    assert get(dw, path, accept="application/dicom").status_code == 406
+    series, sop = dw["sr"]
+    assert get(dw, f"studies/{dw['study']}/series/{series}/instances/{sop}/rendered",
+               accept="image/jpeg").status_code in (404, 406)
+
+
+def test_other_patients_study_is_forbidden_on_every_path(dw):
+    study, series, sop = dw["other"]
+    for path in (f"studies/{study}", f"studies/{study}/metadata", f"studies/{study}/series",
+                 f"studies/{study}/series/{series}", f"studies/{study}/series/{series}/instances/{sop}",
+                 f"studies/{study}/series/{series}/instances/{sop}/frames/1",
+                 f"studies/{study}/series/{series}/instances/{sop}/rendered"):
+        assert get(dw, path).status_code == 403, path
+        assert dw["client"].get(f"/dicomweb/{path}").status_code == 401, path
+    # and QIDO never shows them
+    rows = get(dw, f"instances?PatientID={OTHER}").get_json() or []
+    assert all(r["00100020"]["Value"][0] == PATIENT for r in rows)
+
+
+def test_unknown_study_and_series_are_404(dw):
+    assert get(dw, "studies/1.2.3.4.5.6.7.8.9").status_code == 404
+    assert get(dw, f"studies/{dw['study']}/series/1.2.3.4.5.6.7.8.9", accept=MULTI).status_code == 404
