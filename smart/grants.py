@@ -5,13 +5,14 @@ import secrets
 
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
     InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     OAuth2Error,
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from . import tokens
 from .db import get_session
@@ -29,6 +30,8 @@ from .models import (
 #: Refresh token lifetimes in seconds (SMART 2.2 §Scopes: offline_access / online_access).
 OFFLINE_REFRESH_LIFETIME = 90 * 24 * 3600
 ONLINE_REFRESH_LIFETIME = 12 * 3600
+#: Seconds a used or expired code row is kept after expiry, to recognise replays.
+CODE_RETENTION = 24 * 3600
 
 #: Token endpoint client authentication methods we accept (SMART 2.2 §Client Authentication).
 TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
@@ -132,6 +135,17 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
 
+    @staticmethod
+    def validate_authorization_redirect_uri(request, client):
+        """Exact match against the registered URIs; never echo the URI in the error
+        (RFC 6749 §3.1.2.4: show the error, do not redirect)."""
+        redirect_uri = request.payload.redirect_uri
+        if not redirect_uri:
+            raise InvalidRequestError("Missing 'redirect_uri' in request.")
+        if not client.check_redirect_uri(redirect_uri):
+            raise InvalidRequestError("The 'redirect_uri' is not registered for this client.")
+        return redirect_uri
+
     def validate_authorization_request(self):
         redirect_uri = super().validate_authorization_request()
         try:
@@ -161,6 +175,10 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
         context: dict = {}
         launch = find_launch(data.get("launch")) if scope_has(scope, "launch") else None
         if launch is not None:
+            if launch.username and launch.username != user.username:
+                # redirect_uri was validated by validate_authorization_request just before.
+                raise AccessDeniedError("This launch was created for another user.",
+                                        redirect_uri=data.get("redirect_uri"))
             launch.used_at = now()
             context.update(
                 patient=launch.patient,
@@ -182,6 +200,8 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
             context["fhirUser"] = user.fhir_user
         context = {k: v for k, v in context.items() if v is not None}
         session = get_session()
+        # Spent and expired codes are only kept long enough to detect a replay.
+        session.execute(delete(AuthorizationCode).where(AuthorizationCode.expires_at < now() - CODE_RETENTION))
         session.add(AuthorizationCode(
             code_hash=digest(code),
             client_id=request.client.client_id,

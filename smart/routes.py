@@ -5,7 +5,7 @@ import hmac
 import re
 import secrets
 
-from authlib.oauth2.rfc6749.errors import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
 from . import discovery, keys, revocation, scopes, tokens
@@ -124,6 +124,21 @@ def describe_scope(scope: str) -> str:
     what = "all data" if parsed.resource_type == "*" else parsed.resource_type
     whose = {"patient": "of the selected patient", "user": "you can access", "system": "on the system"}
     return f"{', '.join(verbs).capitalize()} {what} {whose[parsed.context]}"
+
+
+#: Authlib 1.9 builds some error descriptions from request values and raises ValueError
+#: when those hold characters RFC 6749 §5.2 forbids in error_description (``"``, non-ASCII).
+_FORBIDDEN_DESCRIPTION = "Error description contains forbidden characters"
+
+
+@bp.errorhandler(ValueError)
+def _malformed_parameter(exc: ValueError):
+    if _FORBIDDEN_DESCRIPTION not in str(exc):
+        raise exc
+    error = InvalidRequestError("A request parameter holds characters that are not allowed.")
+    if request.endpoint == "smart.authorize":
+        return _error_page(error)
+    return server.handle_error_response(None, error)
 
 
 @bp.route("/auth/authorize", methods=["GET", "POST"])

@@ -337,3 +337,45 @@ def test_secret_key_persists_across_app_instances(app, alice):
 
         assert again.session_interface.get_signing_serializer(again) is not None
     assert again.secret_key == app.secret_key
+
+
+# --- malformed input never gives a 500 ---------------------------------------------------------
+@pytest.mark.parametrize("field, value", [
+    ("redirect_uri", 'http://x/"a'), ("redirect_uri", "http://x/\u00e9"), ("client_id", 'a"b'),
+    ("client_id", "\u00e9"), ("response_type", 'co"de'), ("response_type", "token"), ("scope", 'pa"t'),
+    ("state", '\u00e9"'), ("code_challenge_method", "\u00e9"), ("aud", '\u00e9"'), ("launch", '\u00e9"'),
+    ("client_id", "x" * 5000),
+])
+def test_malformed_parameters_never_500(alice, field, value):
+    params, _ = alice.authorize_params()
+    params[field] = value
+    assert alice.client.get("/auth/authorize", query_string=params).status_code < 500
+    assert alice.client.post("/auth/authorize", data=params).status_code < 500
+    posts = [
+        ("/auth/token", {"grant_type": "authorization_code", "code": value, "client_id": value,
+                         "redirect_uri": value, "code_verifier": value}),
+        ("/auth/token", {"grant_type": value, "refresh_token": value}),
+        ("/auth/token", {"grant_type": "refresh_token", "refresh_token": value, "client_id": value}),
+        ("/auth/introspect", {"token": value}),
+        ("/auth/revoke", {"token": value, "client_id": value}),
+    ]
+    for path, data in posts:
+        response = alice.client.post(path, data=data)
+        assert response.status_code < 500, (path, response.get_data(as_text=True)[:300])
+        assert "error" in (response.get_json() or {}) or response.status_code == 200
+
+
+def test_ehr_launch_for_another_user_is_refused(app, auth):
+    from smart.cli import create_launch
+
+    auth.register_public_client()
+    auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
+    with app.app_context():
+        launch = create_launch(patient="patient-9", username="someone-else")
+    params, _ = auth.authorize_params(scope="launch patient/ImagingStudy.rs", launch=launch)
+    page = auth.client.get("/auth/authorize", query_string=params)
+    page = auth.login(page.get_data(as_text=True), "dr", "pw-dr")
+    response = auth.submit(page.get_data(as_text=True), "consent", button=("decision", "approve"))
+    assert response.status_code == 302
+    assert "error=access_denied" in response.headers["Location"]
+    assert "code=" not in response.headers["Location"]
