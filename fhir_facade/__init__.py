@@ -7,13 +7,14 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 def init_app(app: Flask) -> None:
     """Register the PACS client, the study repository, the FHIR API and the DICOMweb proxy on *app*."""
-    from . import dicomweb, fhir, lookups, pacs, studies
+    from . import cors, dicomweb, fhir, lookups, pacs, studies
 
     pacs.init_app(app)
     lookups.init_app(app)
     studies.init_app(app)
     app.register_blueprint(fhir.bp)
     app.register_blueprint(dicomweb.bp)
+    cors.init_app(app)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -11,7 +11,7 @@ import logging
 import re
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import Blueprint, Response, current_app, request
 
 from smart import authz
 
@@ -192,9 +192,17 @@ def _needs_transfer_syntax(headers) -> bool:
     return media == "application/dicom" and "transfer-syntax" not in params
 
 
-def _part_headers(headers, body_start: bytes):
-    """Point Content-Location at the facade; name the transfer syntax of DICOM parts (PS3.18 8.7.3.5.2)."""
-    pacs_base, public_base = get_pacs().base_url, _public_base()
+def part_header_rewriter(pacs_base: str, public_base: str):
+    """Return ``(headers, body_start) -> headers`` for :func:`multipart.rewrite`.
+
+    It points Content-Location at the facade and names the transfer syntax of DICOM parts
+    from their File Meta Information (PS3.18 Section 8.7.3.5.2). It needs no app context,
+    so it can run while the response streams.
+    """
+    return lambda headers, body_start: _part_headers(headers, body_start, pacs_base, public_base)
+
+
+def _part_headers(headers, body_start: bytes, pacs_base: str, public_base: str):
     result = []
     for name, value in headers:
         lowered = name.lower()
@@ -249,7 +257,7 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice) -> Response
         return _upstream_failure(upstream, choice)
     content_type = upstream.headers.get("Content-Type", "")
     if not (choice.multipart or choice.unwrap):
-        response = Response(stream_with_context(_stream(upstream)), status=200)
+        response = Response(_stream(upstream), status=200)
         response.headers.pop("Content-Type", None)
         for name in RELAYED_HEADERS:
             if name in upstream.headers:
@@ -267,21 +275,22 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice) -> Response
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
-        part = _part_headers(part, b"")
-        response = Response(stream_with_context(body), status=200)
+        part = _part_headers(part, b"", get_pacs().base_url, _public_base())
+        response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
         if multipart.header(part, "Content-Length"):
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
-        body = multipart.rewrite(_stream(upstream), boundary, _part_headers, peek=_needs_transfer_syntax)
+        body = multipart.rewrite(_stream(upstream), boundary, part_header_rewriter(get_pacs().base_url, _public_base()),
+                                 peek=_needs_transfer_syntax)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
                                                         else None)
         if syntax:
             value += f"; transfer-syntax={syntax}"
-        response = Response(stream_with_context(body), status=200)
+        response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = f'{value}; boundary="{boundary}"' if not _TOKEN.fullmatch(boundary) \
             else f"{value}; boundary={boundary}"

@@ -18,6 +18,7 @@ PUBLIC = "https://facade.example/base"
 PATIENT = "DW-PATIENT"
 OTHER = "DW-OTHER"
 MULTI = 'multipart/related; type="application/dicom"'
+APP_ORIGIN = "https://viewer.example"
 
 
 def sha(data: bytes) -> str:
@@ -49,6 +50,9 @@ def dw(orthanc, tmp_path_factory):
         stored[str(ds.SOPInstanceUID)] = sha(data)
     app = make_app(tmp_path_factory.mktemp("dw"), FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=PUBLIC)
     jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), stop_before_pixels=True)
+    from smart.cli import add_client
+    with app.app_context():
+        add_client("browser-app", [f"{APP_ORIGIN}/callback"], public=True)
     return {
         "app": app, "client": app.test_client(), "study": study, "series": series,
         "instances": [str(d.SOPInstanceUID) for d in instances], "stored": stored,
@@ -185,3 +189,30 @@ def test_other_patients_study_is_forbidden_on_every_path(dw):
 def test_unknown_study_and_series_are_404(dw):
     assert get(dw, "studies/1.2.3.4.5.6.7.8.9").status_code == 404
     assert get(dw, f"studies/{dw['study']}/series/1.2.3.4.5.6.7.8.9", accept=MULTI).status_code == 404
+
+
+def test_dw11_cors(dw):
+    series, sop = dw["multiframe"]
+    path = f"/dicomweb/studies/{dw['study']}/series/{series}/instances/{sop}/frames/1"
+    client = dw["client"]
+    preflight = client.options(path, headers={"Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET",
+                                              "Access-Control-Request-Headers": "accept, authorization"})
+    assert preflight.status_code in (200, 204)
+    assert preflight.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"accept", "authorization"} <= allowed
+    other_study = dw["other"][0]
+    for response, status in (
+        (client.get(path, headers={"Origin": APP_ORIGIN}), 401),
+        (client.get(f"/dicomweb/studies/{other_study}", headers={"Origin": APP_ORIGIN, **bearer(dw["token"])}), 403),
+        (client.get(path, headers={"Origin": APP_ORIGIN, "Accept": "text/html", **bearer(dw["token"])}), 406),
+        (client.get(path, headers={"Origin": APP_ORIGIN, "Accept": 'multipart/related; type="application/octet-stream"',
+                                   **bearer(dw["token"])}), 200),
+    ):
+        assert response.status_code == status
+        assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "WWW-Authenticate" in client.get(path, headers={"Origin": APP_ORIGIN}).headers["Access-Control-Expose-Headers"]
+    stranger = client.get(path, headers={"Origin": "https://evil.example", **bearer(dw["token"])})
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+    metadata = client.get("/fhir/metadata", headers={"Origin": "https://anyone.example"})
+    assert metadata.headers["Access-Control-Allow-Origin"] == "*"
