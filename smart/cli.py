@@ -1,6 +1,7 @@
 """Administration: register clients, create users and EHR launch contexts, rotate keys (``flask smart ...``)."""
 from __future__ import annotations
 
+import json
 import secrets
 from urllib.parse import urlsplit
 
@@ -39,6 +40,8 @@ def add_client(
     secret: str | None = None,
     scope: str | None = None,
     name: str | None = None,
+    jwks: dict | None = None,
+    jwks_uri: str | None = None,
 ) -> Client:
     """Register an OAuth 2.0 client (RFC 6749 §2).
 
@@ -54,6 +57,11 @@ def add_client(
         (``client_secret_basic`` or ``client_secret_post``).
     secret : str, optional
         Client secret; stored hashed.
+    jwks : dict, optional
+        Public JWK Set for ``private_key_jwt`` (RFC 7523); makes a confidential
+        asymmetric client that may also use ``client_credentials`` (SMART Backend Services).
+    jwks_uri : str, optional
+        Where to fetch that JWK Set instead.
     scope : str, optional
         Space-separated scopes the client may be granted; None allows any valid scope.
     name : str, optional
@@ -71,22 +79,33 @@ def add_client(
     """
     if not client_id:
         raise AdminError("client id must not be empty")
-    if not redirect_uris:
+    asymmetric = bool(jwks or jwks_uri)
+    if not redirect_uris and not asymmetric:
         raise AdminError("at least one redirect URI is required")
-    for uri in redirect_uris:
+    for uri in redirect_uris or []:
         _check_redirect_uri(uri)
-    if not public and not secret:
-        raise AdminError("a confidential client needs a secret")
+    if not public and not secret and not asymmetric:
+        raise AdminError("a confidential client needs a secret or a JWK Set")
+    if secret and asymmetric:
+        raise AdminError("a client uses either a secret or a JWK Set, not both")
+    if jwks is not None and not (isinstance(jwks, dict) and isinstance(jwks.get("keys"), list)):
+        raise AdminError("the JWK Set must be a JSON object with a 'keys' list")
+    if jwks_uri is not None and urlsplit(jwks_uri).scheme not in ("https", "http"):
+        raise AdminError(f"jwks_uri {jwks_uri!r} must be an http(s) URL")
     session = get_session()
     if session.scalars(select(Client).where(Client.client_id == client_id)).first() is not None:
         raise AdminError(f"client {client_id!r} already exists")
     client = Client(
         client_id=client_id,
         client_name=name or client_id,
-        redirect_uris=list(redirect_uris),
+        redirect_uris=list(redirect_uris or []),
         scope=scope,
-        token_endpoint_auth_method="client_secret_basic" if secret else "none",
-        grant_types=["authorization_code", "refresh_token"],
+        token_endpoint_auth_method=(
+            "private_key_jwt" if asymmetric else "client_secret_basic" if secret else "none"
+        ),
+        grant_types=["authorization_code", "refresh_token"] + (["client_credentials"] if asymmetric else []),
+        jwks=jwks,
+        jwks_uri=jwks_uri,
     )
     client.set_secret(secret)
     session.add(client)
@@ -177,18 +196,28 @@ def _run(func, *args, **kwargs):
 
 @smart_cli.command("add-client")
 @click.option("--client-id", required=True, help="Client identifier.")
-@click.option("--redirect-uri", "redirect_uris", multiple=True, required=True,
-              help="Exact redirect URI (repeatable).")
+@click.option("--redirect-uri", "redirect_uris", multiple=True,
+              help="Exact redirect URI (repeatable; required unless --jwks/--jwks-uri).")
 @click.option("--public", "public", is_flag=True, default=False, help="Public client (default).")
 @click.option("--secret", default=None, help="Client secret: makes a confidential symmetric client.")
 @click.option("--scope", default=None, help="Space-separated scopes the client may get (default: any).")
 @click.option("--name", default=None, help="Name shown on the consent page.")
-def add_client_command(client_id, redirect_uris, public, secret, scope, name):
+@click.option("--jwks", "jwks_file", type=click.File("r"), default=None,
+              help="JSON file with the client's public JWK Set (private_key_jwt, Backend Services).")
+@click.option("--jwks-uri", default=None, help="URL of the client's public JWK Set.")
+def add_client_command(client_id, redirect_uris, public, secret, scope, name, jwks_file, jwks_uri):
     """Register an OAuth client."""
-    if public and secret:
-        raise click.UsageError("--public and --secret exclude each other")
-    _run(add_client, client_id, list(redirect_uris), public=not secret, secret=secret, scope=scope, name=name)
-    kind = "confidential (client_secret_basic/post)" if secret else "public"
+    if sum(bool(x) for x in (public, secret, jwks_file or jwks_uri)) > 1:
+        raise click.UsageError("choose one of --public, --secret, --jwks/--jwks-uri")
+    try:
+        jwks = json.load(jwks_file) if jwks_file else None
+    except ValueError as exc:
+        raise click.UsageError(f"--jwks is not JSON: {exc}") from None
+    asymmetric = bool(jwks or jwks_uri)
+    _run(add_client, client_id, list(redirect_uris), public=not (secret or asymmetric), secret=secret,
+         scope=scope, name=name, jwks=jwks, jwks_uri=jwks_uri)
+    kind = ("confidential asymmetric (private_key_jwt)" if asymmetric
+            else "confidential (client_secret_basic/post)" if secret else "public")
     click.echo(f"Added {kind} client {client_id}.")
 
 

@@ -1,7 +1,7 @@
 """Discovery documents: SMART configuration (SMART 2.2 §Using well-known) and OIDC metadata."""
 from __future__ import annotations
 
-from . import grants, keys, tokens
+from . import assertions, grants, keys, tokens
 
 #: Paths below FACADE_PUBLIC_URL (DESIGN.md "URLs").
 AUTHORIZE_PATH = "/auth/authorize"
@@ -18,6 +18,7 @@ CAPABILITIES = [
     "launch-standalone",
     "client-public",
     "client-confidential-symmetric",
+    "client-confidential-asymmetric",
     "sso-openid-connect",
     "context-banner",
     "context-style",
@@ -47,6 +48,8 @@ SCOPES_SUPPORTED = [
     "patient/*.read",
     "user/*.rs",
     "user/*.read",
+    "system/*.rs",
+    "system/ImagingStudy.rs",
     "patient/ImagingStudy.rs",
     "patient/Patient.rs",
     "patient/Endpoint.rs",
@@ -84,8 +87,9 @@ def smart_configuration() -> dict:
         "token_endpoint": _url(TOKEN_PATH),
         "introspection_endpoint": _url(INTROSPECT_PATH),
         "revocation_endpoint": _url(REVOKE_PATH),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "token_endpoint_auth_methods_supported": list(grants.TOKEN_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(assertions.ALGORITHMS),
         "scopes_supported": SCOPES_SUPPORTED,
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -105,7 +109,8 @@ def openid_configuration() -> dict:
         "id_token_signing_alg_values_supported": [keys.ALG],
         "scopes_supported": ["openid", "fhirUser"],
         "token_endpoint_auth_methods_supported": list(grants.TOKEN_AUTH_METHODS),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_signing_alg_values_supported": list(assertions.ALGORITHMS),
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
     }

@@ -9,6 +9,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
+    InvalidScopeError,
     OAuth2Error,
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -34,7 +35,7 @@ ONLINE_REFRESH_LIFETIME = 12 * 3600
 CODE_RETENTION = 24 * 3600
 
 #: Token endpoint client authentication methods we accept (SMART 2.2 §Client Authentication).
-TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -80,6 +81,8 @@ def find_launch(launch_id: str | None) -> LaunchContext | None:
 class _SmartTokenMixin:
     """Builds the SMART token response (RFC 6749 §5.1 plus SMART 2.2 launch context fields)."""
 
+    ACCESS_TOKEN_LIFETIME = tokens.ACCESS_TOKEN_LIFETIME
+
     def _context(self) -> dict:
         raise NotImplementedError
 
@@ -96,12 +99,13 @@ class _SmartTokenMixin:
             scope=scope,
             context=context,
             fhir_user=context.get("fhirUser") if scope_has(scope, "fhirUser") else None,
+            lifetime=self.ACCESS_TOKEN_LIFETIME,
         )
         self.request.access_claims = claims
         token = {
             "access_token": access_token,
             "token_type": "Bearer",
-            "expires_in": tokens.ACCESS_TOKEN_LIFETIME,
+            "expires_in": self.ACCESS_TOKEN_LIFETIME,
             "scope": scope,
         }
         # SMART 2.2 §Launch context arrives with your access_token: top-level fields.
@@ -331,3 +335,24 @@ class RefreshTokenGrant(_SmartTokenMixin, grants.RefreshTokenGrant):
     def _refresh_scope(self, scope: str) -> str:
         # RFC 6749 §6: a new refresh token keeps the scope of the one it replaces.
         return self.request.refresh_token.scope
+
+
+class ClientCredentialsGrant(_SmartTokenMixin, grants.ClientCredentialsGrant):
+    """SMART Backend Services (SMART 2.2 §Backend Services): ``client_credentials`` with
+    ``private_key_jwt``, ``system/`` scopes only, five-minute tokens, no refresh token."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
+    ACCESS_TOKEN_LIFETIME = tokens.BACKEND_TOKEN_LIFETIME
+
+    def create_token_response(self):
+        client = self.request.client
+        allowed = client.get_allowed_scope(self.request.payload.scope)
+        scope = " ".join(s for s in allowed.split() if s.startswith("system/"))
+        if not scope:
+            raise InvalidScopeError("Request at least one system/ scope the client is registered for.")
+        token = self.generate_token(scope=scope, include_refresh_token=False)
+        self.save_token(token)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+    def _context(self) -> dict:
+        return {}

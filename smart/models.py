@@ -263,3 +263,13 @@ class Setting(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class UsedAssertion(Base):
+    """A client assertion ``jti`` already presented (RFC 7523 §3 item 7), kept until its ``exp``."""
+
+    __tablename__ = "smart_used_assertion"
+
+    client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    exp: Mapped[int] = mapped_column(Integer, index=True)

@@ -8,7 +8,7 @@ from flask import Flask, current_app
 from flask import request as flask_request
 from sqlalchemy import select
 
-from . import grants
+from . import assertions, grants
 from .db import get_session
 from .models import Client, RefreshToken, now
 
@@ -70,6 +70,8 @@ class SmartAuthorizationServer(AuthorizationServer):
 server = SmartAuthorizationServer()
 server.register_grant(grants.AuthorizationCodeGrant, [grants.S256CodeChallenge(required=True)])
 server.register_grant(grants.RefreshTokenGrant)
+server.register_grant(grants.ClientCredentialsGrant)
+server.register_client_auth_method("private_key_jwt", assertions.authenticate_private_key_jwt)
 
 
 def init_app(app: Flask) -> None:

@@ -1,0 +1,134 @@
+"""SMART Backend Services: client_credentials with private_key_jwt (SA-6)."""
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+from fixtures_app import *  # noqa: F401,F403
+from fixtures_app import PUBLIC_URL
+
+TOKEN_URL = PUBLIC_URL + "/auth/token"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture(scope="module")
+def client_keys():
+    return {
+        "RS384": RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}, private=True),
+        "ES384": ECKey.generate_key("P-384", parameters={"kid": "ec-1"}, private=True),
+    }
+
+
+@pytest.fixture
+def backend(app, client_keys):
+    from smart.cli import add_client
+
+    jwks = {"keys": [k.as_dict(private=False) for k in client_keys.values()]}
+    with app.app_context():
+        add_client("bulk", [], public=False, jwks=jwks, scope="system/ImagingStudy.rs system/Patient.rs")
+    return "bulk"
+
+
+def assertion(key, alg, **overrides):
+    now = int(time.time())
+    claims = {"iss": "bulk", "sub": "bulk", "aud": TOKEN_URL, "exp": now + 240, "jti": secrets.token_hex(16)}
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+
+
+def request_token(client, signed, scope="system/ImagingStudy.rs"):
+    return client.post("/auth/token", data={
+        "grant_type": "client_credentials", "scope": scope,
+        "client_assertion_type": ASSERTION_TYPE, "client_assertion": signed,
+    })
+
+
+@pytest.mark.parametrize("alg", ["RS384", "ES384"])
+def test_backend_token(app, client, backend, client_keys, alg):
+    from smart.tokens import decode_access_token
+
+    response = request_token(client, assertion(client_keys[alg], alg),
+                             scope="system/ImagingStudy.rs system/Observation.rs patient/Patient.rs")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["scope"] == "system/ImagingStudy.rs"
+    assert body["expires_in"] == 300
+    assert "refresh_token" not in body
+    assert response.headers["Cache-Control"] == "no-store"
+    with app.app_context():
+        claims = decode_access_token(body["access_token"])
+    assert claims["sub"] == "bulk" and claims["client_id"] == "bulk"
+    assert claims["exp"] - claims["iat"] == 300
+    assert "patient" not in claims
+
+
+def test_jti_replay_refused(client, backend, client_keys):
+    signed = assertion(client_keys["RS384"], "RS384")
+    assert request_token(client, signed).status_code == 200
+    again = request_token(client, signed)
+    assert again.status_code == 401
+    assert again.get_json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"exp": int(time.time()) + 600},          # more than 5 minutes ahead
+    {"exp": int(time.time()) - 120},          # expired
+    {"exp": None},
+    {"aud": PUBLIC_URL + "/fhir"},            # wrong aud
+    {"aud": "https://other.example/auth/token"},
+    {"jti": None},
+    {"sub": "someone-else"},
+    {"iss": "unknown", "sub": "unknown"},
+])
+def test_bad_assertions_refused(client, backend, client_keys, overrides):
+    if "exp" in overrides and overrides["exp"] is not None:
+        overrides["exp"] = int(time.time()) + (overrides["exp"] - int(time.time()))
+    response = request_token(client, assertion(client_keys["ES384"], "ES384", **overrides))
+    assert response.status_code in (400, 401)
+    assert response.get_json()["error"] == "invalid_client"
+
+
+def test_unregistered_key_refused(client, backend):
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}, private=True)
+    response = request_token(client, assertion(stranger, "RS384"))
+    assert response.get_json()["error"] == "invalid_client"
+
+
+def test_rs256_assertion_refused(client, backend, client_keys):
+    response = request_token(client, assertion(client_keys["RS384"], "RS256"))
+    assert response.get_json()["error"] == "invalid_client"
+
+
+def test_iat_not_required_and_no_system_scope_is_invalid_scope(client, backend, client_keys):
+    response = request_token(client, assertion(client_keys["RS384"], "RS384"), scope="patient/Patient.rs")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_scope"
+
+
+def test_client_credentials_needs_assertion(auth, client):
+    auth.register_confidential_client("conf", "pw")
+    response = client.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+                           headers={"Authorization": "Basic Y29uZjpwdw=="})
+    assert response.get_json()["error"] == "invalid_client"
+
+
+def test_asymmetric_app_launch_client(app, auth, client_keys):
+    from smart.cli import add_client
+    from smart_flow import DEFAULT_REDIRECT_URI
+
+    jwks = {"keys": [client_keys["ES384"].as_dict(private=False)]}
+    with app.app_context():
+        add_client("bulk", [DEFAULT_REDIRECT_URI], public=False, jwks=jwks)
+    auth.register_user()
+    code = auth.authorize(client_id="bulk")
+    body = auth.exchange(code, client_id="bulk", client_assertion_type=ASSERTION_TYPE,
+                         client_assertion=assertion(client_keys["ES384"], "ES384"))
+    assert body["patient"] == "patient-1"
+    without = auth.authorize(client_id="bulk")
+    response = auth.exchange_response(without, without.verifier, client_id="bulk")
+    assert response.get_json()["error"] == "invalid_client"
