@@ -5,7 +5,8 @@ from .mapping import MappingContext
 
 SPEC = "http://hl7.org/fhir/SearchParameter"
 
-#: resource type -> (interactions, [(search parameter, type, definition)], includes)
+#: resource type -> (interactions, [(search parameter, type, definition)], includes).
+#: Exactly what :mod:`fhir_facade.fhir` answers; ``tests/test_fhir_api.py`` runs every row.
 RESOURCES = {
     "ImagingStudy": (
         ("read", "search-type"),
@@ -14,8 +15,14 @@ RESOURCES = {
          ("_id", "token", f"{SPEC}/Resource-id"),
          ("identifier", "token", f"{SPEC}/clinical-identifier"),
          ("started", "date", f"{SPEC}/ImagingStudy-started"),
-         ("modality", "token", f"{SPEC}/ImagingStudy-modality")],
-        ["ImagingStudy:endpoint", "ImagingStudy:patient"],
+         ("modality", "token", f"{SPEC}/ImagingStudy-modality"),
+         ("series", "token", f"{SPEC}/ImagingStudy-series"),
+         ("instance", "token", f"{SPEC}/ImagingStudy-instance"),
+         ("dicom-class", "token", f"{SPEC}/ImagingStudy-dicom-class"),
+         ("bodysite", "token", f"{SPEC}/ImagingStudy-bodysite"),
+         ("status", "token", f"{SPEC}/ImagingStudy-status"),
+         ("endpoint", "reference", f"{SPEC}/ImagingStudy-endpoint")],
+        ["ImagingStudy:endpoint", "ImagingStudy:patient", "ImagingStudy:subject"],
     ),
     "Endpoint": (
         ("read", "search-type"),
@@ -24,7 +31,17 @@ RESOURCES = {
          ("status", "token", f"{SPEC}/Endpoint-status")],
         [],
     ),
-    "Patient": (("read",), [], []),
+    "Patient": (
+        ("read", "search-type"),
+        [("_id", "token", f"{SPEC}/Resource-id"),
+         ("identifier", "token", f"{SPEC}/Patient-identifier"),
+         ("name", "string", f"{SPEC}/Patient-name"),
+         ("family", "string", f"{SPEC}/individual-family"),
+         ("given", "string", f"{SPEC}/individual-given"),
+         ("birthdate", "date", f"{SPEC}/individual-birthdate"),
+         ("gender", "token", f"{SPEC}/individual-gender")],
+        [],
+    ),
 }
 
 
@@ -70,7 +87,7 @@ def capability_statement(ctx: MappingContext) -> dict:
         "software": {"name": "imaging-fhir-facade", "version": "0.1.0"},
         "implementation": {"description": "FHIR R4 facade over a DICOMweb PACS", "url": ctx.fhir_base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["json", "xml", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
             "security": {

@@ -14,73 +14,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import dicom_json as dj
 from .patient_ids import to_fhir_id
 
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-SNOMED = "http://snomed.info/sct"
+from .terminology import BODY_PART, CODING_SCHEMES, DCM, GENDER, LATERALITY, SNOMED  # noqa: F401 (re-exported)
+
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 ENDPOINT_CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 ENDPOINT_PAYLOAD_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-payload-type"
 REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
 ENDPOINT_ID = "dicomweb"
-
-#: DICOM coding scheme designator -> FHIR system (PS3.16 Section 8 "Coding Schemes").
-CODING_SCHEMES = {
-    "DCM": DCM,
-    "SCT": SNOMED,
-    "SRT": SNOMED,
-    "LN": "http://loinc.org",
-    "RADLEX": "http://radlex.org",
-    "RADLEX": "http://radlex.org",
-    "UCUM": "http://unitsofmeasure.org",
-    "ICD10": "http://hl7.org/fhir/sid/icd-10",
-    "I10": "http://hl7.org/fhir/sid/icd-10",
-}
-
-#: Laterality (0020,0060) -> SNOMED CT (PS3.16 CID 244 "Laterality").
-LATERALITY = {
-    "R": ("24028007", "Right"),
-    "L": ("7771000", "Left"),
-    "B": ("51440002", "Right and left"),
-}
-
-#: BodyPartExamined (0018,0015) defined terms -> SNOMED CT concept (PS3.16 Annex L,
-#: "Correspondence of Anatomic Region Codes and Body Part Examined Defined Terms",
-#: SNOMED CT International Edition concepts as listed in DICOM 2024 editions).
-BODY_PART = {
-    "ABDOMEN": ("818981001", "Abdomen"),
-    "ABDOMENPELVIS": ("818982008", "Abdomen and Pelvis"),
-    "ANKLE": ("70258002", "Ankle joint"),
-    "BRAIN": ("12738006", "Brain"),
-    "BREAST": ("76752008", "Breast"),
-    "CHEST": ("816094009", "Chest"),
-    "CHESTABDOMEN": ("416550000", "Chest and Abdomen"),
-    "CSPINE": ("122494005", "Cervical spine"),
-    "ELBOW": ("16953009", "Elbow joint"),
-    "EXTREMITY": ("66019005", "Limb"),
-    "FOOT": ("56459004", "Foot"),
-    "HAND": ("85562004", "Hand"),
-    "HEAD": ("69536005", "Head"),
-    "HEADNECK": ("774007", "Head and Neck"),
-    "HEART": ("80891009", "Heart"),
-    "HIP": ("24136001", "Hip joint"),
-    "KIDNEY": ("64033007", "Kidney"),
-    "KNEE": ("72696002", "Knee"),
-    "LIVER": ("10200004", "Liver"),
-    "LSPINE": ("122496007", "Lumbar spine"),
-    "LUNG": ("39607008", "Lung"),
-    "NECK": ("45048000", "Neck"),
-    "PELVIS": ("816092008", "Pelvis"),
-    "PROSTATE": ("41216001", "Prostate"),
-    "SHOULDER": ("16982005", "Shoulder"),
-    "SKULL": ("89546000", "Skull"),
-    "SPINE": ("421060004", "Spine"),
-    "TSPINE": ("122495006", "Thoracic spine"),
-    "WHOLEBODY": ("38266002", "Entire body"),
-    "WRIST": ("74670003", "Wrist joint"),
-}
-
-#: PatientSex (0010,0040) -> FHIR administrative-gender.
-GENDER = {"M": "male", "F": "female", "O": "other"}
 
 
 @dataclass(frozen=True)
@@ -332,7 +273,7 @@ def _instance(ds: dict) -> dict | None:
     return instance
 
 
-def _series(ds: dict, instances: list[dict], ctx: MappingContext) -> dict | None:
+def _series(ds: dict, instances: list[dict], ctx: MappingContext, study_offset: str | None = None) -> dict | None:
     uid = dj.text(ds, "SeriesInstanceUID")
     modality = dj.text(ds, "Modality")
     if not uid:
@@ -356,8 +297,10 @@ def _series(ds: dict, instances: list[dict], ctx: MappingContext) -> dict | None
     side = laterality(dj.text(ds, "Laterality"))
     if side:
         series["laterality"] = side
+    # TimezoneOffsetFromUTC is a study/instance attribute (PS3.3 C.12.1): the series'
+    # own value wins, else the study's, else the configured zone (FH-4).
     started = fhir_datetime(dj.text(ds, "SeriesDate"), dj.text(ds, "SeriesTime"),
-                            dj.text(ds, "TimezoneOffsetFromUTC"), ctx.timezone)
+                            dj.text(ds, "TimezoneOffsetFromUTC") or study_offset, ctx.timezone)
     if started:
         series["started"] = started
     if mapped:
@@ -390,7 +333,8 @@ def imaging_study(study: dict, series: list[dict], instances: list[dict], ctx: M
     by_series: dict[str, list[dict]] = {}
     for instance in instances:
         by_series.setdefault(dj.text(instance, "SeriesInstanceUID") or "", []).append(instance)
-    mapped_series = [s for s in (_series(ds, by_series.get(dj.text(ds, "SeriesInstanceUID") or "", []), ctx)
+    offset = dj.text(study, "TimezoneOffsetFromUTC")
+    mapped_series = [s for s in (_series(ds, by_series.get(dj.text(ds, "SeriesInstanceUID") or "", []), ctx, offset)
                                  for ds in series) if s]
     mapped_series.sort(key=lambda s: (s.get("number", 1 << 31), s["uid"]))
 

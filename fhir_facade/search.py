@@ -16,9 +16,8 @@ from . import dicom_json as dj
 from . import mapping
 from .outcomes import BadSearch
 from .patient_ids import InvalidPatientId, to_patient_id
+from .subsetting import SUMMARY_MODES
 
-#: Parameters every search understands (FHIR R4 §3.1.1.5 result parameters).
-RESULT_PARAMETERS = frozenset({"_count", "_offset", "_include", "_format", "_pretty", "_summary", "_elements"})
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 
@@ -157,10 +156,168 @@ def split_values(raw: str) -> list[str]:
     return [p.replace("\\,", ",") for p in parts]
 
 
-# --- the ImagingStudy search ---------------------------------------------------------------
+# --- result parameters shared by every search (FHIR R4 §3.1.1.5) --------------------------
+
+#: Parameters that only shape the answer; ``_format``/``_pretty`` are handled by rendering.
+FORMAT_PARAMETERS = frozenset({"_format", "_pretty"})
+_ELEMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
 
 @dataclass
-class StudySearch:
+class ResultParams:
+    """Paging and shaping parameters of one search.
+
+    Attributes
+    ----------
+    count, offset : int
+        Page size (``_count``, at most :data:`MAX_COUNT`) and start (``_offset``).
+    summary : str or None
+        ``_summary`` mode (``true``, ``false``, ``text``, ``data``, ``count``).
+    elements : frozenset of str or None
+        ``_elements`` names.
+    include : set of str
+        Canonical ``_include`` values accepted (``ImagingStudy:endpoint``, ...).
+    echo : list of (str, str)
+        The parameters understood, in request order, for the paging links.
+    """
+
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    summary: str | None = None
+    elements: frozenset | None = None
+    include: set = field(default_factory=set)
+    echo: list = field(default_factory=list)
+
+    @property
+    def summary_count(self) -> bool:
+        """``_summary=count`` or ``_count=0``: the total only."""
+        return self.summary == "count" or self.count == 0
+
+
+def _non_negative(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadSearch(f"invalid {name} {raw!r}: not an integer") from exc
+    if value < 0:
+        raise BadSearch(f"invalid {name} {raw!r}: negative")
+    return value
+
+
+def parse_result_parameter(result: ResultParams, name: str, raw: str, includes: dict[str, str],
+                           strict: bool) -> bool:
+    """Apply one result parameter to *result*; ``False`` when *name* is not one.
+
+    Parameters
+    ----------
+    includes : dict
+        Accepted ``_include`` spellings -> canonical value for this resource type.
+
+    Raises
+    ------
+    BadSearch
+        Malformed value, ``_summary`` with ``_elements``, or (strict) an unsupported ``_include``.
+    """
+    if name in FORMAT_PARAMETERS:
+        return True
+    if name == "_count":
+        result.count = min(_non_negative(name, raw), MAX_COUNT)
+    elif name == "_offset":
+        result.offset = _non_negative(name, raw)
+        return True  # paging links set their own offset
+    elif name == "_summary":
+        if raw not in SUMMARY_MODES:
+            raise BadSearch(f"unsupported _summary {raw!r}; use one of {', '.join(sorted(SUMMARY_MODES))}")
+        result.summary = raw
+    elif name == "_elements":
+        names = [n.strip() for n in raw.split(",") if n.strip()]
+        if not names or not all(_ELEMENT_NAME.fullmatch(n) for n in names):
+            raise BadSearch(f"invalid _elements {raw!r}")
+        result.elements = frozenset(names)
+    elif name == "_include":
+        canonical = includes.get(raw)
+        if canonical is None:
+            if strict:
+                raise BadSearch(f"unsupported _include {raw!r}")
+            return True
+        result.include.add(canonical)
+    else:
+        return False
+    if result.summary is not None and result.elements is not None:
+        raise BadSearch("_summary and _elements cannot be used together (FHIR R4 §3.1.1.5.9)")
+    result.echo.append((name, raw))
+    return True
+
+
+def check_modifier(name: str, allowed: frozenset = frozenset()) -> tuple[str, str]:
+    """Split ``name:modifier``; an unsupported modifier is a 400 (FHIR R4 §3.1.1.5 "modifiers")."""
+    base, _, modifier = name.partition(":")
+    if modifier and modifier not in allowed:
+        raise BadSearch(f"unsupported modifier {name!r}")
+    return base, modifier
+
+
+def reference_id(raw: str, resource_type: str) -> str:
+    """The id of a ``reference`` search value: ``id``, ``Type/id`` or an absolute URL ending ``/Type/id``."""
+    value = raw
+    if value.startswith(f"{resource_type}/"):
+        value = value[len(resource_type) + 1:]
+    if "/" in value:
+        match = re.search(rf"/{resource_type}/([^/]+)$", value)
+        if not match:
+            raise BadSearch(f"invalid {resource_type} reference {raw!r}")
+        value = match.group(1)
+    return value
+
+
+def uid_values(name: str, raw: str) -> frozenset[str]:
+    """DICOM UIDs of a token parameter: bare, ``urn:oid:X`` or ``urn:dicom:uid|urn:oid:X`` forms."""
+    uids = set()
+    for value in split_values(raw):
+        _, code = split_token(value)
+        uid = code[len("urn:oid:"):] if code.startswith("urn:oid:") else code
+        if not is_uid(uid):
+            raise BadSearch(f"invalid {name} {raw!r}: not a DICOM UID")
+        uids.add(uid)
+    return frozenset(uids)
+
+
+def coding_matcher(raw: str) -> Callable[[list[dict]], bool]:
+    """A token test on Codings (FHIR R4 §3.1.1.5.5): ``code``, ``system|code``, ``|code``, ``system|``."""
+    wanted = [split_token(v) for v in split_values(raw)]
+
+    def matches(codings: list[dict]) -> bool:
+        for coding in codings:
+            for system, code in wanted:
+                if system is None and coding.get("code") == code:
+                    return True
+                if system == "" and "system" not in coding and coding.get("code") == code:
+                    return True
+                if system and coding.get("system") == system and (not code or coding.get("code") == code):
+                    return True
+        return False
+
+    return matches
+
+
+# --- the ImagingStudy search ---------------------------------------------------------------
+
+#: ``_include`` spellings -> canonical value (FHIR R4 ImagingStudy search parameters).
+STUDY_INCLUDES = {
+    "ImagingStudy:endpoint": "ImagingStudy:endpoint",
+    "ImagingStudy:endpoint:Endpoint": "ImagingStudy:endpoint",
+    "ImagingStudy:patient": "ImagingStudy:patient",
+    "ImagingStudy:patient:Patient": "ImagingStudy:patient",
+    "ImagingStudy:subject": "ImagingStudy:patient",
+    "ImagingStudy:subject:Patient": "ImagingStudy:patient",
+}
+
+#: ImagingStudy.status codes (FHIR R4 ValueSet imagingstudy-status, required binding).
+STUDY_STATUSES = frozenset({"registered", "available", "cancelled", "entered-in-error", "unknown"})
+
+
+@dataclass
+class StudySearch(ResultParams):
     """A parsed ImagingStudy search.
 
     Attributes
@@ -173,44 +330,49 @@ class StudySearch:
         Exact tests on the mapped ImagingStudy (for elements computed from series).
     patient : str or None
         The FHIR Patient id asked for, if any.
-    count, offset : int
-        Page size and start.
-    include_endpoint, include_patient : bool
-        ``_include=ImagingStudy:endpoint`` / ``ImagingStudy:patient``.
-    summary_count : bool
-        ``_summary=count``.
-    echo : list of (str, str)
-        The parameters understood, for the ``self`` link.
+    needs_instances : bool
+        A filter looks at ``series.instance`` (``instance``, ``dicom-class``).
     """
 
     qido: list = field(default_factory=list)
     study_filters: list = field(default_factory=list)
     resource_filters: list = field(default_factory=list)
     patient: str | None = None
-    count: int = DEFAULT_COUNT
-    offset: int = 0
-    include_endpoint: bool = False
-    include_patient: bool = False
-    summary_count: bool = False
-    echo: list = field(default_factory=list)
+    needs_instances: bool = False
+
+    @property
+    def include_endpoint(self) -> bool:
+        return "ImagingStudy:endpoint" in self.include
+
+    @property
+    def include_patient(self) -> bool:
+        return "ImagingStudy:patient" in self.include
+
+    @property
+    def wants_instances(self) -> bool:
+        """Whether ``series.instance`` is needed, to filter or to show."""
+        if self.needs_instances:
+            return True
+        if self.summary in ("true", "text", "count"):
+            return False
+        return self.elements is None or "series" in self.elements
 
 
 def _patient_reference(raw: str) -> str:
-    value = raw
-    for prefix in ("Patient/",):
-        if value.startswith(prefix):
-            value = value[len(prefix):]
-    if "/" in value:
-        # An absolute reference must point at our own Patient endpoint.
-        match = re.search(r"/Patient/([^/]+)$", value)
-        if not match:
-            raise BadSearch(f"invalid patient reference {raw!r}")
-        value = match.group(1)
+    value = reference_id(raw, "Patient")
     try:
         to_patient_id(value)
     except InvalidPatientId as exc:
         raise BadSearch(f"invalid patient id {raw!r}") from exc
     return value
+
+
+def _series_items(resource: dict) -> list[dict]:
+    return resource.get("series", [])
+
+
+def _instances(resource: dict) -> list[dict]:
+    return [i for s in _series_items(resource) for i in s.get("instance", [])]
 
 
 def parse_study_search(params: list[tuple[str, str]], zone_name: str, strict: bool = False) -> StudySearch:
@@ -228,21 +390,23 @@ def parse_study_search(params: list[tuple[str, str]], zone_name: str, strict: bo
     Raises
     ------
     BadSearch
-        Unknown parameter under strict handling, or a malformed value.
+        Unknown parameter under strict handling, an unsupported modifier, or a malformed value.
     """
     search = StudySearch()
     for name, raw in params:
-        base, _, modifier = name.partition(":")
+        if parse_result_parameter(search, name, raw, STUDY_INCLUDES, strict):
+            continue
+        base = name.partition(":")[0]
         if base in ("patient", "subject"):
-            if modifier and modifier != "Patient":
-                raise BadSearch(f"unsupported modifier {name!r}")
+            check_modifier(name, frozenset({"Patient"}))
             values = [_patient_reference(v) for v in split_values(raw)]
             if len(values) != 1:
                 raise BadSearch(f"{name} takes one patient")
             if search.patient is not None and search.patient != values[0]:
                 search.study_filters.append(lambda ds: False)
             search.patient = values[0]
-        elif base == "_id" or (base == "identifier" and False):
+        elif base == "_id":
+            check_modifier(name)
             uids = split_values(raw)
             if not all(is_uid(u) for u in uids):
                 raise BadSearch(f"invalid _id {raw!r}: not a DICOM UID")
@@ -250,53 +414,55 @@ def parse_study_search(params: list[tuple[str, str]], zone_name: str, strict: bo
             if len(uids) == 1:
                 search.qido.append(("StudyInstanceUID", uids[0]))
         elif base == "identifier":
+            check_modifier(name)
             search.study_filters.append(_identifier_filter(raw, search))
         elif base == "started":
-            match, (start, end) = date_predicate(raw, zone_name)
+            check_modifier(name)
+            alternatives = [date_predicate(v, zone_name) for v in split_values(raw)]
             search.study_filters.append(
-                lambda ds, match=match: match(mapping.fhir_datetime(
+                lambda ds, tests=[m for m, _ in alternatives]: any(m(mapping.fhir_datetime(
                     dj.text(ds, "StudyDate"), dj.text(ds, "StudyTime"),
-                    dj.text(ds, "TimezoneOffsetFromUTC"), zone_name)))
-            if start or end:
-                search.qido.append(("StudyDate", f"{start}-{end}"))
+                    dj.text(ds, "TimezoneOffsetFromUTC"), zone_name)) for m in tests))
+            if len(alternatives) == 1:
+                start, end = alternatives[0][1]
+                if start or end:
+                    search.qido.append(("StudyDate", f"{start}-{end}"))
         elif base == "modality":
-            wanted = []
-            for value in split_values(raw):
-                system, code = split_token(value)
-                if system not in (None, "", mapping.DCM) or not code:
-                    wanted.append(None)
-                else:
-                    wanted.append(code)
+            check_modifier(name)
+            match = coding_matcher(raw)
+            search.resource_filters.append(lambda r, match=match: match(r.get("modality", [])))
+        elif base == "series":
+            check_modifier(name)
+            uids = uid_values(name, raw)
             search.resource_filters.append(
-                lambda r, wanted=frozenset(wanted): any(c.get("code") in wanted for c in r.get("modality", [])))
-        elif base == "_count":
-            try:
-                search.count = max(0, min(int(raw), MAX_COUNT))
-            except ValueError as exc:
-                raise BadSearch(f"invalid _count {raw!r}") from exc
-        elif base == "_offset":
-            try:
-                search.offset = max(0, int(raw))
-            except ValueError as exc:
-                raise BadSearch(f"invalid _offset {raw!r}") from exc
-            continue  # paging links set their own offset
-        elif base == "_include":
-            if raw in ("ImagingStudy:endpoint", "ImagingStudy:endpoint:Endpoint"):
-                search.include_endpoint = True
-            elif raw in ("ImagingStudy:patient", "ImagingStudy:patient:Patient",
-                         "ImagingStudy:subject", "ImagingStudy:subject:Patient"):
-                search.include_patient = True
-            elif strict:
-                raise BadSearch(f"unsupported _include {raw!r}")
-            else:
-                continue
-        elif base == "_summary":
-            if raw == "count":
-                search.summary_count = True
-            elif raw != "false":
-                raise BadSearch(f"unsupported _summary {raw!r}")
-        elif base in ("_format", "_pretty"):
-            continue
+                lambda r, uids=uids: any(s["uid"] in uids for s in _series_items(r)))
+        elif base == "instance":
+            check_modifier(name)
+            uids = uid_values(name, raw)
+            search.needs_instances = True
+            search.resource_filters.append(lambda r, uids=uids: any(i["uid"] in uids for i in _instances(r)))
+        elif base == "dicom-class":
+            check_modifier(name)
+            classes = frozenset(f"urn:oid:{uid}" for uid in uid_values(name, raw))
+            search.needs_instances = True
+            search.resource_filters.append(
+                lambda r, classes=classes: any(i["sopClass"]["code"] in classes for i in _instances(r)))
+        elif base == "bodysite":
+            check_modifier(name)
+            match = coding_matcher(raw)
+            search.resource_filters.append(
+                lambda r, match=match: match([s["bodySite"] for s in _series_items(r) if "bodySite" in s]))
+        elif base == "status":
+            check_modifier(name)
+            codes = {split_token(v)[1] for v in split_values(raw)}
+            if not codes <= STUDY_STATUSES:
+                raise BadSearch(f"invalid status {raw!r}: not an ImagingStudy status code")
+            search.resource_filters.append(lambda r, codes=frozenset(codes): r["status"] in codes)
+        elif base == "endpoint":
+            check_modifier(name, frozenset({"Endpoint"}))
+            ids = {reference_id(v, "Endpoint") for v in split_values(raw)}
+            search.resource_filters.append(
+                lambda r, ids=frozenset(ids): any(e["reference"].split("/")[-1] in ids for e in r.get("endpoint", [])))
         else:
             if strict:
                 raise BadSearch(f"unknown search parameter {name!r}")

@@ -1,6 +1,7 @@
 """Imaging data from the PACS as the FHIR API needs it: study queries, fan-out and bounded caches."""
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ STUDY_FIELDS = (
 )
 SERIES_FIELDS = ("SeriesDescription", "BodyPartExamined", "Laterality", "SeriesDate", "SeriesTime",
                  "TimezoneOffsetFromUTC", "NumberOfSeriesRelatedInstances")
-INSTANCE_FIELDS = ("SeriesInstanceUID", "InstanceNumber", "DocumentTitle", "NumberOfFrames")
+INSTANCE_FIELDS = ("SeriesInstanceUID", "InstanceNumber", "DocumentTitle", "ConceptNameCodeSequence", "NumberOfFrames")
 
 
 def include(fields: Sequence[str]) -> list[tuple[str, str]]:
@@ -54,15 +55,25 @@ class StudyRepository:
         Seconds an entry stays valid.
     workers : int
         Bound on parallel PACS requests when one search maps many studies.
+    query_ttl : float
+        Seconds a study-level QIDO-RS answer is reused for the same query (0: never).
     """
 
     def __init__(self, pacs: PacsClient, ctx: mapping.MappingContext, cache_size: int = 4096,
-                 ttl: float = 60.0, workers: int = 8):
+                 ttl: float = 60.0, workers: int = 8, query_ttl: float = 10.0):
         self.pacs = pacs
         self.ctx = ctx
         self._lock = threading.Lock()
         self._patient_of_study: TTLCache = TTLCache(cache_size, ttl)
-        self._details: TTLCache = TTLCache(max(cache_size // 8, 16), ttl)
+        details = max(cache_size // 8, 16)
+        #: StudyInstanceUID -> (stamp, series-level DICOM JSON)
+        self._series: TTLCache = TTLCache(details, ttl)
+        #: StudyInstanceUID -> (stamp, instance-level DICOM JSON)
+        self._instances: TTLCache = TTLCache(details, ttl)
+        #: "uid|with_instances" -> ((study fingerprint,), mapped ImagingStudy)
+        self._resources: TTLCache = TTLCache(details, ttl)
+        #: sorted QIDO-RS matching keys -> study-level answer (None: no query cache)
+        self._queries: TTLCache | None = TTLCache(256, query_ttl) if query_ttl > 0 else None
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs")
@@ -112,6 +123,9 @@ class StudyRepository:
     def find_studies(self, params: Sequence[tuple[str, str]]) -> list[dict]:
         """Run a study-level QIDO-RS query with the attributes the mapping needs.
 
+        The same query within ``query_ttl`` seconds is answered from a bounded cache
+        (DESIGN.md "Data flow" allows time-limited QIDO caches; ``query_ttl`` 0 turns it off).
+
         Parameters
         ----------
         params : sequence of (str, str)
@@ -120,43 +134,102 @@ class StudyRepository:
         Returns
         -------
         list of dict
-            Study-level DICOM JSON, each remembered in the study -> patient cache.
+            Study-level DICOM JSON (a new list; the datasets are shared: read-only),
+            each remembered in the study -> patient cache.
         """
+        key = tuple(sorted(params))
+        if self._queries is not None:
+            with self._lock:
+                hit = self._queries.get(key)
+            if hit is not None:
+                return list(hit)
         studies = self.pacs.qido("studies", list(params) + include(STUDY_FIELDS))
         self.remember(studies)
-        return studies
+        if self._queries is not None:
+            with self._lock:
+                self._queries[key] = studies
+        return list(studies)
 
-    def _details_of(self, study_uid: str) -> tuple[list[dict], list[dict]]:
+    @staticmethod
+    def _stamp(study: dict) -> tuple:
+        """What must not have changed for cached series/instances of *study* to be reused.
+
+        The study-level answer is always fresh; NumberOfStudyRelatedSeries/Instances
+        (PS3.18 Table 10.6.3-3) change when the PACS receives more of the study, so a
+        stale entry is refetched even within its TTL.
+        """
+        return (dj.text(study, "NumberOfStudyRelatedSeries"), dj.text(study, "NumberOfStudyRelatedInstances"))
+
+    def _cached(self, cache: TTLCache, key: str, stamp: tuple):
         with self._lock:
-            cached = self._details.get(study_uid)
+            hit = cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        return None
+
+    def _series_of(self, study_uid: str, stamp: tuple) -> list[dict]:
+        series = self._cached(self._series, study_uid, stamp)
+        if series is None:
+            series = self.pacs.qido(f"studies/{study_uid}/series", include(SERIES_FIELDS))
+            with self._lock:
+                self._series[study_uid] = (stamp, series)
+        return series
+
+    def _instances_of(self, study_uid: str, stamp: tuple) -> list[dict]:
+        instances = self._cached(self._instances, study_uid, stamp)
+        if instances is None:
+            instances = self.pacs.qido(f"studies/{study_uid}/instances", include(INSTANCE_FIELDS))
+            with self._lock:
+                self._instances[study_uid] = (stamp, instances)
+        return instances
+
+    def _resource(self, study: dict, with_instances: bool) -> dict:
+        """Map one study, reusing the mapped resource while its study-level answer is unchanged."""
+        uid = dj.text(study, "StudyInstanceUID") or ""
+        fingerprint = json.dumps(study, sort_keys=True)
+        key = f"{uid}|{int(with_instances)}"
+        cached = self._cached(self._resources, key, (fingerprint,))
         if cached is not None:
             return cached
-        series = self.pacs.qido(f"studies/{study_uid}/series", include(SERIES_FIELDS))
-        instances = self.pacs.qido(f"studies/{study_uid}/instances", include(INSTANCE_FIELDS))
+        stamp = self._stamp(study)
+        series = self._series_of(uid, stamp)
+        instances = self._instances_of(uid, stamp) if with_instances else []
+        resource = mapping.imaging_study(study, series, instances, self.ctx)
         with self._lock:
-            self._details[study_uid] = (series, instances)
-        return series, instances
+            self._resources[key] = ((fingerprint,), resource)
+        return resource
 
-    def imaging_studies(self, studies: Sequence[dict]) -> list[dict]:
-        """Map study-level datasets to ImagingStudy resources with series and instances.
+    def imaging_studies(self, studies: Sequence[dict], with_instances: bool = True) -> list[dict]:
+        """Map study-level datasets to ImagingStudy resources with their series (and instances).
 
         The series and instance queries of different studies run in parallel, at most
-        ``workers`` at a time; results keep the order of *studies*.
+        ``workers`` at a time; results keep the order of *studies*. Answers are cached for
+        ``ttl`` seconds and reused only while the study's related-series/instance counts
+        are unchanged.
+
+        Parameters
+        ----------
+        studies : sequence of dict
+            Study-level DICOM JSON, as :meth:`find_studies` returns it.
+        with_instances : bool
+            Fetch and map ``series.instance`` too. Without it (``_summary=true``: FHIR R4
+            ImagingStudy marks ``series.instance`` as not in the summary) only the
+            series-level QIDO-RS query runs per study.
+
+        Returns
+        -------
+        list of dict
+            FHIR R4 ImagingStudy resources, shared with the cache: treat them as read-only.
 
         Raises
         ------
         PacsError
             If any of the PACS queries fails (no partial answer is returned).
         """
-        uids = [dj.text(ds, "StudyInstanceUID") for ds in studies]
+        studies = [ds for ds in studies if dj.text(ds, "StudyInstanceUID")]
         if len(studies) <= 1:
-            details = [self._details_of(uid) for uid in uids if uid]
-        else:
-            details = list(self._pool.map(self._details_of, [uid for uid in uids if uid]))
-        result = []
-        for ds, (series, instances) in zip([s for s, u in zip(studies, uids) if u], details):
-            result.append(mapping.imaging_study(ds, series, instances, self.ctx))
-        return result
+            return [self._resource(ds, with_instances) for ds in studies]
+        return list(self._pool.map(lambda ds: self._resource(ds, with_instances), studies))
 
 
 def init_app(app: Flask) -> None:
@@ -170,6 +243,8 @@ def init_app(app: Flask) -> None:
         app.extensions["pacs"], ctx,
         cache_size=int(app.config.get("FACADE_CACHE_SIZE", 4096)),
         ttl=float(app.config.get("FACADE_CACHE_TTL", 60.0)),
+        workers=int(app.config.get("FACADE_PACS_WORKERS", 8)),
+        query_ttl=float(app.config.get("FACADE_QUERY_CACHE_TTL", 10.0)),
     )
 
 

@@ -169,7 +169,7 @@ def test_metadata_and_format_negotiation(fake_app):
     uris = {e["url"]: e["valueUri"] for e in statement["rest"][0]["security"]["extension"][0]["extension"]}
     assert uris == {"authorize": f"{PUBLIC}/auth/authorize", "token": f"{PUBLIC}/auth/token"}
     assert client.get("/fhir/metadata", headers={"Accept": "text/html"}).status_code == 406
-    assert client.get("/fhir/metadata?_format=xml").status_code == 406
+    assert client.get("/fhir/metadata?_format=html").status_code == 406
     assert client.get("/fhir/metadata", headers={"Accept": "application/json"}).status_code == 200
 
 

@@ -67,7 +67,10 @@ def test_patient_reference_forms_and_qido():
 
 
 @pytest.mark.parametrize("params", [[("patient", "a b")], [("_id", "not-a-uid")], [("_count", "x")],
-                                    [("identifier", "urn:oid:1..2")], [("_summary", "text")]])
+                                    [("identifier", "urn:oid:1..2")], [("_summary", "full")],
+                                    [("_count", "-1")], [("_offset", "x")], [("modality:not", "CT")],
+                                    [("series", "1.2.x")], [("status", "done")], [("_elements", "a b")],
+                                    [("_summary", "true"), ("_elements", "series")]])
 def test_malformed_values_are_bad_searches(params):
     with pytest.raises(BadSearch):
         parse_study_search(params, "UTC")
