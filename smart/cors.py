@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from flask import Flask, current_app, request
+from flask import current_app, request
 from sqlalchemy import select
 
 from .db import get_session
@@ -75,6 +75,3 @@ def add_cors_headers(response):
         response.headers["Access-Control-Max-Age"] = "600"
     return response
 
-
-def init_app(app: Flask) -> None:  # pragma: no cover - wiring only
-    """Nothing app-wide: the hook is registered on the blueprint in ``smart.init_app``."""

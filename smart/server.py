@@ -1,6 +1,8 @@
 """The Authlib AuthorizationServer of the facade, bound late to the Flask app."""
 from __future__ import annotations
 
+import logging
+
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
@@ -66,6 +68,12 @@ class SmartAuthorizationServer(AuthorizationServer):
             raise InsecureTransportError()
         return FlaskOAuth2Request(flask_request)
 
+
+# Authlib logs whole token responses (access and refresh tokens) at DEBUG level
+# ("Issue token %r to %r"); keep its logger above DEBUG so no token reaches a log.
+_authlib_log = logging.getLogger("authlib")
+if _authlib_log.level < logging.INFO:
+    _authlib_log.setLevel(logging.INFO)
 
 server = SmartAuthorizationServer()
 server.register_grant(grants.AuthorizationCodeGrant, [grants.S256CodeChallenge(required=True)])

@@ -7,7 +7,6 @@ import pytest
 
 from fixtures_app import *  # noqa: F401,F403
 from fixtures_app import PUBLIC_URL
-from smart_flow import DEFAULT_REDIRECT_URI
 
 OFFLINE_SCOPE = "launch/patient openid fhirUser patient/ImagingStudy.rs patient/Patient.rs offline_access"
 
@@ -333,10 +332,8 @@ def test_secret_key_persists_across_app_instances(app, alice):
     again = create_app({"TESTING": True, "FACADE_DATABASE_URL": app.config["FACADE_DATABASE_URL"],
                         "FACADE_PUBLIC_URL": PUBLIC_URL})
     with again.test_request_context():
-        from flask import session  # noqa: F401
-
         assert again.session_interface.get_signing_serializer(again) is not None
-    assert again.secret_key == app.secret_key
+    assert again.secret_key and again.secret_key == app.secret_key
 
 
 # --- malformed input never gives a 500 ---------------------------------------------------------
@@ -379,3 +376,15 @@ def test_ehr_launch_for_another_user_is_refused(app, auth):
     assert response.status_code == 302
     assert "error=access_denied" in response.headers["Location"]
     assert "code=" not in response.headers["Location"]
+
+
+def test_no_tokens_or_secrets_in_logs(alice, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    alice.register_confidential_client("conf", "s3cret-value")
+    token = alice.obtain_token(scope=OFFLINE_SCOPE)
+    alice.refresh_response(token["refresh_token"])
+    for secret in (token["access_token"], token["refresh_token"], token["id_token"], "s3cret-value",
+                   "correct horse"):
+        assert secret not in caplog.text
