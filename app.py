@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+from werkzeug.serving import WSGIRequestHandler
 
 from fhir_facade import config as facade_config
 
@@ -38,6 +39,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
+class _QuietRequestHandler(WSGIRequestHandler):
+    """Dev-server request log without the query string (it can hold patient identifiers)."""
+
+    def log_request(self, code="-", size="-"):
+        path = self.path.split("?", 1)[0]
+        self.log("info", '"%s %s" %s %s', self.command, path, getattr(code, "value", code), size)
+
+
 if __name__ == "__main__":
     _app = create_app()
-    _app.run(host=_app.config["FACADE_HOST"], port=_app.config["FACADE_PORT"], threaded=True)
+    _app.run(host=_app.config["FACADE_HOST"], port=_app.config["FACADE_PORT"], threaded=True,
+             request_handler=_QuietRequestHandler)

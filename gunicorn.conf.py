@@ -1,0 +1,25 @@
+"""Production server configuration: ``gunicorn -c gunicorn.conf.py "app:create_app()"``.
+
+Threaded workers suit the facade: most of a request's time is spent waiting on the PACS or
+streaming its answer, so a few processes with many threads each keep every core busy without
+holding a process per download.
+"""
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('FACADE_HOST', '127.0.0.1')}:{os.environ.get('FACADE_PORT', '8080')}"
+workers = int(os.environ.get("FACADE_WORKERS", multiprocessing.cpu_count()))
+worker_class = "gthread"
+threads = int(os.environ.get("FACADE_THREADS", 16))
+# Seconds a worker may go silent before it is restarted; streaming keeps the heartbeat alive.
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+# Access log without the query string (it can hold patient identifiers, DESIGN.md "Security")
+# and without any request header (the Authorization header holds tokens).
+accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
+loglevel = os.environ.get("FACADE_LOG_LEVEL", "info")
+# Behind a TLS-terminating proxy, set FORWARDED_ALLOW_IPS to its address so X-Forwarded-* is trusted.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
