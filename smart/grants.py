@@ -347,7 +347,9 @@ class ClientCredentialsGrant(_SmartTokenMixin, grants.ClientCredentialsGrant):
     def create_token_response(self):
         client = self.request.client
         allowed = client.get_allowed_scope(self.request.payload.scope)
-        scope = " ".join(s for s in allowed.split() if s.startswith("system/"))
+        # system/ scopes, plus "launch" for EHR back ends that create launch contexts
+        # (POST /auth/launch).
+        scope = " ".join(s for s in allowed.split() if s.startswith("system/") or s == "launch")
         if not scope:
             raise InvalidScopeError("Request at least one system/ scope the client is registered for.")
         token = self.generate_token(scope=scope, include_refresh_token=False)

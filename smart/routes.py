@@ -12,7 +12,7 @@ from . import discovery, keys, revocation, scopes, tokens
 from .db import get_session
 from .grants import find_launch, scope_has
 from .models import User, now
-from .server import server
+from .server import query_client, server
 
 bp = Blueprint("smart", __name__, template_folder="templates")
 
@@ -218,6 +218,68 @@ def introspect():
 def revoke():
     """Token revocation (RFC 7009)."""
     return revocation.revoke()
+
+
+@bp.route("/auth/launch", methods=["POST"])
+def create_launch():
+    """Create an EHR launch context for a trusted EHR back end (issue 4 "EHR launch").
+
+    The caller presents a Backend Services access token (``client_credentials``) whose
+    scope includes ``launch``. Body (form or JSON): ``patient``, optional ``encounter``,
+    ``user`` (username), ``need_patient_banner`` (default true). Answers 201 with
+    ``{"launch": id, "expires_in": seconds}``.
+    """
+    from .cli import LAUNCH_LIFETIME, AdminError
+    from .cli import create_launch as make_launch
+
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    try:
+        claims = tokens.decode_access_token(value.strip()) if scheme.lower() == "bearer" else None
+    except tokens.InvalidToken as exc:
+        return _bearer_error(401, "invalid_token", exc.description)
+    if claims is None:
+        return _bearer_error(401, None, "A Backend Services access token is required.")
+    backend = query_client(claims.get("client_id"))
+    is_backend_token = (
+        backend is not None
+        and backend.check_grant_type("client_credentials")
+        and claims.get("sub") == claims.get("client_id")
+        and "patient" not in claims
+    )
+    if not scope_has(claims.get("scope"), "launch") or not is_backend_token:
+        return _bearer_error(403, "insufficient_scope", "The token needs the launch scope of a backend client.")
+    data = request.get_json(silent=True) if request.is_json else request.form
+    data = data if isinstance(data, dict) or hasattr(data, "get") else {}
+    banner = str(data.get("need_patient_banner", "true")).lower() not in ("false", "0", "no")
+    try:
+        launch_id = make_launch(
+            patient=data.get("patient") or None,
+            encounter=data.get("encounter") or None,
+            username=data.get("user") or None,
+            need_patient_banner=banner,
+        )
+    except AdminError as exc:
+        return _json_error(400, "invalid_request", str(exc))
+    response = jsonify({"launch": launch_id, "expires_in": LAUNCH_LIFETIME})
+    response.status_code = 201
+    return response
+
+
+def _json_error(status: int, error: str, description: str):
+    response = jsonify({"error": error, "error_description": description})
+    response.status_code = status
+    return response
+
+
+def _bearer_error(status: int, error: str | None, description: str):
+    """RFC 6750 §3 error with ``WWW-Authenticate: Bearer``."""
+    response = _json_error(status, error or "invalid_request", description)
+    value = 'Bearer realm="smart"'
+    if error:
+        value += f', error="{error}"'
+    response.headers["WWW-Authenticate"] = value
+    return response
 
 
 @bp.route("/.well-known/smart-configuration")

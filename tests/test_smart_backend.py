@@ -132,3 +132,39 @@ def test_asymmetric_app_launch_client(app, auth, client_keys):
     without = auth.authorize(client_id="bulk")
     response = auth.exchange_response(without, without.verifier, client_id="bulk")
     assert response.get_json()["error"] == "invalid_client"
+
+
+def test_launch_api_for_ehr_backend(app, auth, client_keys):
+    from smart.cli import add_client
+
+    jwks = {"keys": [client_keys["RS384"].as_dict(private=False)]}
+    with app.app_context():
+        add_client("ehr", [], public=False, jwks=jwks, scope="launch system/Patient.rs")
+        add_client("bulk", [], public=False, jwks=jwks, scope="system/Patient.rs")
+    auth.register_public_client()
+    auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
+
+    def backend_token(client_id, scope):
+        signed = assertion(client_keys["RS384"], "RS384", iss=client_id, sub=client_id)
+        return auth.client.post("/auth/token", data={
+            "grant_type": "client_credentials", "scope": scope,
+            "client_assertion_type": ASSERTION_TYPE, "client_assertion": signed}).get_json()
+
+    token = backend_token("ehr", "launch system/Patient.rs")
+    assert token["scope"] == "launch system/Patient.rs"
+    created = auth.client.post("/auth/launch", json={"patient": "patient-5", "need_patient_banner": False},
+                               headers={"Authorization": "Bearer " + token["access_token"]})
+    assert created.status_code == 201, created.get_data(as_text=True)
+    launch = created.get_json()["launch"]
+    code = auth.authorize("dr", "pw-dr", scope="launch patient/ImagingStudy.rs", launch=launch)
+    body = auth.exchange(code)
+    assert body["patient"] == "patient-5" and body["need_patient_banner"] is False
+
+    assert auth.client.post("/auth/launch", json={"patient": "p"}).status_code == 401
+    other = backend_token("bulk", "system/Patient.rs")
+    refused = auth.client.post("/auth/launch", json={"patient": "p"},
+                               headers={"Authorization": "Bearer " + other["access_token"]})
+    assert refused.status_code == 403
+    bad = auth.client.post("/auth/launch", json={"patient": "not valid!"},
+                           headers={"Authorization": "Bearer " + token["access_token"]})
+    assert bad.status_code == 400
