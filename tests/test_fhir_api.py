@@ -182,3 +182,236 @@ def test_endpoint_read_and_search(fake_app):
     bundle = client.get("/fhir/Endpoint?connection-type=dicom-wado-rs", headers=headers).get_json()
     assert bundle["total"] == 1
     assert client.get("/fhir/Endpoint?status=off", headers=headers).get_json()["total"] == 0
+
+
+# --- formats -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("query, accept, status, mimetype", [
+    ("", None, 200, "application/fhir+json"),
+    ("", "application/fhir+xml", 200, "application/fhir+xml"),
+    ("", "application/xml", 200, "application/fhir+xml"),
+    ("", "application/fhir+json; fhirVersion=4.0", 200, "application/fhir+json"),
+    ("", "application/fhir+xml;q=0.9, application/fhir+json;q=0.8", 200, "application/fhir+xml"),
+    ("", "text/html, */*;q=0.1", 200, "application/fhir+json"),
+    ("?_format=xml", "application/fhir+json", 200, "application/fhir+xml"),
+    ("?_format=application/fhir%2Bxml", None, 200, "application/fhir+xml"),
+    ("?_format=json", "application/fhir+xml", 200, "application/fhir+json"),
+    ("", "text/html", 406, "application/fhir+json"),
+    ("", "application/fhir+json; fhirVersion=3.0", 406, "application/fhir+json"),
+    ("?_format=turtle", None, 406, "application/fhir+json"),
+])
+def test_format_negotiation(fake_app, query, accept, status, mimetype):
+    headers = {"Accept": accept} if accept else {}
+    response = fake_app.test_client().get(f"/fhir/metadata{query}", headers=headers)
+    assert (response.status_code, response.mimetype) == (status, mimetype)
+    if status == 406:
+        assert response.get_json()["issue"][0]["code"] == "not-supported"
+
+
+def test_xml_and_pretty_bodies(fake_app, rsps):
+    from lxml import etree
+    fake_pacs(rsps, [study("1.2.1", accession="A1")])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    xml = client.get("/fhir/ImagingStudy?patient=P1&_format=xml&_pretty=true", headers=headers)
+    root = etree.fromstring(xml.data)
+    ns = {"f": "http://hl7.org/fhir"}
+    assert root.tag == "{http://hl7.org/fhir}Bundle"
+    assert root.find("f:total", ns).get("value") == "1"
+    assert root.find(".//f:ImagingStudy/f:id", ns).get("value") == "1.2.1"
+    assert b"\n  <" in xml.data
+    compact = client.get("/fhir/ImagingStudy/1.2.1", headers=headers).get_data(as_text=True)
+    pretty = client.get("/fhir/ImagingStudy/1.2.1?_pretty=true", headers=headers).get_data(as_text=True)
+    assert "\n" not in compact and '\n  "resourceType": "ImagingStudy"' in pretty
+    error = client.get("/fhir/ImagingStudy/9.9.9", headers={**headers, "Accept": "application/fhir+xml"})
+    assert error.status_code == 404 and error.mimetype == "application/fhir+xml"
+    assert b"OperationOutcome" in error.data
+
+
+# --- paging, _summary, _elements --------------------------------------------------------------
+
+def test_paging_links_page_stably_through_all_matches(fake_app, rsps):
+    from urllib.parse import parse_qsl, urlsplit
+    fake_pacs(rsps, [study(f"1.2.{n}", date=f"202101{n:02d}") for n in range(1, 8)])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    url, seen, pages = "/fhir/ImagingStudy?patient=P1&unknown=x&_count=3", [], 0
+    while url:
+        bundle = client.get(url, headers=headers).get_json()
+        validate(bundle)
+        assert bundle["total"] == 7
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        assert "unknown" not in links["self"]
+        assert dict(parse_qsl(urlsplit(links["last"]).query))["_offset"] == "6"
+        seen += [e["resource"]["id"] for e in bundle["entry"]]
+        pages += 1
+        url = links.get("next", "").replace(PUBLIC, "") or None
+    assert pages == 3
+    assert seen == [f"1.2.{n}" for n in range(7, 0, -1)]  # newest first, each once
+    back = client.get("/fhir/ImagingStudy?patient=P1&_count=3&_offset=3", headers=headers).get_json()
+    previous = {link["relation"]: link["url"] for link in back["link"]}["previous"]
+    assert "_offset=0" in previous
+
+
+def test_summary_count_and_count_zero(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1"), study("1.2.2")])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    for query in ("_summary=count", "_count=0"):
+        bundle = client.get(f"/fhir/ImagingStudy?patient=P1&{query}", headers=headers).get_json()
+        validate(bundle)
+        assert bundle["total"] == 2 and "entry" not in bundle
+    queried = [c.request.url for c in rsps.calls]
+    assert not any("/series" in u or "/instances" in u for u in queried)
+
+
+def test_summary_true_skips_instances(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1")])
+    bundle = fake_app.test_client().get("/fhir/ImagingStudy?patient=P1&_summary=true",
+                                        headers=bearer(token(fake_app))).get_json()
+    validate(bundle)
+    resource = bundle["entry"][0]["resource"]
+    assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert resource["series"][0]["uid"] == "1.2.1.1" and "instance" not in resource["series"][0]
+    assert not any("/instances" in c.request.url for c in rsps.calls)
+
+
+def test_elements_keeps_mandatory_elements(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1", accession="A1")])
+    bundle = fake_app.test_client().get("/fhir/ImagingStudy?patient=P1&_elements=identifier",
+                                        headers=bearer(token(fake_app))).get_json()
+    validate(bundle)
+    resource = bundle["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "identifier", "status", "subject"}
+    assert not any("/instances" in c.request.url for c in rsps.calls)
+
+
+# --- strict handling, POST _search, modifiers -------------------------------------------------
+
+def test_unknown_parameters_ignored_or_strict(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1")])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    lenient = client.get("/fhir/ImagingStudy?patient=P1&foo=bar", headers=headers)
+    assert lenient.status_code == 200 and lenient.get_json()["total"] == 1
+    strict = client.get("/fhir/ImagingStudy?patient=P1&foo=bar", headers={**headers, "Prefer": "handling=strict"})
+    assert strict.status_code == 400
+    assert "foo" in strict.get_json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/ImagingStudy?modality:not=CT", headers=headers).status_code == 400
+
+
+def test_post_search_equals_get(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1"), study("1.2.2", date="20200101")])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    posted = client.post("/fhir/ImagingStudy/_search", data={"patient": "P1", "started": "ge2021"},
+                         headers=headers).get_json()
+    got = client.get("/fhir/ImagingStudy?patient=P1&started=ge2021", headers=headers).get_json()
+    assert posted == got and posted["total"] == 1
+    wrong = client.post("/fhir/ImagingStudy/_search", json={"patient": "P1"}, headers=headers)
+    assert wrong.status_code == 415 and wrong.get_json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("query, found", [
+    ("series=1.2.1.1", True), ("series=1.2.1.9", False), ("instance=1.2.1.1.1", True),
+    (f"dicom-class=urn:oid:{CT}", True), ("dicom-class=urn:oid:1.2.3", False),
+    ("status=available", True), ("status=cancelled", False),
+    ("endpoint=Endpoint/dicomweb", True), ("endpoint=Endpoint/other", False),
+    ("bodysite=http://snomed.info/sct|816094009", False),
+])
+def test_study_token_parameters(fake_app, rsps, query, found):
+    fake_pacs(rsps, [study("1.2.1")])
+    bundle = fake_app.test_client().get(f"/fhir/ImagingStudy?patient=P1&{query}",
+                                        headers=bearer(token(fake_app))).get_json()
+    assert bundle["total"] == (1 if found else 0), query
+
+
+# --- Patient and Endpoint search ----------------------------------------------------------------
+
+def patient_study(uid, patient, name, birth="19700102", sex="F"):
+    return ds(StudyInstanceUID=uid, PatientID=patient, PatientName=name, PatientBirthDate=birth, PatientSex=sex,
+              StudyDate="20210101")
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("", ["P1", "P2", "dcm-P.203"]),
+    ("_id=P2", ["P2"]),
+    ("identifier=P1", ["P1"]),
+    ("identifier=http://other|P1", []),
+    ("name=mül", ["P1"]),
+    ("name=JER", ["P2"]),
+    ("family=Mueller", []),
+    ("family:exact=Müller", ["P1"]),
+    ("given:contains=rôm", ["P2"]),
+    ("birthdate=1970-01-02", ["P1"]),
+    ("birthdate=lt1980", ["P1", "dcm-P.203"]),
+    ("gender=male", ["P2"]),
+    ("gender=female,other", ["P1", "dcm-P.203"]),
+])
+def test_patient_search(fake_app, rsps, query, expected):
+    fake_pacs(rsps, [patient_study("1.2.1", "P1", "Müller^Anna"), patient_study("1.2.2", "P2", "Buc^Jérôme",
+                                                                                  birth="19900101", sex="M"),
+                     patient_study("1.2.3", "P 3", "Doe^John", birth="19600101", sex="O")])
+    value = token(fake_app, scope="system/Patient.rs", patient=None)
+    bundle = fake_app.test_client().get(f"/fhir/Patient?{query}", headers=bearer(value)).get_json()
+    validate(bundle)
+    assert [e["resource"]["id"] for e in bundle.get("entry", [])] == expected, query
+
+
+def test_patient_search_is_confined_to_the_token_patient(fake_app, rsps):
+    fake_pacs(rsps, [patient_study("1.2.1", "P1", "A^B"), patient_study("1.2.2", "P2", "C^D")])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    bundle = client.get("/fhir/Patient", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["P1"]
+    assert client.get("/fhir/Patient?_id=P2", headers=headers).status_code == 403
+    assert client.get("/fhir/Patient?gender=robot", headers=headers).status_code == 400
+
+
+@pytest.mark.parametrize("query, total", [
+    ("_id=dicomweb", 1), ("_id=other", 0), ("connection-type=dicom-wado-rs", 1),
+    ("connection-type=http://terminology.hl7.org/CodeSystem/endpoint-connection-type|dicom-wado-rs", 1),
+    ("connection-type=hl7-fhir-rest", 0), ("status=active", 1), ("status=off", 0), ("status=active,off", 1),
+])
+def test_endpoint_search(fake_app, query, total):
+    bundle = fake_app.test_client().get(f"/fhir/Endpoint?{query}", headers=bearer(token(fake_app))).get_json()
+    validate(bundle)
+    assert bundle["total"] == total
+
+
+# --- the CapabilityStatement lists exactly what works -------------------------------------------
+
+SAMPLE_VALUES = {"reference": "P1", "token": "x", "date": "ge2020", "string": "a"}
+TOKEN_SAMPLES = {"_id": "1.2.1", "identifier": "A1", "series": "1.2.1.1", "instance": "1.2.1.1.1",
+                 "dicom-class": f"urn:oid:{CT}", "status": "available", "gender": "female",
+                 "connection-type": "dicom-wado-rs", "endpoint": "Endpoint/dicomweb"}
+
+
+def test_capability_statement_lists_exactly_what_works(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1", accession="A1")])
+    client = fake_app.test_client()
+    headers = {**bearer(token(fake_app, scope="system/*.rs", patient=None)), "Prefer": "handling=strict"}
+    statement = client.get("/fhir/metadata").get_json()
+    rest = statement["rest"][0]
+    assert statement["format"] == ["json", "xml", "application/fhir+json", "application/fhir+xml"]
+    listed = {r["type"]: r for r in rest["resource"]}
+    assert set(listed) == {"ImagingStudy", "Endpoint", "Patient"}
+    for resource_type, entry in listed.items():
+        assert {i["code"] for i in entry["interaction"]} == {"read", "search-type"}
+        for param in entry["searchParam"]:
+            value = TOKEN_SAMPLES.get(param["name"]) or SAMPLE_VALUES[param["type"]]
+            if resource_type == "Endpoint":
+                value = {"_id": "dicomweb", "status": "active"}.get(param["name"], value)
+            for method in ("GET", "POST"):
+                if method == "GET":
+                    response = client.get(f"/fhir/{resource_type}?{param['name']}={value}", headers=headers)
+                else:
+                    response = client.post(f"/fhir/{resource_type}/_search", data={param["name"]: value},
+                                           headers=headers)
+                assert response.status_code == 200, (resource_type, param["name"], response.get_json())
+        for include in entry.get("searchInclude", []):
+            response = client.get(f"/fhir/{resource_type}?_include={include}", headers=headers)
+            assert response.status_code == 200, include
+        unlisted = client.get(f"/fhir/{resource_type}?_has=x", headers=headers)
+        assert unlisted.status_code == 400
+    assert client.get("/fhir/Observation", headers=headers).status_code == 404

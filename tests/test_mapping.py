@@ -120,3 +120,51 @@ def test_endpoint_points_at_the_facade():
     assert endpoint["address"] == "https://facade.example/base/dicomweb"
     assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
     assert endpoint["extension"][0] == {"url": mapping.REQUIRES_ACCESS_TOKEN, "valueBoolean": True}
+
+
+def _dicom_sct_concepts():
+    """SNOMED CT code -> [(Code Meaning, CIDs)] from pydicom's tables generated from DICOM PS3.16."""
+    from pydicom.sr._concepts_dict import concepts
+    by_code: dict = {}
+    for _keyword, entries in concepts["SCT"].items():
+        for code, (meaning, cids) in entries.items():
+            by_code.setdefault(code, []).append((meaning, set(cids)))
+    return by_code
+
+
+@pytest.mark.parametrize("term", sorted(mapping.BODY_PART))
+def test_body_part_codes_match_ps3_16(term):
+    """Each Annex L code is a PS3.16 anatomic-region concept (CID 4 "Anatomic Region", 4030 "CT, MR
+    and PET Anatomy Imaged" or 4031 "Common Anatomic Regions") with the Code Meaning DICOM gives it."""
+    code, meaning = mapping.BODY_PART[term]
+    found = _dicom_sct_concepts()[code]
+    assert any(m == meaning and cids & {4, 4030, 4031} for m, cids in found), (term, found)
+    site = mapping.body_site(term.lower())
+    assert site == {"system": mapping.SNOMED, "code": code, "display": meaning}
+
+
+@pytest.mark.parametrize("value", sorted(mapping.LATERALITY))
+def test_laterality_codes_match_cid_244(value):
+    code, meaning = mapping.LATERALITY[value]
+    assert any(m == meaning and 244 in cids for m, cids in _dicom_sct_concepts()[code])
+
+
+def test_unknown_body_part_keeps_its_text_without_a_code():
+    assert mapping.body_site("BELLYBUTTON") == {"display": "BELLYBUTTON"}
+    assert mapping.laterality("U") is None
+
+
+def test_series_started_uses_the_study_offset():
+    study, series, instances = study_fixture()
+    series[0] = ds(SeriesInstanceUID="1.2.3.2", SeriesNumber="2", Modality="PT", SeriesDate="20240105",
+                   SeriesTime="1030")
+    resource = mapping.imaging_study(study, series, instances, CTX)
+    assert resource["series"][1]["started"] == "2024-01-05T10:30:00-05:00"
+
+
+def test_accession_issuer_is_the_assigner():
+    study, series, instances = study_fixture()
+    study.update(ds(IssuerOfAccessionNumberSequence=[ds(LocalNamespaceEntityID="HOSP-A")]))
+    resource = mapping.imaging_study(study, series, instances, CTX)
+    validate(resource)
+    assert resource["identifier"][1]["assigner"] == {"display": "HOSP-A"}
