@@ -151,6 +151,43 @@ def _query() -> list[tuple[str, str]]:
     return params
 
 
+#: Attributes ``includefield=all`` adds per QIDO-RS level, because some PACS (Orthanc 1.10) leave
+#: attributes out of "all" that they return when named (PS3.18 Section 8.3.4.3).
+ALL_FIELDS = {
+    "studies": ("00081030", "00080050", "00080090", "00080201", "00081060", "00100021", "00100030", "00100040",
+                "00200010", "00080061", "00201206", "00201208"),
+    "series": ("0008103E", "00080060", "00200011", "00180015", "00200060", "00080021", "00080031",
+               "00201209"),
+    "instances": ("00080016", "00200013", "00280008", "00280010", "00280011", "00280100"),
+}
+
+
+def normalize_includefield(params: list[tuple[str, str]], level: str) -> list[tuple[str, str]]:
+    """One ``includefield`` per attribute, in order; ``all`` made to mean all at *level*.
+
+    The comma form and the repeated form become the same query, and ``X&all`` equals
+    ``all`` (field case DW-8).
+    """
+    fields: list[str] = []
+    others = []
+    for name, value in params:
+        if name.lower() == "includefield":
+            fields += [f.strip() for f in value.split(",") if f.strip()]
+        else:
+            others.append((name, value))
+    if not fields:
+        return others
+    if any(f.lower() == "all" for f in fields):
+        fields = ["all", *ALL_FIELDS.get(level, ())]
+    unique = list(dict.fromkeys(fields))
+    return others + [("includefield", f) for f in unique]
+
+
+def qido_level(path: str) -> str:
+    """The QIDO-RS level a path queries: ``studies``, ``series`` or ``instances``."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 # --- authorization ------------------------------------------------------------------------
 
 def authorize_study(study_uid: str) -> None:
@@ -391,8 +428,8 @@ def search_all():
         params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
         params.append(("PatientID", patient_id if patient_id is not None else ""))
         params.append(("includefield", dj.TAGS["PatientID"]))
-    level = request.path.rstrip("/").rsplit("/", 1)[-1]
-    return _json_answer(QIDO_LEVELS[level], params, patient_filter=compartment)
+    level = qido_level(request.path)
+    return _json_answer(QIDO_LEVELS[level], normalize_includefield(params, level), patient_filter=compartment)
 
 
 @bp.get("/studies/<path:rest>")
@@ -421,6 +458,8 @@ def study_resource(rest: str):
                                      f"(NumberOfFrames is {info.number_of_frames})")
     path = "studies/" + "/".join(segments)
     if kind == "json":
+        if resource == "qido":
+            params = normalize_includefield(params, qido_level(path))
         return _json_answer(path, params)
     return _relay(path, params, choice)
 

@@ -179,7 +179,7 @@ def choose(kind: str, accept: str | None, frames: int = 0) -> Choice:
         wildcard = media in ("*/*", "multipart/*")
         if kind in ("study", "series", "instance"):
             if wildcard or (media == "multipart/related" and params.get("type", "application/dicom").lower()
-                            == "application/dicom"):
+                            in ("application/dicom", "*/*", "application/*")):
                 return _multipart("application/dicom", ts)
             if kind == "instance" and media == "application/dicom":
                 return _multipart("application/dicom", ts, unwrap=True)
@@ -187,6 +187,9 @@ def choose(kind: str, accept: str | None, frames: int = 0) -> Choice:
             if wildcard or media == "multipart/related":
                 part = params.get("type", "application/octet-stream").lower() if not wildcard else \
                     "application/octet-stream"
+                if part in ("*/*", "image/*", "video/*") and ts in (None, "*"):
+                    # Any part type: the frames as stored, in whatever type they are (PS3.18 8.7.3.5.2).
+                    return _multipart("application/octet-stream", "*")
                 allowed = MULTIPART_TYPES["bulkdata"] if kind == "frames" else ("application/octet-stream",)
                 match = next((t for t in allowed if t.lower() == part), None)
                 if match:

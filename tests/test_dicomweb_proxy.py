@@ -121,3 +121,41 @@ def test_rewrite_urls_leaves_foreign_urls_alone():
     assert data[0]["00081190"]["Value"] == ["https://elsewhere.example/x/studies/1"]
     assert data[1]["00081190"]["Value"] == ["https://f.example/dicomweb/studies/1"]
     assert json.dumps(data).count("pacs:1") == 0
+
+
+@pytest.mark.parametrize("failure, status", [
+    (__import__("requests").ConnectionError("refused"), 503),
+    (__import__("requests").ReadTimeout("slow"), 504),
+    (__import__("requests").ConnectTimeout("slow"), 504),
+])
+def test_pacs_unreachable_or_slow(fake_app, failure, status):
+    with responses.RequestsMock() as mock:
+        mock.add(responses.GET, f"{FAKE_PACS}/studies", body=failure)
+        response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers=bearer(token(fake_app)))
+    assert response.status_code == status
+    assert response.get_json()["status"] == status
+    if status == 503:
+        assert response.headers["Retry-After"].isdigit()
+
+
+@pytest.mark.parametrize("upstream, status", [(500, 502), (503, 503), (404, 404), (400, 400)])
+def test_pacs_error_statuses_are_mapped_without_its_body(fake_app, rsps, upstream, status):
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
+             json=[{"00080018": {"vr": "UI", "Value": [SOP]}, "00280010": {"vr": "US", "Value": [64]}}])
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+             status=upstream, body=b'{"Uri": "http://pacs.internal:8042/secret"}')
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+                                          headers={**bearer(token(fake_app)), "Accept": "image/jpeg"})
+    assert response.status_code == status
+    assert b"pacs.internal" not in response.data
+
+
+def test_pacs_credentials_are_added_server_side(tmp_path):
+    from facade_helpers import make_app
+    app = make_app(tmp_path, FACADE_PACS_USER="svc", FACADE_PACS_PASSWORD="pacs-secret")
+    with responses.RequestsMock() as mock:
+        mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID=STUDY, PatientID="P1")])
+        response = app.test_client().get("/dicomweb/studies", headers=bearer(token(app)))
+        sent = mock.calls[0].request.headers["Authorization"]
+    assert sent.startswith("Basic ") and response.status_code == 200
+    assert b"pacs-secret" not in response.data and "svc" not in str(response.headers)

@@ -1,0 +1,65 @@
+"""Tests for DICOMweb content negotiation (fhir_facade.negotiation, PS3.18 Section 8.7)."""
+import pytest
+
+from fhir_facade.negotiation import NotAcceptable, choose, media_ranges, parse_media_type
+
+OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+@pytest.mark.parametrize("accept", [
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+    "multipart/related; type=application/octet-stream; transfer-syntax=*",
+    'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
+    "multipart/related;type=application/octet-stream;transfer-syntax=*",
+])
+def test_field_case_dw3_quoting_does_not_matter(accept):
+    choice = choose("frames", accept, frames=1)
+    assert choice.upstream_accept == OCTET_ANY
+    assert choice.multipart and not choice.unwrap
+
+
+@pytest.mark.parametrize("kind, accept, upstream, unwrap", [
+    ("instance", "application/dicom", 'multipart/related; type="application/dicom"', True),
+    ("instance", None, 'multipart/related; type="application/dicom"', False),
+    ("instance", "*/*", 'multipart/related; type="application/dicom"', False),
+    ("study", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70',
+     'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70', False),
+    ("series", 'multipart/related; type="*/*"', 'multipart/related; type="application/dicom"', False),
+    ("frames", 'multipart/related; type="*/*"', OCTET_ANY, False),
+    ("frames", "application/octet-stream", 'multipart/related; type="application/octet-stream"', True),
+    ("frames", 'multipart/related; type="image/jpeg"', 'multipart/related; type="image/jpeg"', False),
+    ("rendered", "image/png", "image/png", False),
+    ("rendered", "*/*", "image/jpeg", False),
+    ("json", "application/dicom+json", "application/dicom+json", False),
+    ("json", "application/json", "application/dicom+json", False),
+])
+def test_choices(kind, accept, upstream, unwrap):
+    choice = choose(kind, accept, frames=1)
+    assert (choice.upstream_accept, choice.unwrap) == (upstream, unwrap)
+
+
+@pytest.mark.parametrize("kind, accept", [
+    ("instance", "image/jpeg"), ("instance", "text/html"), ("study", "application/dicom"),
+    ("rendered", "application/dicom"), ("json", "application/dicom+xml"), ("frames", "text/plain"),
+    ("instance", 'multipart/related; type="application/dicom"; transfer-syntax=bogus'),
+    ("instance", "application/dicom;q=0"),
+])
+def test_field_case_dw5_not_acceptable(kind, accept):
+    with pytest.raises(NotAcceptable):
+        choose(kind, accept, frames=1)
+
+
+def test_single_part_frames_need_exactly_one_frame():
+    with pytest.raises(NotAcceptable):
+        choose("frames", "application/octet-stream", frames=3)
+
+
+def test_q_values_order_the_choice():
+    choice = choose("rendered", "image/jpeg;q=0.5, image/png", frames=0)
+    assert choice.upstream_accept == "image/png"
+    assert [m for m, _, _ in media_ranges("a/b;q=0.1, c/d, e/f;q=0.9")] == ["c/d", "e/f", "a/b"]
+
+
+def test_parse_media_type_splits_only_outside_quotes():
+    assert parse_media_type('multipart/related; type="image/jpeg; transfer-syntax=1.2"; boundary=x') == (
+        "multipart/related", {"type": "image/jpeg; transfer-syntax=1.2", "boundary": "x"})
