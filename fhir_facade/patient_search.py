@@ -10,7 +10,6 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import mapping
 from .outcomes import BadSearch
 from .patient_ids import InvalidPatientId, to_patient_id
 from .search import (ResultParams, check_modifier, coding_matcher, date_predicate, parse_result_parameter,
@@ -197,5 +196,4 @@ def parse_endpoint_search(params: list[tuple[str, str]], strict: bool = False) -
     return search
 
 
-__all__ = ["parse_patient_search", "parse_endpoint_search", "PatientSearch", "EndpointSearch", "normalize",
-           "mapping"]
+__all__ = ["parse_patient_search", "parse_endpoint_search", "PatientSearch", "EndpointSearch", "normalize"]
