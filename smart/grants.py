@@ -21,6 +21,7 @@ from .models import (
     CODE_LIFETIME,
     AuthorizationCode,
     Client,
+    IssuedAccessToken,
     LaunchContext,
     RefreshToken,
     User,
@@ -268,15 +269,31 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
 
 def revoke_code_family(code: AuthorizationCode) -> None:
     """Revoke the access token and refresh tokens issued from a replayed code."""
+    if code.access_jti:
+        tokens.revoke_jti(code.access_jti, code.auth_time + tokens.ACCESS_TOKEN_LIFETIME + 3600)
+    revoke_family(code.id)
+
+
+def revoke_family(code_id: int | None) -> None:
+    """Revoke every refresh token and access token issued from the grant that started with
+    authorization code *code_id* (RFC 9700 §4.14.2 refresh token rotation: a replayed
+    refresh token means one of two parties holds a stolen copy, so neither keeps access).
+    """
+    if code_id is None:
+        return
     session = get_session()
     session.execute(
         update(RefreshToken)
-        .where(RefreshToken.code_id == code.id, RefreshToken.revoked_at.is_(None))
+        .where(RefreshToken.code_id == code_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now())
     )
     session.commit()
-    if code.access_jti:
-        tokens.revoke_jti(code.access_jti, code.auth_time + tokens.ACCESS_TOKEN_LIFETIME + 3600)
+    issued = session.execute(
+        select(IssuedAccessToken.jti, IssuedAccessToken.exp)
+        .where(IssuedAccessToken.code_id == code_id, IssuedAccessToken.exp > now())
+    ).all()
+    for jti, exp in issued:
+        tokens.revoke_jti(jti, exp)
 
 
 class RefreshTokenGrant(_SmartTokenMixin, grants.RefreshTokenGrant):
@@ -316,7 +333,12 @@ class RefreshTokenGrant(_SmartTokenMixin, grants.RefreshTokenGrant):
 
     def authenticate_refresh_token(self, refresh_token):
         row = self._find(refresh_token)
-        if row is None or row.is_revoked() or row.is_expired():
+        if row is None or row.is_expired():
+            return None
+        if row.is_revoked():
+            # A spent (rotated) or revoked refresh token presented again: a replay.
+            # Revoke the whole grant (RFC 9700 §4.14.2); Authlib answers invalid_grant.
+            revoke_family(row.code_id)
             return None
         return row
 

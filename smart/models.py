@@ -218,6 +218,18 @@ class RefreshToken(Base, TokenMixin):
         return self.revoked_at is not None
 
 
+class IssuedAccessToken(Base):
+    """An access token issued from an authorization grant (a code and its refresh tokens), by
+    ``jti``, kept until its ``exp`` so the whole family can be revoked on a refresh token replay."""
+
+    __tablename__ = "smart_issued_access_token"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Authorization code the grant started from (:attr:`RefreshToken.code_id`).
+    code_id: Mapped[int] = mapped_column(Integer, index=True)
+    exp: Mapped[int] = mapped_column(Integer, index=True)
+
+
 class SigningKey(Base):
     """An RSA signing key (private JWK as JSON); retired keys still verify until tokens expire."""
 

@@ -8,11 +8,11 @@ from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
 from flask import Flask, current_app
 from flask import request as flask_request
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from . import assertions, grants
 from .db import get_session
-from .models import Client, RefreshToken, now
+from .models import Client, IssuedAccessToken, RefreshToken, now
 
 
 def query_client(client_id: str | None) -> Client | None:
@@ -24,7 +24,8 @@ def query_client(client_id: str | None) -> Client | None:
 
 def save_token(token: dict, request) -> None:
     """Persist what a token response created: the refresh token (hashed) with its launch
-    context, and the access token's ``jti`` on the code it came from (for replay revocation).
+    context, and the access token's ``jti`` with the grant it came from, so that a replayed
+    code or refresh token revokes the whole family (RFC 9700 §4.14.2).
     """
     from .models import digest
 
@@ -52,6 +53,11 @@ def save_token(token: dict, request) -> None:
         ))
     if code is not None:
         code.access_jti = request.access_claims["jti"]
+    family = code.id if code is not None else old.code_id if old is not None else None
+    if family is not None:
+        claims = request.access_claims
+        session.execute(delete(IssuedAccessToken).where(IssuedAccessToken.exp <= now()))
+        session.add(IssuedAccessToken(jti=claims["jti"], code_id=family, exp=claims["exp"]))
     session.commit()
 
 

@@ -48,6 +48,36 @@ def test_refresh_repeats_launch_context_twice(app, alice):
     assert again.get_json()["error"] == "invalid_grant"
 
 
+def test_refresh_token_replay_revokes_the_whole_family(app, alice):
+    """RFC 9700 §4.14.2: a rotated refresh token presented again revokes every refresh and
+    access token issued from that grant, and is answered invalid_grant."""
+    first = alice.obtain_token(scope=OFFLINE_SCOPE)
+    second = alice.refresh_response(first["refresh_token"]).get_json()
+    third = alice.refresh_response(second["refresh_token"]).get_json()
+    other = alice.obtain_token(scope=OFFLINE_SCOPE)  # another grant of the same user: untouched
+    live = [first["access_token"], second["access_token"], third["access_token"]]
+    for value in live:
+        assert decode(app, value)["patient"] == "patient-1"
+
+    replay = alice.refresh_response(second["refresh_token"])
+    assert replay.status_code == 400
+    assert replay.get_json()["error"] == "invalid_grant"
+    assert replay.headers["Cache-Control"] == "no-store"
+
+    from smart.tokens import InvalidToken
+    for value in live:
+        with pytest.raises(InvalidToken, match="revoked"):
+            decode(app, value)
+        introspection = alice.client.post("/auth/introspect", data={"token": value},
+                                          headers={"Authorization": f"Bearer {other['access_token']}"})
+        assert introspection.get_json() == {"active": False}
+    # The newest refresh token of the family, never used, is revoked too.
+    assert alice.refresh_response(third["refresh_token"]).get_json()["error"] == "invalid_grant"
+    # The other grant keeps working.
+    assert decode(app, other["access_token"])["patient"] == "patient-1"
+    assert alice.refresh_response(other["refresh_token"]).status_code == 200
+
+
 def test_refresh_without_client_id_for_public_client(alice):
     first = alice.obtain_token(scope=OFFLINE_SCOPE)
     response = alice.client.post("/auth/token", data={"grant_type": "refresh_token",
