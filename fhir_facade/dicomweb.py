@@ -17,7 +17,7 @@ from smart import authz
 
 from . import dicom_json as dj
 from . import multipart
-from .lookups import UnknownStudy, get_lookups
+from .lookups import UnknownStudy, check_study_access, get_lookups
 from .negotiation import Choice, NotAcceptable, choose, parse_media_type
 from .pacs import DICOM_JSON, PacsError, get_pacs
 from .patient_ids import to_fhir_id, to_patient_id
@@ -202,11 +202,9 @@ def authorize_study(study_uid: str) -> None:
     """
     grant = authz.require("ImagingStudy", "r")
     try:
-        owners = get_lookups().patients_of_study(study_uid)
+        check_study_access(grant, study_uid)
     except UnknownStudy as exc:
         raise DicomwebError(404, "study not found") from exc
-    for patient in owners:
-        authz.check_patient(grant, "ImagingStudy", patient)
 
 
 # --- relaying -----------------------------------------------------------------------------

@@ -16,13 +16,14 @@ from smart import authz
 
 from . import bundle, capability, mapping
 from . import dicom_json as dj
+from .lookups import UnknownStudy, check_study_access
 from .outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
 from .pacs import PacsError
 from .patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from .patient_search import parse_endpoint_search, parse_patient_search
 from .render import FHIR_JSON, fhir_response, negotiate, negotiate_request
 from .search import ResultParams, is_uid, parse_result_parameter, parse_study_search
-from .studies import StudyNotFound, get_studies
+from .studies import get_studies
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,9 @@ def read_imaging_study(study_id: str):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     studies = get_studies()
     try:
-        patient = studies.patient_of_study(study_id)
-    except StudyNotFound as exc:
+        check_study_access(grant, study_id)
+    except UnknownStudy as exc:
         raise NotFound(f"ImagingStudy/{study_id} is not known") from exc
-    authz.check_patient(grant, "ImagingStudy", patient)
     found = [ds for ds in studies.find_studies([("StudyInstanceUID", study_id)])
              if dj.text(ds, "StudyInstanceUID") == study_id]
     if not found:

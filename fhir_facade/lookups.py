@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from flask import Flask, current_app
 
+from smart import authz
+
 from . import dicom_json as dj
 from .pacs import PacsClient
 from .patient_ids import to_fhir_id
@@ -97,6 +99,25 @@ class Lookups:
             with self._lock:
                 self._instances[key] = info
         return info
+
+
+def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy") -> None:
+    """Refuse unless *grant* may read study *study_uid*: every patient it is filed under.
+
+    Used by both the FHIR API and the DICOMweb proxy; the decision itself is
+    :func:`smart.authz.check_patient`.
+
+    Raises
+    ------
+    UnknownStudy
+        If the PACS knows no such study.
+    smart.authz.Forbidden
+        If any owner of the study is outside the grant's patient compartment.
+    PacsError
+        If the PACS fails.
+    """
+    for patient in get_lookups().patients_of_study(study_uid):
+        authz.check_patient(grant, resource_type, patient)
 
 
 def init_app(app: Flask) -> None:

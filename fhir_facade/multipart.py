@@ -111,24 +111,27 @@ def rewrite(chunks: Iterable[bytes], boundary: str, rewrite_headers: HeaderRewri
     Yields
     ------
     bytes
-        The rewritten body.
+        The rewritten body. Upstream chunks that hold no delimiter are passed on as the
+        same objects, uncopied; the delimiter before a part is sent with its headers.
 
     Raises
     ------
     MultipartError
         If the body has no boundary, a header block is too long, or it ends mid-part.
     """
+    dash_boundary = b"--" + boundary.encode("latin-1")
+    separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
     for kind, value in _events(chunks, boundary, peek):
         if kind == "part":
             headers, start = value
-            yield b"--" + boundary.encode("latin-1") + b"\r\n" + _format_headers(rewrite_headers(headers, start)) \
-                + b"\r\n" + start
+            yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
+                            b"\r\n", start))
         elif kind == "body":
             yield value
         elif kind == "next":
-            yield b"\r\n"
+            separator = b"\r\n"
         elif kind == "end":
-            yield b"\r\n--" + boundary.encode("latin-1") + b"--\r\n"
+            yield b"\r\n" + dash_boundary + b"--\r\n"
 
 
 def unwrap(chunks: Iterable[bytes], boundary: str) -> tuple[Headers, Iterator[bytes]]:
@@ -163,11 +166,29 @@ def unwrap(chunks: Iterable[bytes], boundary: str) -> tuple[Headers, Iterator[by
     return headers, body()
 
 
+def _holdback(buffer: bytes, start: int, delimiter: bytes) -> int:
+    """Where the end of *buffer* (from *start*) may begin a *delimiter* cut by the chunking.
+
+    Returns ``len(buffer)`` when no tail of *buffer* is a proper prefix of *delimiter*.
+    """
+    pos = buffer.find(b"\r", max(start, len(buffer) - len(delimiter) + 1))
+    while pos >= 0:
+        if delimiter.startswith(buffer[pos:]):
+            return pos
+        pos = buffer.find(b"\r", pos + 1)
+    return len(buffer)
+
+
 def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bool]):
-    """Yield ("part", (headers, body_start)), ("body", bytes), ("next", None), ("end", None)."""
+    """Yield ("part", (headers, body_start)), ("body", bytes), ("next", None), ("end", None).
+
+    ``buffer[pos:]`` is what is not consumed yet. Bytes are sliced out of it only around
+    a delimiter; a chunk without one comes out as the very object that came in.
+    """
     delimiter = b"\r\n--" + boundary.encode("latin-1")
     keep = len(delimiter) + 2
     buffer = b"\r\n"  # so that a boundary on the very first line is found like any other
+    pos = 0
     state = "preamble"
     headers: Headers = []
     source = iter(chunks)
@@ -180,19 +201,19 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
 
     while True:
         if state == "headers":
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", pos)
             if end < 0:
-                if len(buffer) > MAX_HEADER_BYTES:
+                if len(buffer) - pos > MAX_HEADER_BYTES:
                     raise MultipartError("part headers too long")
                 chunk = more()
                 if not chunk:
                     raise MultipartError("the multipart body ends inside part headers")
-                buffer += chunk
+                buffer, pos = buffer[pos:] + chunk, 0
                 continue
             # What follows the boundary on its line is transport padding (RFC 2046 §5.1.1).
-            line_end = buffer.find(b"\r\n")
+            line_end = buffer.find(b"\r\n", pos)
             headers = _parse_headers(buffer[line_end + 2:end]) if end > line_end else []
-            buffer = buffer[end + 4:]
+            pos = end + 4
             if peek(headers):
                 state = "held"
             else:
@@ -200,34 +221,35 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
                 state = "body"
             continue
 
-        index = buffer.find(delimiter)
+        index = buffer.find(delimiter, pos)
         if index < 0 or len(buffer) < index + keep:
             if state == "body":
-                cut = index if index >= 0 else len(buffer) - keep
-                if cut > 0:
-                    yield "body", buffer[:cut]
-                    buffer = buffer[cut:]
-            elif state == "held" and index < 0 and len(buffer) >= META_PEEK_BYTES + keep:
-                yield "part", (headers, buffer[:META_PEEK_BYTES])
-                buffer = buffer[META_PEEK_BYTES:]
+                cut = index if index >= 0 else _holdback(buffer, pos, delimiter)
+                if cut > pos:
+                    yield "body", buffer if pos == 0 and cut == len(buffer) else buffer[pos:cut]
+                    pos = cut
+            elif state == "held" and index < 0 and len(buffer) - pos >= META_PEEK_BYTES + keep:
+                yield "part", (headers, buffer[pos:pos + META_PEEK_BYTES])
+                pos += META_PEEK_BYTES
                 state = "body"
                 continue
-            elif state == "preamble" and index < 0 and len(buffer) > keep:
-                buffer = buffer[-keep:]
+            elif state == "preamble" and index < 0:
+                pos = max(pos, len(buffer) - keep)
             chunk = more()
             if not chunk:
                 if state == "preamble":
                     raise MultipartError("no multipart boundary in the body")
                 raise MultipartError("the multipart body ends inside a part")
-            buffer += chunk
+            buffer, pos = (buffer[pos:] + chunk if pos < len(buffer) else chunk), 0
             continue
 
-        content, rest = buffer[:index], buffer[index + len(delimiter):]
+        content = buffer[pos:index]
+        pos = index + len(delimiter)
         if state == "held":
             yield "part", (headers, content)
         elif state == "body" and content:
             yield "body", content
-        if rest.startswith(b"--"):
+        if buffer.startswith(b"--", pos):
             if state != "preamble":
                 yield "end", None
             for _ in source:  # drain the epilogue so the connection can be reused
@@ -235,5 +257,4 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
             return
         if state != "preamble":
             yield "next", None
-        buffer = rest
         state = "headers"

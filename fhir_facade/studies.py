@@ -32,14 +32,6 @@ def include(fields: Sequence[str]) -> list[tuple[str, str]]:
     return [("includefield", dj.TAGS[name]) for name in fields]
 
 
-class StudyNotFound(LookupError):
-    """No study with this StudyInstanceUID exists in the PACS."""
-
-    def __init__(self, uid: str):
-        super().__init__(f"no study {uid!r}")
-        self.uid = uid
-
-
 class StudyRepository:
     """Reads studies from the PACS and maps them, with bounded TTL caches.
 
@@ -64,7 +56,6 @@ class StudyRepository:
         self.pacs = pacs
         self.ctx = ctx
         self._lock = threading.Lock()
-        self._patient_of_study: TTLCache = TTLCache(cache_size, ttl)
         details = max(cache_size // 8, 16)
         #: StudyInstanceUID -> (stamp, series-level DICOM JSON)
         self._series: TTLCache = TTLCache(details, ttl)
@@ -81,37 +72,13 @@ class StudyRepository:
     # -- study -> patient ------------------------------------------------------
 
     def remember(self, studies: Sequence[dict]) -> None:
-        """Cache the PatientID of each study-level dataset in *studies*."""
+        """Remember the PatientID behind each one-way Patient id (patient_ids rule 3) in *studies*."""
         with self._lock:
             for ds in studies:
-                uid = dj.text(ds, "StudyInstanceUID")
-                if uid:
-                    patient_id = dj.text(ds, "PatientID") or ""
-                    self._patient_of_study[uid] = patient_id
-                    fhir_id = to_fhir_id(patient_id)
-                    if fhir_id.startswith("dcm-h."):
-                        self._hashed[fhir_id] = patient_id
-
-    def patient_of_study(self, study_uid: str) -> str:
-        """Return the FHIR Patient id of a study (cached).
-
-        Raises
-        ------
-        StudyNotFound
-            If the PACS knows no such study.
-        PacsError
-            If the PACS fails.
-        """
-        with self._lock:
-            patient_id = self._patient_of_study.get(study_uid)
-        if patient_id is None:
-            found = self.pacs.qido("studies", [("StudyInstanceUID", study_uid), ("includefield", dj.TAGS["PatientID"])])
-            found = [ds for ds in found if dj.text(ds, "StudyInstanceUID") == study_uid]
-            if not found:
-                raise StudyNotFound(study_uid)
-            self.remember(found[:1])
-            patient_id = dj.text(found[0], "PatientID") or ""
-        return to_fhir_id(patient_id)
+                patient_id = dj.text(ds, "PatientID") or ""
+                fhir_id = to_fhir_id(patient_id)
+                if fhir_id.startswith("dcm-h."):
+                    self._hashed[fhir_id] = patient_id
 
     def resolve_hashed(self, fhir_id: str) -> str | None:
         """Return the PatientID behind a one-way Patient id seen before, else ``None``."""
@@ -143,7 +110,16 @@ class StudyRepository:
                 hit = self._queries.get(key)
             if hit is not None:
                 return list(hit)
-        studies = self.pacs.qido("studies", list(params) + include(STUDY_FIELDS))
+        answer = self.pacs.qido("studies", list(params) + include(STUDY_FIELDS))
+        # A PACS may file one StudyInstanceUID under two patients and answer it twice
+        # (Orthanc does); one ImagingStudy per UID, the first answer wins.
+        seen: set = set()
+        studies = []
+        for ds in answer:
+            uid = dj.text(ds, "StudyInstanceUID")
+            if uid and uid not in seen:
+                seen.add(uid)
+                studies.append(ds)
         self.remember(studies)
         if self._queries is not None:
             with self._lock:

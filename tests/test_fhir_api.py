@@ -415,3 +415,15 @@ def test_capability_statement_lists_exactly_what_works(fake_app, rsps):
         unlisted = client.get(f"/fhir/{resource_type}?_has=x", headers=headers)
         assert unlisted.status_code == 400
     assert client.get("/fhir/Observation", headers=headers).status_code == 404
+
+
+def test_a_study_uid_answered_twice_is_one_resource_and_needs_every_owner(fake_app, rsps):
+    # Orthanc files one StudyInstanceUID under two patients and answers it twice.
+    fake_pacs(rsps, [study("1.2.5"), study("1.2.5", patient="P2")])
+    client = fake_app.test_client()
+    system = bearer(token(fake_app, scope="system/ImagingStudy.rs", patient=None))
+    bundle = client.get("/fhir/ImagingStudy?_id=1.2.5", headers=system).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["1.2.5"] and bundle["total"] == 1
+    assert client.get("/fhir/ImagingStudy/1.2.5", headers=system).status_code == 200
+    # P1's token may not read a study that is also P2's
+    assert client.get("/fhir/ImagingStudy/1.2.5", headers=bearer(token(fake_app))).status_code == 403
