@@ -263,7 +263,8 @@ def read_patient(patient_id: str):
     found = _patient_studies(patient_id)
     if not found:
         raise NotFound(f"Patient/{patient_id} is not known")
-    return fhir_response(bundle.shape(mapping.patient(found[0], _ctx()), shape))
+    [module] = get_studies().patient_modules(found[:1])
+    return fhir_response(bundle.shape(mapping.patient(module, _ctx()), shape))
 
 
 @bp.route("/Patient", methods=["GET"])
@@ -287,7 +288,8 @@ def search_patient():
     newest: dict[str, dict] = {}
     for ds in sorted(found, key=_study_sort_key, reverse=True):
         newest.setdefault(to_fhir_id(dj.text(ds, "PatientID")), ds)
-    resources = [mapping.patient(newest[pid], _ctx()) for pid in sorted(newest)]
+    modules = studies.patient_modules([newest[pid] for pid in sorted(newest)])
+    resources = [mapping.patient(module, _ctx()) for module in modules]
     for keep in search.filters:
         resources = [r for r in resources if keep(r)]
     page = [bundle.shape(r, search) for r in _page(resources, search)]

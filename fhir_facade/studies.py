@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from flask import Flask, current_app
 
 from . import dicom_json as dj
 from . import mapping
-from .pacs import PacsClient, get_pacs
+from .pacs import DICOM_JSON, PacsClient, PacsError, get_pacs
 from .patient_ids import hashed_id, to_fhir_id
 
 #: Study-level attributes asked of QIDO-RS beyond the ones PS3.18 Table 10.6.3-3 requires.
@@ -24,7 +25,11 @@ STUDY_FIELDS = (
 )
 SERIES_FIELDS = ("SeriesDescription", "BodyPartExamined", "Laterality", "SeriesDate", "SeriesTime",
                  "TimezoneOffsetFromUTC", "NumberOfSeriesRelatedInstances")
+#: Patient module attributes (PS3.3 C.7.1.1) read from instance metadata for Patient resources.
+PATIENT_FIELDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
 INSTANCE_FIELDS = ("SeriesInstanceUID", "InstanceNumber", "DocumentTitle", "ConceptNameCodeSequence", "NumberOfFrames")
+
+log = logging.getLogger(__name__)
 
 
 def include(fields: Sequence[str]) -> list[tuple[str, str]]:
@@ -67,6 +72,8 @@ class StudyRepository:
         self._queries: TTLCache | None = TTLCache(256, query_ttl) if query_ttl > 0 else None
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
+        #: StudyInstanceUID -> study dataset with the patient module from instance metadata
+        self._patients: TTLCache = TTLCache(max(cache_size // 8, 16), ttl)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs")
 
     # -- study -> patient ------------------------------------------------------
@@ -208,6 +215,61 @@ class StudyRepository:
         return list(self._pool.map(lambda ds: self._resource(ds, with_instances), studies))
 
 
+    # -- patient module ---------------------------------------------------------------
+
+    def _patient_module(self, study: dict) -> dict:
+        uid = dj.text(study, "StudyInstanceUID")
+        if not uid:
+            return study
+        with self._lock:
+            hit = self._patients.get(uid)
+        if hit is not None:
+            return hit
+        merged = dict(study)
+        try:
+            rows = self.pacs.qido(f"studies/{uid}/instances", [("limit", "1")])
+            series, sop = (dj.text(rows[0], "SeriesInstanceUID"), dj.text(rows[0], "SOPInstanceUID")) if rows \
+                else (None, None)
+            if series and sop:
+                response = self.pacs.get(f"studies/{uid}/series/{series}/instances/{sop}/metadata",
+                                         headers={"Accept": DICOM_JSON})
+                metadata = response.json() if response.status_code == 200 else []
+                if isinstance(metadata, list) and metadata and isinstance(metadata[0], dict):
+                    for keyword in PATIENT_FIELDS:
+                        tag = dj.TAGS[keyword]
+                        if tag in metadata[0]:
+                            merged[tag] = metadata[0][tag]
+        except (PacsError, ValueError):
+            log.info("patient module of a study kept from QIDO-RS: the PACS failed on metadata")
+            return study
+        with self._lock:
+            self._patients[uid] = merged
+        return merged
+
+    def patient_modules(self, studies: Sequence[dict]) -> list[dict]:
+        """The patient module of each study as the PACS stores it, not as QIDO-RS re-encodes it.
+
+        Some PACS answer QIDO-RS in one character set and drop what it cannot hold
+        (Orthanc 1.10 answers ISO_IR 100, losing Greek and Cyrillic names); WADO-RS
+        metadata of one instance (PS3.18 Section 10.4.1.1.2) keeps them. Falls back to the
+        QIDO-RS answer when the PACS fails. Cached per study.
+
+        Parameters
+        ----------
+        studies : sequence of dict
+            Study-level DICOM JSON.
+
+        Returns
+        -------
+        list of dict
+            Each study's dataset with PatientName, PatientID, IssuerOfPatientID,
+            PatientBirthDate and PatientSex taken from instance metadata.
+        """
+        if len(studies) <= 1:
+            return [self._patient_module(ds) for ds in studies]
+        return list(self._pool.map(self._patient_module, studies))
+
+
 def init_app(app: Flask) -> None:
     """Create the application's :class:`StudyRepository` (after ``pacs.init_app``)."""
     ctx = mapping.MappingContext(
@@ -229,4 +291,4 @@ def get_studies() -> StudyRepository:
     return current_app.extensions["studies"]
 
 
-__all__ = ["StudyRepository", "StudyNotFound", "get_studies", "get_pacs", "hashed_id", "init_app"]
+__all__ = ["StudyRepository", "get_studies", "get_pacs", "hashed_id", "init_app"]
