@@ -8,7 +8,7 @@ import secrets
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
-from . import discovery, keys, revocation, scopes, tokens
+from . import discovery, keys, picker, revocation, scopes, tokens
 from .db import get_session
 from .grants import find_launch, scope_has
 from .models import User, now
@@ -43,7 +43,8 @@ def _csrf_ok() -> bool:
 
 def _oauth_fields() -> list[tuple[str, str]]:
     """The authorization request's parameters, to carry through the login and consent forms."""
-    skip = {"csrf_token", "action", "username", "password", "decision", "grant_scope", "patient"}
+    skip = {"csrf_token", "action", "username", "password", "decision", "grant_scope", "scope_selection",
+            "patient", "patient_query", "patient_search"}
     return [(k, v) for k, vs in request.values.lists() if k not in skip for v in vs]
 
 
@@ -76,17 +77,33 @@ def _authorization_error(error: OAuth2Error):
     return _error_page(error)
 
 
+def _needs_picker(grant, user: User) -> bool:
+    """A practitioner's standalone ``launch/patient`` needs a patient chosen on the consent page
+    (SMART 2.2 §Standalone launch: the server shows a patient picker)."""
+    requested = grant.request.scope or ""
+    launch = find_launch(grant.request.payload.data.get("launch")) if scope_has(requested, "launch") else None
+    return scope_has(requested, "launch/patient") and launch is None and user.role != "patient"
+
+
 def _consent_page(grant, user: User, message: str | None = None, status: int = 200):
     requested = grant.request.scope or ""
     data = grant.request.payload.data
     launch = find_launch(data.get("launch")) if scope_has(requested, "launch") else None
-    needs_picker = (
-        scope_has(requested, "launch/patient") and launch is None and user.role != "patient"
-    )
+    needs_picker = _needs_picker(grant, user)
     items = [
         {"scope": s, "fixed": s in FIXED_SCOPES, "label": describe_scope(s)}
         for s in requested.split()
     ]
+    chosen = set(request.form.getlist("grant_scope")) if request.form.get("scope_selection") else None
+    for item in items:
+        item["checked"] = item["fixed"] or chosen is None or item["scope"] in chosen
+    query = picker.clean_query(request.form.get("patient_query")) if request.method == "POST" else ""
+    patients, picker_message = [], None
+    if needs_picker:
+        try:
+            patients = picker.find_patients(query)
+        except picker.PickerUnavailable as exc:
+            picker_message = exc.message
     return _page(
         "smart/consent.html",
         status=status,
@@ -94,9 +111,29 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
         user=user,
         items=items,
         needs_picker=needs_picker,
+        patients=patients,
+        patient_query=query,
+        picker_message=picker_message,
+        picker_limit=picker.PICKER_LIMIT,
+        selected_patient=(request.form.get("patient") or "").strip() if request.method == "POST" else "",
         launch=launch,
+        launch_patient=picker.describe_patient(launch.patient) if launch and launch.patient else None,
         message=message,
     )
+
+
+def _chosen_patient() -> tuple[str | None, str | None]:
+    """The patient the practitioner chose: one of the listed ones or a typed id.
+
+    Returns ``(patient id, None)`` or ``(None, message for the page)``.
+    """
+    values = {v.strip() for v in request.form.getlist("patient") if v.strip()}
+    if len(values) > 1:
+        return None, "Choose one patient: pick one from the list or type an id, not both."
+    patient = values.pop() if values else ""
+    if not FHIR_ID.match(patient):
+        return None, "Choose a patient from the list or enter a valid patient id."
+    return patient, None
 
 
 def describe_scope(scope: str) -> str:
@@ -179,6 +216,11 @@ def authorize():
     if action != "consent":
         return _consent_page(grant, user)
 
+    if request.form.get("patient_search") and _needs_picker(grant, user):
+        # The picker's Search button submits the consent form without a decision:
+        # show the page again with the matching patients and the ticks kept.
+        return _consent_page(grant, user)
+
     if request.form.get("decision") != "approve":
         return server.create_authorization_response(grant_user=None, grant=grant)
 
@@ -188,11 +230,10 @@ def authorize():
         grant.request.granted_scope = " ".join(s for s in requested if s in chosen)
     else:
         grant.request.granted_scope = " ".join(requested)
-    launch = find_launch(grant.request.payload.data.get("launch")) if "launch" in requested else None
-    if "launch/patient" in requested and launch is None and user.role != "patient":
-        patient = (request.form.get("patient") or "").strip()
-        if not FHIR_ID.match(patient):
-            return _consent_page(grant, user, message="Enter a valid patient id.", status=400)
+    if _needs_picker(grant, user):
+        patient, problem = _chosen_patient()
+        if problem:
+            return _consent_page(grant, user, message=problem, status=400)
         grant.request.selected_patient = patient
     grant.request.auth_time = session.get("auth_time")
     grant.request.smart_style_url = tokens.issuer() + discovery.SMART_STYLE_PATH

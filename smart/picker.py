@@ -1,0 +1,160 @@
+"""Patient picker of the consent page: patients from the PACS, found by name or id over QIDO-RS."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: Patients shown at most on one picker page.
+PICKER_LIMIT = 20
+#: Studies asked of the PACS per query; patients are grouped from them.
+STUDY_LIMIT = 200
+#: Longest search text accepted (longer input is cut).
+QUERY_MAX = 64
+
+#: Shown for a patient whose studies carry no PatientName.
+UNNAMED = "(no name)"
+
+#: QIDO-RS wildcard and PN component characters (PS3.4 C.2.2.2.4, PS3.5 6.2.1) that a
+#: user's search text must not carry into the matching key.
+_SPECIAL = re.compile(r"[*?\\^=]")
+
+
+class PickerUnavailable(Exception):
+    """The PACS could not list patients; the page falls back to the id field."""
+
+    def __init__(self, message: str = "The patient list is not available right now; enter a patient id instead."):
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PatientChoice:
+    """One row of the picker: a FHIR Patient id and what a person recognises it by."""
+
+    id: str
+    name: str
+    birth_date: str | None
+    sex: str | None
+    studies: int
+
+
+def clean_query(text: str | None) -> str:
+    """The user's search text without QIDO-RS wildcards, trimmed to :data:`QUERY_MAX`."""
+    return " ".join(_SPECIAL.sub(" ", text or "").split())[:QUERY_MAX]
+
+
+def _matching_keys(query: str) -> list[list[tuple[str, str]]]:
+    """Study-level QIDO-RS queries for *query* (PS3.18 Section 10.6).
+
+    A coarse query of the first :data:`STUDY_LIMIT` studies, and for a search text also an
+    exact PatientID query and a wildcard PatientName query (PS3.4 C.2.2.2.4), which reach
+    patients past that limit on a PACS that supports them. PACSs differ in how they match
+    names and wildcards (the dev Orthanc matches neither), so :func:`find_patients` applies
+    the real test itself, like the FHIR Patient search does.
+    """
+    limit = ("limit", str(STUDY_LIMIT))
+    queries = [[limit]]
+    if query:
+        queries.append([("PatientName", "*" + "*".join(query.split()) + "*"), limit])
+        if " " not in query:
+            queries.append([("PatientID", query), limit])
+    return queries
+
+
+def _matches(query: str, patient_id: str, name: str) -> bool:
+    """True if every word of *query* occurs in the PatientID or the name (case- and
+    accent-insensitive, like FHIR R4 §3.1.1.5.6 ``:contains``)."""
+    from fhir_facade.patient_search import normalize
+
+    haystack = normalize(f"{patient_id} {name}")
+    return all(normalize(word) in haystack for word in query.split())
+
+
+def find_patients(query: str | None, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
+    """Patients of the PACS whose name or PatientID contains *query* (all when empty).
+
+    Parameters
+    ----------
+    query : str or None
+        What the user typed; wildcards are removed (:func:`clean_query`).
+    limit : int
+        Patients returned at most, sorted by name then id.
+
+    Returns
+    -------
+    list of PatientChoice
+
+    Raises
+    ------
+    PickerUnavailable
+        If the PACS fails (connection, timeout, error status).
+    """
+    from fhir_facade import dicom_json as dj
+    from fhir_facade.pacs import PacsError
+    from fhir_facade.studies import get_studies
+
+    repository = get_studies()
+    query = clean_query(query)
+    found: dict[str, dict] = {}
+    try:
+        for params in _matching_keys(query):
+            for study in repository.find_studies(params):
+                patient_id = dj.text(study, "PatientID") or ""
+                row = found.setdefault(patient_id, {"study": study, "uids": set()})
+                row["uids"].add(dj.text(study, "StudyInstanceUID"))
+    except PacsError as exc:
+        raise PickerUnavailable() from exc
+    choices = []
+    for patient_id, row in found.items():
+        choice = _choice(patient_id, row["study"], len(row["uids"]))
+        if query and not _matches(query, f"{patient_id} {choice.id}", choice.name if choice.name != UNNAMED else ""):
+            continue
+        choices.append(choice)
+    # Named patients first (by name), then the unnamed ones, each by id.
+    choices.sort(key=lambda c: (c.name == UNNAMED, c.name.lower(), c.id))
+    return choices[:limit]
+
+
+def describe_patient(fhir_id: str | None) -> PatientChoice | None:
+    """The picker row of the patient with FHIR id *fhir_id* (for the patient in context of an
+    EHR launch), or None when the id is not one of ours, the PACS holds no study of it, or
+    the PACS fails: the page then shows the bare id."""
+    from fhir_facade import dicom_json as dj
+    from fhir_facade.pacs import PacsError
+    from fhir_facade.patient_ids import to_patient_id
+    from fhir_facade.studies import get_studies
+
+    patient_id = to_patient_id(fhir_id) if fhir_id else None
+    if patient_id is None:
+        return None
+    try:
+        studies = get_studies().find_studies([("PatientID", patient_id)])
+    except PacsError:
+        return None
+    studies = [ds for ds in studies if (dj.text(ds, "PatientID") or "") == patient_id]
+    if not studies:
+        return None
+    return _choice(patient_id, studies[0], len({dj.text(ds, "StudyInstanceUID") for ds in studies}))
+
+
+def _choice(patient_id: str, study: dict, count: int) -> PatientChoice:
+    """A picker row from one study-level dataset of the patient (PS3.18 Table 10.6.3-3)."""
+    from fhir_facade import dicom_json as dj
+    from fhir_facade.mapping import human_names
+    from fhir_facade.patient_ids import to_fhir_id
+
+    names = human_names(dj.first(study, "PatientName"))
+    return PatientChoice(
+        id=to_fhir_id(patient_id),
+        name=" / ".join(n["text"] for n in names) or UNNAMED,
+        birth_date=_date(dj.text(study, "PatientBirthDate")),
+        sex=dj.text(study, "PatientSex"),
+        studies=count,
+    )
+
+
+def _date(value: str | None) -> str | None:
+    """DICOM DA ``YYYYMMDD`` as ``YYYY-MM-DD`` for display; anything else as it is."""
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value
