@@ -1,6 +1,8 @@
-# Shared setup for scripts/test and scripts/demo: virtualenv, requirements, Orthanc.
+# Shared setup for scripts/test and scripts/demo: virtualenv, requirements, Orthanc, and
+# (bootstrap_browser, for scripts/test) chromium + the pinned npm packages of tests/browser.
 # Source it from the repository root, then call `bootstrap`. Works on a fresh
-# Debian machine as root (CI) or as a user with password-less sudo.
+# Debian machine as root (CI) or as a user with password-less sudo. Idempotent: each step
+# runs only when what it installs is missing or its pinned versions changed.
 
 apt_install() {
     local sudo=()
@@ -8,8 +10,8 @@ apt_install() {
         sudo=(sudo -n)
     fi
     echo "bootstrap: apt-get install $*" >&2
-    "${sudo[@]}" apt-get update
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+    "${sudo[@]}" apt-get update -qq >/dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 bootstrap() {
@@ -36,4 +38,32 @@ bootstrap() {
         echo "$wanted" >"$stamp"
     fi
     "$venv/bin/python" scripts/devpacs.py ensure-installed >/dev/null
+}
+
+# The browser test (tests/test_smart_clients.py) needs Debian's chromium, node >= 20 and the
+# npm packages pinned in tests/browser/package-lock.json (fhirclient, playwright-core; no
+# browser download: playwright-core drives /usr/bin/chromium). A failed install is reported
+# here and the browser test then fails with the same message; it is never skipped.
+bootstrap_browser() {
+    if [ ! -x /usr/bin/chromium ]; then
+        apt_install chromium ||
+            echo "bootstrap: WARNING: could not install chromium; the browser test will fail" >&2
+    fi
+    if ! command -v npm >/dev/null; then
+        apt_install nodejs npm ||
+            echo "bootstrap: WARNING: could not install node/npm; the browser test will fail" >&2
+    fi
+    command -v npm >/dev/null || return 0
+    # npm ci only when package-lock.json changed since the last install.
+    local dir=tests/browser stamp=tests/browser/node_modules/.package-lock.sha256 wanted
+    wanted=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        echo "bootstrap: npm ci in $dir" >&2
+        # --ignore-scripts: nothing may download a browser or a binary of its own.
+        if (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null); then
+            echo "$wanted" >"$stamp"
+        else
+            echo "bootstrap: WARNING: npm ci failed in $dir; the browser test will fail" >&2
+        fi
+    fi
 }
