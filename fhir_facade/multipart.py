@@ -187,9 +187,6 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
     """
     delimiter = b"\r\n--" + boundary.encode("latin-1")
     keep = len(delimiter) + 2
-    buffer = b"\r\n"  # so that a boundary on the very first line is found like any other
-    pos = 0
-    state = "preamble"
     headers: Headers = []
     source = iter(chunks)
 
@@ -198,6 +195,23 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
             if chunk:
                 return chunk
         return b""
+
+    buffer = more()
+    while 0 < len(buffer) < keep:
+        chunk = more()
+        if not chunk:
+            break
+        buffer += chunk
+    pos = 0
+    state = "preamble"
+    # The first delimiter usually opens the body, without the CRLF before it (RFC 2046 §5.1.1).
+    if buffer.startswith(delimiter[2:]):
+        pos = len(delimiter) - 2
+        if buffer.startswith(b"--", pos):
+            for _ in source:
+                pass
+            return
+        state = "headers"
 
     while True:
         if state == "headers":
