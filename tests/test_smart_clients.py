@@ -203,7 +203,10 @@ def test_picker_lists_searches_and_validates(facade, orthanc):
 
     browser, page = _picker_page(facade)
     listed = radio_values(page.text)
-    pacs_patients = {i["PatientID"] for i in orthanc.samples["instances"].values()}
+    # Other tests may have stored more studies in the shared Orthanc: ask it what it holds.
+    studies = requests.get(f"{orthanc.dicomweb_url}/studies", params={"limit": "200", "includefield": "00100020"},
+                           headers={"Accept": "application/dicom+json"}, timeout=30).json()
+    pacs_patients = {(ds.get("00100020", {}).get("Value") or [""])[0] for ds in studies}
     from smart.picker import PICKER_LIMIT
     assert len(listed) == min(PICKER_LIMIT, len(pacs_patients)) == len(set(listed))
     assert set(listed) <= {to_fhir_id(p) for p in pacs_patients}
