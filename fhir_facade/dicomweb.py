@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, request
@@ -18,7 +19,7 @@ from smart import authz
 from . import dicom_json as dj
 from . import multipart
 from .lookups import UnknownStudy, check_study_access, get_lookups
-from .negotiation import Choice, NotAcceptable, choose, parse_media_type
+from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, NotAcceptable, choose, parse_media_type
 from .pacs import DICOM_JSON, PacsError, get_pacs
 from .patient_ids import to_fhir_id, to_patient_id
 from .search import is_uid
@@ -222,35 +223,52 @@ def public_url(url: str, pacs_base: str, public_base: str) -> str:
     return url
 
 
+def _never(headers) -> bool:
+    return False
+
+
 def _needs_transfer_syntax(headers) -> bool:
     media, params = parse_media_type(multipart.header(headers, "Content-Type") or "")
     return media == "application/dicom" and "transfer-syntax" not in params
 
 
-def part_header_rewriter(pacs_base: str, public_base: str):
+def part_header_rewriter(pacs_base: str, public_base: str, known_syntax: str | None = None):
     """Return ``(headers, body_start) -> headers`` for :func:`multipart.rewrite`.
 
     It points Content-Location at the facade and names the transfer syntax of DICOM parts
-    from their File Meta Information (PS3.18 Section 8.7.3.5.2). It needs no app context,
-    so it can run while the response streams.
+    (PS3.18 Section 8.7.3.5.2): *known_syntax* when the request fixed it, else the one in
+    the part's File Meta Information. It needs no app context, so it can run while the
+    response streams.
     """
-    return lambda headers, body_start: _part_headers(headers, body_start, pacs_base, public_base)
+    return lambda headers, body_start: _part_headers(headers, body_start, pacs_base, public_base, known_syntax)
 
 
-def _part_headers(headers, body_start: bytes, pacs_base: str, public_base: str):
+def _part_headers(headers, body_start: bytes, pacs_base: str, public_base: str, known_syntax: str | None = None):
     result = []
     for name, value in headers:
         lowered = name.lower()
         if lowered == "content-location":
             value = public_url(value, pacs_base, public_base)
-        elif lowered == "content-type" and body_start:
+        elif lowered == "content-type" and (body_start or known_syntax):
             media, params = parse_media_type(value)
             if media == "application/dicom" and "transfer-syntax" not in params:
-                uid = multipart.transfer_syntax_of(body_start)
+                uid = known_syntax or multipart.transfer_syntax_of(body_start)
                 if uid:
                     value = f"{value}; transfer-syntax={uid}"
         result.append((name, value))
     return result
+
+
+def _known_syntax(choice: Choice) -> str | None:
+    """The transfer syntax every DICOM part has, when the request fixed it.
+
+    Without a transfer-syntax parameter the PACS must send Explicit VR Little Endian
+    (PS3.18 Section 8.7.3.5.2) — and answers an error, mapped to 406, when it cannot.
+    Only ``*`` (as stored) leaves each part's syntax to be read from its File Meta.
+    """
+    if choice.part_type != "application/dicom" or choice.transfer_syntax == "*":
+        return None
+    return choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
 
 
 def _upstream_failure(upstream, choice: Choice | None) -> Response:
@@ -281,14 +299,21 @@ def _stream(upstream):
         yield from upstream.raw.stream(CHUNK, decode_content=False)
 
 
-def _relay(path: str, params: list[tuple[str, str]], choice: Choice) -> Response:
-    """Stream the PACS answer to *path* in the representation *choice* names."""
+def _relay(path: str, params: list[tuple[str, str]], choice: Choice,
+           explain: Callable[[], None] | None = None) -> Response:
+    """Stream the PACS answer to *path* in the representation *choice* names.
+
+    *explain*, when given, runs if the PACS answers an error, and may raise a more exact one.
+    """
     upstream = get_pacs().get(path, params=params, headers={"Accept": choice.upstream_accept,
                                                              "Accept-Encoding": "identity"}, stream=True)
     if upstream.status_code == 204:
         upstream.close()
         return Response(status=204)
     if upstream.status_code != 200:
+        if explain is not None and upstream.status_code in (400, 404, 500, 501):
+            upstream.close()
+            explain()
         return _upstream_failure(upstream, choice)
     content_type = upstream.headers.get("Content-Type", "")
     if not (choice.multipart or choice.unwrap):
@@ -310,15 +335,17 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice) -> Response
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
-        part = _part_headers(part, b"", get_pacs().base_url, _public_base())
+        part = _part_headers(part, b"", get_pacs().base_url, _public_base(), _known_syntax(choice))
         response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
         if multipart.header(part, "Content-Length"):
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
-        body = multipart.rewrite(_stream(upstream), boundary, part_header_rewriter(get_pacs().base_url, _public_base()),
-                                 peek=_needs_transfer_syntax)
+        known = _known_syntax(choice)
+        body = multipart.rewrite(_stream(upstream), boundary,
+                                 part_header_rewriter(get_pacs().base_url, _public_base(), known),
+                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
@@ -444,22 +471,37 @@ def study_resource(rest: str):
     # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
     frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
     choice = _negotiate(kind, frames=len(frame_numbers))
-    if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
-        info = get_lookups().instance(study_uid, segments[2], segments[4])
-        if info is None:
-            raise DicomwebError(404, "instance not found")
-        if not info.has_pixels:
-            raise DicomwebError(404, "the instance has no pixel data")
-        missing = [n for n in frame_numbers if n > info.number_of_frames]
-        if missing:
-            raise DicomwebError(404, f"frame {missing[0]} does not exist "
-                                     f"(NumberOfFrames is {info.number_of_frames})")
     path = "studies/" + "/".join(segments)
     if kind == "json":
         if resource == "qido":
             params = normalize_includefield(params, qido_level(path))
         return _json_answer(path, params)
-    return _relay(path, params, choice)
+    explain = None
+    if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
+        explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
+    return _relay(path, params, choice, explain)
+
+
+def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_numbers: list[int]) -> None:
+    """After the PACS refused a frames or rendered request, answer 404 where PS3.18 wants it.
+
+    Orthanc answers 400 for a frame past NumberOfFrames and for an instance without
+    pixels; PS3.18 Section 10.4.1.3.3 (frames) wants 404. Looked up only on failure, so the
+    common path costs no extra query.
+
+    Raises
+    ------
+    DicomwebError
+        404 when the instance is missing, has no pixel data or lacks a frame asked for.
+    """
+    info = get_lookups().instance(study_uid, series_uid, sop_uid)
+    if info is None:
+        raise DicomwebError(404, "instance not found")
+    if not info.has_pixels:
+        raise DicomwebError(404, "the instance has no pixel data")
+    missing = [n for n in frame_numbers if n > info.number_of_frames]
+    if missing:
+        raise DicomwebError(404, f"frame {missing[0]} does not exist (NumberOfFrames is {info.number_of_frames})")
 
 
 def http_error(exc) -> Response:
