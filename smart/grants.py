@@ -348,8 +348,19 @@ class RefreshTokenGrant(_SmartTokenMixin, grants.RefreshTokenGrant):
         return get_session().get(User, refresh_token.user_id)
 
     def revoke_old_credential(self, refresh_token):
-        refresh_token.revoked_at = now()
-        get_session().commit()
+        # Spend the old refresh token atomically: of two requests racing with the same token,
+        # only one may rotate it. The loser is a replay, and the grant is revoked (RFC 9700
+        # §4.14.2), including what the winner was just issued.
+        session = get_session()
+        spent = session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == refresh_token.id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now())
+        )
+        session.commit()
+        if spent.rowcount != 1:
+            revoke_family(refresh_token.code_id)
+            raise InvalidGrantError("The refresh token was already used.")
 
     def _context(self) -> dict:
         return dict(self.request.refresh_token.context or {})

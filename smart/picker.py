@@ -112,7 +112,22 @@ def find_patients(query: str | None, limit: int = PICKER_LIMIT) -> list[PatientC
         choices.append(choice)
     # Named patients first (by name), then the unnamed ones, each by id.
     choices.sort(key=lambda c: (c.name == UNNAMED, c.name.lower(), c.id))
-    return choices[:limit]
+    return _with_stored_names(choices[:limit], found, repository)
+
+
+def _with_stored_names(choices: list[PatientChoice], found: dict, repository) -> list[PatientChoice]:
+    """Re-read the shown patients' names from instance metadata (some PACS, Orthanc 1.10
+    among them, answer QIDO-RS in Latin-1 and drop Greek or Cyrillic letters)."""
+    from fhir_facade.pacs import PacsError
+    from fhir_facade.patient_ids import to_fhir_id
+
+    by_id = {to_fhir_id(patient_id): (patient_id, row) for patient_id, row in found.items()}
+    try:
+        modules = repository.patient_modules([by_id[c.id][1]["study"] for c in choices])
+    except PacsError:
+        return choices
+    # The PatientID (hence the FHIR id) stays the one the study query matched.
+    return [_choice(by_id[choice.id][0], module, choice.studies) for choice, module in zip(choices, modules)]
 
 
 def describe_patient(fhir_id: str | None) -> PatientChoice | None:

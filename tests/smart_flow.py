@@ -48,7 +48,7 @@ class FormParser(HTMLParser):
             kind = (a.get("type") or "text").lower()
             if "disabled" in a or not a.get("name"):
                 return
-            if kind == "checkbox" and "checked" not in a:
+            if kind in ("checkbox", "radio") and "checked" not in a:
                 return
             self.forms[-1]["fields"].append((a["name"], a.get("value", "")))
         elif tag == "button" and a.get("name"):

@@ -418,3 +418,29 @@ def test_no_tokens_or_secrets_in_logs(alice, caplog):
     for secret in (token["access_token"], token["refresh_token"], token["id_token"], "s3cret-value",
                    "correct horse"):
         assert secret not in caplog.text
+
+
+def test_two_refreshes_racing_with_one_token_cannot_both_win(app, alice, monkeypatch):
+    """The second of two concurrent refreshes (simulated: the token is spent by another worker
+    between its check and its rotation) is a replay: invalid_grant, and the grant is revoked."""
+    from sqlalchemy import update
+
+    from smart import grants
+    from smart.db import get_database
+    from smart.models import RefreshToken, now
+
+    first = alice.obtain_token(scope=OFFLINE_SCOPE)
+    original = grants.RefreshTokenGrant.authenticate_user
+
+    def spent_meanwhile(self, refresh_token):
+        with get_database().engine.begin() as conn:  # the other worker's rotation
+            conn.execute(update(RefreshToken).where(RefreshToken.id == refresh_token.id).values(revoked_at=now()))
+        return original(self, refresh_token)
+
+    monkeypatch.setattr(grants.RefreshTokenGrant, "authenticate_user", spent_meanwhile)
+    lost = alice.refresh_response(first["refresh_token"])
+    assert lost.status_code == 400 and lost.get_json()["error"] == "invalid_grant"
+    monkeypatch.setattr(grants.RefreshTokenGrant, "authenticate_user", original)
+    from smart.tokens import InvalidToken
+    with pytest.raises(InvalidToken):
+        decode(app, first["access_token"])
