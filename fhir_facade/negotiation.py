@@ -32,6 +32,8 @@ SINGLE_TYPES = {
 
 
 def _split_quoted(text: str, separator: str) -> list[str]:
+    if '"' not in text:
+        return text.split(separator)
     parts, current, quoted, escaped = [], [], False, False
     for char in text:
         if escaped:

@@ -6,12 +6,17 @@ grammar is :mod:`smart.scopes` (SMART App Launch 2.2 §Scopes and Launch Context
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from flask import g, request
 
 from . import scopes as scope_grammar
 from . import tokens
+
+#: ``scopes.permits`` memoised: every proxied request asks the same few questions of the
+#: same few scope strings, and parsing them each time is most of the decision's cost.
+_permits = functools.lru_cache(maxsize=4096)(scope_grammar.permits)
 
 #: Contexts from most to least restricted (SMART App Launch 2.2 §Scopes).
 _CONTEXTS = ("system", "user", "patient")
@@ -74,7 +79,7 @@ class AccessGrant:
     def context_for(self, resource_type: str, interaction: str) -> str | None:
         """The least restricted context (system, user, patient) whose scopes allow the interaction."""
         for context in _CONTEXTS:
-            if scope_grammar.permits(self.scope, resource_type, interaction, contexts=(context,)):
+            if _permits(self.scope, resource_type, interaction, contexts=(context,)):
                 return context
         return None
 
