@@ -12,6 +12,7 @@ from flask import Flask, current_app
 
 from . import dicom_json as dj
 from . import mapping
+from .charsets import repair_person_name
 from .pacs import DICOM_JSON, PacsClient, PacsError, get_pacs
 from .patient_ids import hashed_id, to_fhir_id
 
@@ -239,6 +240,11 @@ class StudyRepository:
                         tag = dj.TAGS[keyword]
                         if tag in metadata[0]:
                             merged[tag] = metadata[0][tag]
+                    character_sets = [str(v) for v in dj.values(metadata[0], "SpecificCharacterSet")]
+                    names = dj.values(merged, "PatientName")
+                    if names:
+                        merged[dj.TAGS["PatientName"]] = {
+                            "vr": "PN", "Value": [repair_person_name(pn, character_sets) for pn in names]}
         except (PacsError, ValueError):
             log.info("patient module of a study kept from QIDO-RS: the PACS failed on metadata")
             return study

@@ -247,6 +247,13 @@ def test_character_set_samples_keep_their_names(facade, patient, family, given):
     assert resource["name"][0]["given"] == given
 
 
+def test_japanese_ideographic_and_phonetic_names_of_the_h32_sample(facade):
+    # ISO 2022 IR 13\ISO 2022 IR 87: the PACS strips the JIS escapes; the facade decodes again.
+    names = get(facade, "/fhir/Patient/H32EXAMPLE")["name"]
+    assert [(n.get("family"), n.get("given")) for n in names] == [
+        ("ﾔﾏﾀﾞ", ["ﾀﾛｳ"]), ("山田", ["太郎"]), ("やまだ", ["たろう"])]
+
+
 @pytest.mark.parametrize("patient, family", [("SCSGREEK", "Διονυσιος"), ("SCSRUSS", "Люкceмбypг")])
 def test_non_latin1_names_survive_a_pacs_that_answers_qido_in_latin1(facade, patient, family):
     # Orthanc DICOMweb 1.7 answers QIDO-RS in ISO_IR 100 and drops what Latin-1 cannot hold;
