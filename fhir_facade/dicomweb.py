@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import requests
+import urllib3
 from flask import Blueprint, Response, current_app, request
 
 from smart import authz
@@ -294,6 +296,17 @@ def _upstream_failure(upstream, choice: Choice | None) -> Response:
     return _error(status if 400 <= status < 500 else 502, f"the PACS answered {status}")
 
 
+#: Largest PACS answer (bytes, from its Content-Length) read whole before relaying.
+SMALL_ANSWER = 1 << 20
+
+
+def _is_small(upstream) -> bool:
+    try:
+        return int(upstream.headers.get("Content-Length", "")) <= SMALL_ANSWER
+    except ValueError:
+        return False
+
+
 def _stream(upstream):
     with upstream:
         yield from upstream.raw.stream(CHUNK, decode_content=False)
@@ -329,9 +342,21 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice,
     if media != "multipart/related" or not boundary:
         upstream.close()
         return _error(502, "the PACS answered something other than multipart/related")
+    chunks = _stream(upstream)
+    if _is_small(upstream):
+        # A small answer (a frame, an instance of a few hundred KB) is read whole and sent
+        # with a Content-Length: one write instead of several chunked ones, which is most of
+        # what a proxied frame costs beyond the PACS's own time. Memory stays bounded.
+        try:
+            # One read of Content-Length bytes (``.content`` would read 10 KB at a time).
+            chunks = [upstream.raw.read(decode_content=False)]
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PacsError("the PACS broke off its answer") from exc
+        finally:
+            upstream.close()
     if choice.unwrap:
         try:
-            part, body = multipart.unwrap(_stream(upstream), boundary)
+            part, body = multipart.unwrap(chunks, boundary)
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
@@ -343,7 +368,7 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice,
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
         known = _known_syntax(choice)
-        body = multipart.rewrite(_stream(upstream), boundary,
+        body = multipart.rewrite(chunks, boundary,
                                  part_header_rewriter(get_pacs().base_url, _public_base(), known),
                                  peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
@@ -352,7 +377,14 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice,
                                                         else None)
         if syntax:
             value += f"; transfer-syntax={syntax}"
+        if isinstance(chunks, list):
+            try:
+                body = [b"".join(body)]
+            except multipart.MultipartError as exc:
+                raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         response = Response(body, status=200)
+        if isinstance(chunks, list):
+            response.headers["Content-Length"] = str(len(body[0]))
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = f'{value}; boundary="{boundary}"' if not _TOKEN.fullmatch(boundary) \
             else f"{value}; boundary={boundary}"
