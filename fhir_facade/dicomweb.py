@@ -79,7 +79,7 @@ def _pacs_error(exc: PacsError):
 # --- path and query validation ------------------------------------------------------------
 
 #: Path shapes below ``studies/{StudyInstanceUID}`` (PS3.18 Tables 10.4.1-1 and 10.6.1-1) ->
-#: (negotiation kind, what the path names). ``uid``, ``frames`` and ``tag`` are placeholders.
+#: (negotiation kind, what the path names). ``uid``, ``framelist`` and ``tag`` are placeholders.
 RESOURCE_PATHS = {
     (): ("study", "study"),
     ("metadata",): ("json", "metadata"),
@@ -96,9 +96,9 @@ RESOURCE_PATHS = {
     ("series", "uid", "instances", "uid", "metadata"): ("json", "metadata"),
     ("series", "uid", "instances", "uid", "rendered"): ("rendered", "instance"),
     ("series", "uid", "instances", "uid", "thumbnail"): ("rendered", "instance"),
-    ("series", "uid", "instances", "uid", "frames", "frames"): ("frames", "frames"),
-    ("series", "uid", "instances", "uid", "frames", "frames", "rendered"): ("rendered", "frames"),
-    ("series", "uid", "instances", "uid", "frames", "frames", "thumbnail"): ("rendered", "frames"),
+    ("series", "uid", "instances", "uid", "frames", "framelist"): ("frames", "frames"),
+    ("series", "uid", "instances", "uid", "frames", "framelist", "rendered"): ("rendered", "frames"),
+    ("series", "uid", "instances", "uid", "frames", "framelist", "thumbnail"): ("rendered", "frames"),
     ("series", "uid", "instances", "uid", "bulkdata", "tag"): ("bulkdata", "bulkdata"),
     ("series", "uid", "instances", "uid", "bulk", "tag"): ("bulkdata", "bulkdata"),
 }
@@ -127,7 +127,7 @@ def classify(segments: list[str]) -> tuple[str, str]:
         elif previous == "frames":
             if not _FRAMES.fullmatch(segment) or any(int(n) < 1 for n in segment.split(",")):
                 raise DicomwebError(400, f"{segment!r} is not a list of frame numbers (1-based)")
-            shape.append("frames")
+            shape.append("framelist")
         elif previous in ("bulkdata", "bulk"):
             if not _TAG_PATH.fullmatch("/".join(segments[i:])):
                 raise DicomwebError(404, "unknown bulk data path")
@@ -147,6 +147,8 @@ def _query() -> list[tuple[str, str]]:
     for name, value in request.args.items(multi=True):
         if name == "accept":  # PS3.18 Section 8.3.3.1: decided here, like the Accept header
             continue
+        if name.lower() in ("limit", "offset") and not value.isdigit():
+            raise DicomwebError(400, f"{name} must be a non-negative integer")
         if name.lower() in RESERVED_QUERY or QIDO_PARAMS_RE.fullmatch(name):
             params.append((name, value))
         else:
@@ -285,6 +287,10 @@ def _upstream_failure(upstream, choice: Choice | None) -> Response:
         return _error(406, f"the instance is not available in {wanted}")
     if status in (404, 410):
         return _error(status, "not found")
+    if choice is not None and not (choice.multipart or choice.unwrap) and status == 400:
+        # A rendering the PACS refuses for a valid path and media type: nothing renderable
+        # there (a structured report, a study without images), PS3.18 Section 10.4.1.1.3.
+        return _error(404, "nothing to render here")
     if status == 503:
         return _error(503, "the PACS is unavailable", {"Retry-After": "5"})
     if status == 504:

@@ -43,6 +43,48 @@ class PacsTimeout(PacsError):
     default_message = "the PACS did not answer in time"
 
 
+#: Characters a QIDO-RS value keeps as they are in the request line: requests and urllib3
+#: leave them unencoded, so a PACS that does not percent-decode queries (Orthanc 1.10) still
+#: reads them right. ``*`` and ``?`` are the QIDO-RS wildcards (PS3.18 Section 8.3.4.6.1).
+_QUERY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$'()*+,;=:@/?")
+
+
+def qido_value(value: str) -> str:
+    """A QIDO-RS matching value that survives a PACS that does not percent-decode the query.
+
+    Any other character becomes the single-character wildcard ``?`` (a run of non-ASCII
+    characters becomes ``*``), so the PACS matches a superset; callers that need exact
+    matches (PatientID, AccessionNumber) filter the answer themselves.
+
+    Parameters
+    ----------
+    value : str
+        The value as the client or the facade means it, e.g. ``Doe^John``.
+
+    Returns
+    -------
+    str
+        e.g. ``Doe?John``.
+    """
+    out = []
+    for char in value:
+        if char in _QUERY_SAFE:
+            out.append(char)
+        elif ord(char) < 0x80:
+            out.append("?")
+        elif not out or out[-1] != "*":
+            out.append("*")
+    return "".join(out)
+
+
+def query_string(params: Sequence[tuple[str, str]] | Mapping | None) -> str:
+    """Build ``name=value&...`` with :func:`qido_value` values (names are keywords or tags)."""
+    if not params:
+        return ""
+    items = params.items() if isinstance(params, Mapping) else params
+    return "&".join(f"{qido_value(str(name))}={qido_value(str(value))}" for name, value in items)
+
+
 class PacsClient:
     """DICOMweb client for the PACS behind the facade.
 
@@ -120,7 +162,9 @@ class PacsClient:
         # for a PACS (redirects are not followed; credentials come from our configuration).
         request = requests.PreparedRequest()
         try:
-            request.prepare(method="GET", url=self.url(path), params=params, headers=headers, auth=self.session.auth)
+            query = query_string(params)
+            url = f"{self.url(path)}?{query}" if query else self.url(path)
+            request.prepare(method="GET", url=url, headers=headers, auth=self.session.auth)
             return self.adapter.send(request, stream=stream, timeout=self.timeout)
         except requests.Timeout as exc:
             log.warning("PACS timeout")

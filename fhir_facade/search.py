@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import dicom_json as dj
@@ -43,7 +43,20 @@ def _zone(name: str):
         return timezone.utc
 
 
-def date_range(value: str, zone_name: str) -> tuple[datetime, datetime]:
+_MICROS_PER_DAY = 86_400 * 1_000_000
+
+
+def _instant(day: date, seconds: int, micros: int, offset: timedelta) -> int:
+    """Microseconds since 0001-01-01T00:00Z; plain integers never overflow at the calendar's ends."""
+    return (day.toordinal() * _MICROS_PER_DAY + seconds * 1_000_000 + micros
+            - int(offset.total_seconds() * 1_000_000))
+
+
+def _day_after(day: date) -> int:
+    return day.toordinal() + 1
+
+
+def date_range(value: str, zone_name: str) -> tuple[int, int]:
     """The half-open instant range ``[low, high)`` a FHIR date/dateTime value stands for.
 
     Parameters
@@ -52,6 +65,11 @@ def date_range(value: str, zone_name: str) -> tuple[datetime, datetime]:
         ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or a dateTime with time (and offset).
     zone_name : str
         Zone for values without an offset.
+
+    Returns
+    -------
+    (int, int)
+        Microseconds since 0001-01-01T00:00Z (UTC), so 0001 and 9999 work like any year.
 
     Raises
     ------
@@ -62,28 +80,46 @@ def date_range(value: str, zone_name: str) -> tuple[datetime, datetime]:
     if not match or match.group(1):
         raise ValueError(value)
     _, year, month, day, hh, mm, ss, frac, off = match.groups()
-    if off:
-        tz = timezone.utc if off == "Z" else timezone(
-            (1 if off[0] == "+" else -1) * timedelta(hours=int(off[1:3]), minutes=int(off[4:6])))
-    else:
-        tz = _zone(zone_name)
     y = int(year)
+    m = int(month) if month else 1
+    d = int(day) if day else 1
+    first = date(y, m, d)
+    if off:
+        offset = timedelta(0) if off == "Z" else (1 if off[0] == "+" else -1) * timedelta(
+            hours=int(off[1:3]), minutes=int(off[4:6]))
+    else:
+        try:
+            offset = datetime(y, m, d, int(hh or 0), int(mm or 0), tzinfo=_zone(zone_name)).utcoffset() \
+                or timedelta(0)
+        except (OverflowError, ValueError):
+            offset = timedelta(0)
     if month is None:
-        return datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
-    m = int(month)
-    if day is None:
-        low = datetime(y, m, 1, tzinfo=tz)
-        return low, (datetime(y + 1, 1, 1, tzinfo=tz) if m == 12 else datetime(y, m + 1, 1, tzinfo=tz))
-    d = int(day)
-    if hh is None:
-        low = datetime(y, m, d, tzinfo=tz)
-        return low, low + timedelta(days=1)
-    low = datetime(y, m, d, int(hh), int(mm), int(ss or 0), int(float(frac or 0) * 1_000_000), tzinfo=tz)
+        last_day = date(y, 12, 31)
+    elif day is None:
+        last_day = (date(y, m + 1, 1) - timedelta(days=1)) if m < 12 else date(y, 12, 31)
+    else:
+        last_day = None
+    if last_day is not None or hh is None:
+        end = (last_day or first).toordinal() + 1
+        low = _instant(first, 0, 0, offset)
+        return low, end * _MICROS_PER_DAY - int(offset.total_seconds() * 1_000_000)
+    if not (int(hh) < 24 and int(mm) < 60 and int(ss or 0) < 60):
+        raise ValueError(value)
+    seconds = int(hh) * 3600 + int(mm) * 60 + int(ss or 0)
+    micros = int(float(frac or 0) * 1_000_000)
+    low = _instant(first, seconds, micros, offset)
     if ss is None:
-        return low, low + timedelta(minutes=1)
+        return low, low + 60_000_000
     if frac:
-        return low, low + timedelta(microseconds=max(1, int(10 ** (6 - min(len(frac) - 1, 6)))))
-    return low, low + timedelta(seconds=1)
+        return low, low + max(1, 10 ** (6 - min(len(frac) - 1, 6)))
+    return low, low + 1_000_000
+
+
+def _da(instant: int, days: int) -> str:
+    """DICOM DA of the UTC day *days* from *instant*, clamped to 00010101..99991231."""
+    ordinal = min(max(instant // _MICROS_PER_DAY + days, 1), date.max.toordinal())
+    day = date.fromordinal(ordinal)
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
 def date_predicate(raw: str, zone_name: str) -> tuple[Callable[[str | None], bool], tuple[str, str]]:
@@ -131,12 +167,12 @@ def date_predicate(raw: str, zone_name: str) -> tuple[Callable[[str | None], boo
         }[prefix]
 
     # One day of slack each way covers any zone offset between the PACS's local dates and ours.
-    start = (low - timedelta(days=1)).strftime("%Y%m%d")
-    end = (high + timedelta(days=1)).strftime("%Y%m%d")
+    start = _da(low, -1)
+    end = _da(high, 1)
     qido = {"eq": (start, end), "ap": (start, end), "gt": ("", ""), "ge": (start, ""), "sa": (start, ""),
             "lt": ("", end), "le": ("", end), "eb": ("", end), "ne": ("", "")}[prefix]
     if prefix == "gt":
-        qido = ((high - timedelta(days=1)).strftime("%Y%m%d"), "")
+        qido = (_da(high, -1), "")
     return matches, qido
 
 

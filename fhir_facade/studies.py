@@ -24,11 +24,11 @@ STUDY_FIELDS = (
     "PatientBirthDate", "PatientSex", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
     "NumberOfStudyRelatedInstances",
 )
-SERIES_FIELDS = ("SeriesDescription", "BodyPartExamined", "Laterality", "SeriesDate", "SeriesTime",
+SERIES_FIELDS = ("PatientID", "SeriesDescription", "BodyPartExamined", "Laterality", "SeriesDate", "SeriesTime",
                  "TimezoneOffsetFromUTC", "NumberOfSeriesRelatedInstances")
 #: Patient module attributes (PS3.3 C.7.1.1) read from instance metadata for Patient resources.
 PATIENT_FIELDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
-INSTANCE_FIELDS = ("SeriesInstanceUID", "InstanceNumber", "DocumentTitle", "ConceptNameCodeSequence", "NumberOfFrames")
+INSTANCE_FIELDS = ("PatientID", "SeriesInstanceUID", "InstanceNumber", "DocumentTitle", "ConceptNameCodeSequence", "NumberOfFrames")
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,11 @@ class StudyRepository:
         stamp = self._stamp(study)
         series = self._series_of(uid, stamp)
         instances = self._instances_of(uid, stamp) if with_instances else []
+        # A PACS can file one StudyInstanceUID under two patients (Orthanc does); the series
+        # and instances of the study's other patients never enter this patient's resource.
+        patient_id = dj.text(study, "PatientID")
+        series = [row for row in series if dj.text(row, "PatientID") in (None, patient_id)]
+        instances = [row for row in instances if dj.text(row, "PatientID") in (None, patient_id)]
         resource = mapping.imaging_study(study, series, instances, self.ctx)
         with self._lock:
             self._resources[key] = ((fingerprint,), resource)

@@ -171,6 +171,13 @@ def test_dw10_rendered(dw):
     series, sop = dw["sr"]
     assert get(dw, f"studies/{dw['study']}/series/{series}/instances/{sop}/rendered",
                accept="image/jpeg").status_code in (404, 406)
+    assert get(dw, f"studies/{dw['study']}/series/{series}/rendered", accept="image/jpeg").status_code in (404, 406)
+    mf_series, mf_sop = dw["multiframe"]
+    frame = get(dw, f"studies/{dw['study']}/series/{mf_series}/instances/{mf_sop}/frames/2/rendered",
+                accept="image/jpeg")
+    assert frame.status_code == 200 and frame.data[:2] == b"\xff\xd8"
+    assert get(dw, f"studies/{dw['study']}/series/{mf_series}/instances/{mf_sop}/frames/11/rendered",
+               accept="image/jpeg").status_code == 404
 
 
 def test_other_patients_study_is_forbidden_on_every_path(dw):
@@ -184,6 +191,12 @@ def test_other_patients_study_is_forbidden_on_every_path(dw):
     # and QIDO never shows them
     rows = get(dw, f"instances?PatientID={OTHER}").get_json() or []
     assert all(r["00100020"]["Value"][0] == PATIENT for r in rows)
+
+
+@pytest.mark.parametrize("query", ["limit=-1", "offset=-1", "limit=abc", "offset=1.5"])
+def test_bad_paging_values_are_400(dw, query):
+    for path in ("studies", f"studies/{dw['study']}/series", f"studies/{dw['study']}/instances"):
+        assert get(dw, f"{path}?{query}").status_code == 400, path
 
 
 def test_unknown_study_and_series_are_404(dw):

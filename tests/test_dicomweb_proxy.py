@@ -138,7 +138,7 @@ def test_pacs_unreachable_or_slow(fake_app, failure, status):
         assert response.headers["Retry-After"].isdigit()
 
 
-@pytest.mark.parametrize("upstream, status", [(500, 502), (503, 503), (404, 404), (400, 400)])
+@pytest.mark.parametrize("upstream, status", [(500, 502), (503, 503), (404, 404), (400, 404)])  # 400 on rendered: nothing to render
 def test_pacs_error_statuses_are_mapped_without_its_body(fake_app, rsps, upstream, status):
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
              json=[{"00080018": {"vr": "UI", "Value": [SOP]}, "00280010": {"vr": "US", "Value": [64]}}])

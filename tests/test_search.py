@@ -81,3 +81,15 @@ def test_unknown_parameters_ignored_unless_strict():
     assert ("foo", "bar") not in search.echo and ("patient", "P1") in search.echo
     with pytest.raises(BadSearch):
         parse_study_search([("foo", "bar")], "UTC", strict=True)
+
+
+@pytest.mark.parametrize("value, qido, matches_2021", [
+    ("9999-12-31", ("99991230", "99991231"), False), ("ge9999-12-31", ("99991230", ""), False),
+    ("0001", ("00010101", "00020102"), False), ("lt0001-01-01", ("", "00010103"), False),
+    ("sa9999", ("99981231", ""), False), ("ge0001", ("00010101", ""), True), ("le9999-12-31", ("", "99991231"), True),
+])
+def test_dates_at_the_ends_of_the_calendar(value, qido, matches_2021):
+    match, coarse = date_predicate(value, "UTC")
+    assert coarse == qido
+    assert match("2021-01-15") is matches_2021
+    assert match("9999-12-31") is (value in ("9999-12-31", "ge9999-12-31", "le9999-12-31", "ge0001"))

@@ -1,0 +1,42 @@
+"""One StudyInstanceUID filed under two patients (Orthanc does this): neither patient's token
+sees the other's series, instances or pixels through any route."""
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+import devpacs
+import samples
+from facade_helpers import bearer, make_app, token
+
+
+@pytest.fixture(scope="module")
+def shared(orthanc, tmp_path_factory):
+    study = pydicom.uid.generate_uid()
+    series = {"SHARE-A": pydicom.uid.generate_uid(), "SHARE-B": pydicom.uid.generate_uid()}
+    for patient, series_uid in series.items():
+        devpacs.store_dataset(orthanc.url, samples.make_instance(
+            PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series_uid, Modality="OT"))
+    app = make_app(tmp_path_factory.mktemp("shared"), FACADE_PACS_URL=orthanc.dicomweb_url)
+    return {"client": app.test_client(), "study": study, "series": series,
+            "tokens": {p: bearer(token(app, patient=p)) for p in series}}
+
+
+@pytest.mark.parametrize("patient, other", [("SHARE-A", "SHARE-B"), ("SHARE-B", "SHARE-A")])
+def test_search_shows_only_the_patients_own_series(shared, patient, other):
+    client, headers = shared["client"], shared["tokens"][patient]
+    bundle = client.get(f"/fhir/ImagingStudy?patient={patient}", headers=headers).get_json()
+    [study] = [e["resource"] for e in bundle["entry"]]
+    assert study["id"] == shared["study"]
+    assert [s["uid"] for s in study["series"]] == [shared["series"][patient]]
+    assert study["numberOfSeries"] == 1 and study["numberOfInstances"] == 1
+    assert shared["series"][other] not in str(bundle)
+
+
+@pytest.mark.parametrize("patient", ["SHARE-A", "SHARE-B"])
+def test_read_and_retrieval_of_the_shared_study_are_refused(shared, patient):
+    client, headers, study = shared["client"], shared["tokens"][patient], shared["study"]
+    assert client.get(f"/fhir/ImagingStudy/{study}", headers=headers).status_code == 403
+    for path in (f"studies/{study}", f"studies/{study}/metadata", f"studies/{study}/series",
+                 f"studies/{study}/series/{shared['series'][patient]}"):
+        assert client.get(f"/dicomweb/{path}", headers=headers).status_code == 403, path
