@@ -15,7 +15,7 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy import delete, select, update
 
-from . import tokens
+from . import scopes, tokens
 from .db import get_session
 from .models import (
     CODE_LIFETIME,
@@ -69,6 +69,12 @@ def scope_has(scope: str | None, name: str) -> bool:
     return name in (scope or "").split()
 
 
+def end_user_scope(scope: str | None, user: User) -> str:
+    """What *user*'s authorization may carry of *scope*: never ``system/``, and ``user/`` for a
+    patient user only when their token names them (:func:`smart.scopes.for_end_user`)."""
+    return scopes.for_end_user(scope, user.role, user.fhir_user)
+
+
 def find_launch(launch_id: str | None) -> LaunchContext | None:
     """Return the unused, unexpired launch context *launch_id*, or None."""
     if not launch_id:
@@ -94,12 +100,17 @@ class _SmartTokenMixin:
         client = self.request.client
         context = self._context()
         scope = scope or ""
+        if user is not None:
+            # Also covers refresh tokens stored before system/ was refused to end users.
+            scope = end_user_scope(scope, user)
         access_token, claims = tokens.issue_access_token(
             client.client_id,
             sub=user.username if user else client.client_id,
             scope=scope,
             context=context,
-            fhir_user=context.get("fhirUser") if scope_has(scope, "fhirUser") else None,
+            # Every access token of a user names the user (an access token claim, not the
+            # id_token's): authz bounds a patient user's user/ scopes by it.
+            fhir_user=user.fhir_user if user is not None else None,
             lifetime=self.ACCESS_TOKEN_LIFETIME,
         )
         self.request.access_claims = claims
@@ -176,7 +187,7 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
         user: User = request.user
         data = request.payload.data
         granted = getattr(request, "granted_scope", None)
-        scope = granted if granted is not None else (request.scope or "")
+        scope = end_user_scope(granted if granted is not None else request.scope, user)
         context: dict = {}
         launch = find_launch(data.get("launch")) if scope_has(scope, "launch") else None
         if launch is not None:

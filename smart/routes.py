@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, ses
 
 from . import discovery, keys, picker, revocation, scopes, tokens
 from .db import get_session
-from .grants import find_launch, scope_has
+from .grants import end_user_scope, find_launch, scope_has
 from .models import User, now
 from .server import query_client, server
 
@@ -86,7 +86,8 @@ def _needs_picker(grant, user: User) -> bool:
 
 
 def _consent_page(grant, user: User, message: str | None = None, status: int = 200):
-    requested = grant.request.scope or ""
+    # Only what this user may grant is offered (no system/ scopes, SMART 2.2 §Backend Services).
+    requested = end_user_scope(grant.request.scope, user)
     data = grant.request.payload.data
     launch = find_launch(data.get("launch")) if scope_has(requested, "launch") else None
     needs_picker = _needs_picker(grant, user)
@@ -224,7 +225,7 @@ def authorize():
     if request.form.get("decision") != "approve":
         return server.create_authorization_response(grant_user=None, grant=grant)
 
-    requested = (grant.request.scope or "").split()
+    requested = end_user_scope(grant.request.scope, user).split()
     if request.form.get("scope_selection"):
         chosen = set(request.form.getlist("grant_scope")) | (FIXED_SCOPES & set(requested))
         grant.request.granted_scope = " ".join(s for s in requested if s in chosen)

@@ -229,3 +229,37 @@ def granted(requested: str | None, allowed: str | None = None) -> str:
             continue
         out.append(token)
     return " ".join(out)
+
+
+def for_end_user(scope_string: str | None, role: str, fhir_user: str | None = None) -> str:
+    """The part of a scope string that an end user's authorization may carry.
+
+    Applied by the authorization code and refresh token grants (never by
+    ``client_credentials``):
+
+    - ``system/`` scopes are dropped: they mean "everything on the server, no user
+      involved" and belong to SMART Backend Services (SMART 2.2 §Backend Services), which
+      authenticate a client, not a user.
+    - for a ``patient`` user, ``user/`` scopes are kept only when *fhir_user* names a
+      ``Patient``: the access token then carries that ``fhirUser`` claim and
+      :meth:`smart.authz.AccessGrant.compartment` limits ``user/`` access to it
+      (SMART 2.2 §Scopes: ``user/`` is what the user may see, for a patient their record).
+
+    Parameters
+    ----------
+    scope_string : str
+        Space-separated scopes (requested or stored).
+    role : str
+        The user's role, ``"patient"`` or ``"practitioner"``.
+    fhir_user : str, optional
+        The user's relative FHIR reference, e.g. ``Patient/123``.
+
+    Returns
+    -------
+    str
+        The kept scopes, in order.
+    """
+    drop = {"system"}
+    if role == "patient" and not (fhir_user or "").startswith("Patient/"):
+        drop.add("user")
+    return " ".join(s for s in (scope_string or "").split() if s.split("/", 1)[0] not in drop)
