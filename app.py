@@ -34,17 +34,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     import fhir_facade
     import smart
 
+    # '//fhir/...' must be a 404, not a redirect to a Location built from the Host header.
+    app.url_map.merge_slashes = False
+
     smart.init_app(app)
     fhir_facade.init_app(app)
     return app
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
-    """Dev-server request log without the query string (it can hold patient identifiers)."""
+    """Dev-server handler that leaves request logging to ``fhir_facade.accesslog``.
+
+    Werkzeug's own line holds the concrete path and query, which can name patients.
+    """
 
     def log_request(self, code="-", size="-"):
-        path = self.path.split("?", 1)[0]
-        self.log("info", '"%s %s" %s %s', self.command, path, getattr(code, "value", code), size)
+        pass
 
 
 if __name__ == "__main__":

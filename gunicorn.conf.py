@@ -15,10 +15,9 @@ threads = int(os.environ.get("FACADE_THREADS", 16))
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
-# Access log without the query string (it can hold patient identifiers, DESIGN.md "Security")
-# and without any request header (the Authorization header holds tokens).
-accesslog = "-"
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# No gunicorn access log: concrete paths and query strings can name patients. The app logs
+# each request by route template instead (fhir_facade/accesslog.py, logger facade.access).
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("FACADE_LOG_LEVEL", "info")
 # Behind a TLS-terminating proxy, set FORWARDED_ALLOW_IPS to its address so X-Forwarded-* is trusted.

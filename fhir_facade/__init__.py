@@ -7,7 +7,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 def init_app(app: Flask) -> None:
     """Register the PACS client, the study repository, the FHIR API and the DICOMweb proxy on *app*."""
-    from . import cors, dicomweb, fhir, lookups, pacs, studies
+    from . import accesslog, cors, dicomweb, fhir, lookups, pacs, studies
 
     pacs.init_app(app)
     lookups.init_app(app)
@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(fhir.bp)
     app.register_blueprint(dicomweb.bp)
     cors.init_app(app)
+    accesslog.init_app(app)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

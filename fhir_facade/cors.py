@@ -33,12 +33,11 @@ def add_cors_headers(response: Response) -> Response:
     origin = request.headers.get("Origin")
     if not origin or not request.path.startswith(PREFIXES):
         return response
+    response.vary.add("Origin")  # the answer depends on Origin, allowed or not (Fetch §3.2.5)
     allowed = _allowed_origin(origin)
     if allowed is None:
         return response
     response.headers["Access-Control-Allow-Origin"] = allowed
-    if allowed != "*":
-        response.vary.add("Origin")
     response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
     if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
         asked = [h.strip().lower() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")

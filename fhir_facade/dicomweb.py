@@ -64,9 +64,8 @@ def _dicomweb_error(exc: DicomwebError):
 
 @bp.errorhandler(authz.AuthorizationError)
 def _authz_error(exc: authz.AuthorizationError):
-    headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = exc.www_authenticate(f"{current_app.config['FACADE_PUBLIC_URL']}/dicomweb")
+    # RFC 6750 §3: 401 and 403 (insufficient_scope) both carry the challenge.
+    headers = {"WWW-Authenticate": exc.www_authenticate(f"{current_app.config['FACADE_PUBLIC_URL']}/dicomweb")}
     return _error(exc.status, exc.description, headers)
 
 

@@ -43,9 +43,8 @@ def _fhir_error(exc: FhirError):
 
 @bp.errorhandler(authz.AuthorizationError)
 def _authz_error(exc: authz.AuthorizationError):
-    headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = exc.www_authenticate(f"{current_app.config['FACADE_PUBLIC_URL']}/fhir")
+    # RFC 6750 §3: 401 and 403 (insufficient_scope) both carry the challenge.
+    headers = {"WWW-Authenticate": exc.www_authenticate(f"{current_app.config['FACADE_PUBLIC_URL']}/fhir")}
     code = "login" if exc.status == 401 else "forbidden"
     return _error_response(exc.status, exc.description, code, headers)
 

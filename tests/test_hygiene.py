@@ -1,0 +1,44 @@
+"""Logs without identifiers, no Host-built redirects, RFC 6750 challenges on 403, Vary: Origin."""
+import logging
+
+import responses
+
+from dicom_json_builders import ds
+from facade_helpers import FAKE_PACS, bearer, fake_app, token  # noqa: F401
+
+
+def test_access_log_names_route_templates_not_patients(fake_app, caplog):
+    value = token(fake_app, patient="SECRET-PATIENT-7")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="SECRET-PATIENT-7")])
+        with caplog.at_level(logging.INFO, logger="facade.access"):
+            client = fake_app.test_client()
+            client.get("/fhir/Patient/SECRET-PATIENT-7", headers=bearer(value))
+            client.get("/fhir/ImagingStudy?patient=SECRET-PATIENT-7", headers=bearer(value))
+            client.get("/dicomweb/studies/1.2.1/metadata", headers=bearer(value))
+    lines = [r.getMessage() for r in caplog.records if r.name == "facade.access"]
+    assert [line.rsplit(" ", 2)[0] for line in lines] == [
+        "GET /fhir/Patient/<patient_id>", "GET /fhir/ImagingStudy", "GET /dicomweb/studies/<path:rest>"]
+    text = caplog.text
+    assert "SECRET-PATIENT-7" not in text and "1.2.1" not in text and value not in text
+
+
+def test_double_slash_is_not_redirected_to_the_host_header(fake_app):
+    response = fake_app.test_client().get("//fhir/ImagingStudy", headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "Location" not in response.headers
+
+
+def test_403_carries_an_insufficient_scope_challenge(fake_app):
+    client = fake_app.test_client()
+    wrong = bearer(token(fake_app, scope="patient/Observation.rs"))
+    for path in ("/fhir/ImagingStudy", "/dicomweb/studies"):
+        response = client.get(path, headers=wrong)
+        assert response.status_code == 403
+        assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
+def test_vary_origin_even_for_origins_that_are_refused(fake_app):
+    response = fake_app.test_client().get("/fhir/ImagingStudy", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Origin" in response.headers.get("Vary", "")
