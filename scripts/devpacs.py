@@ -645,6 +645,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
         print(f"devpacs: {exc}", file=sys.stderr)
         return 1
     finally:
+        # A process-group stop delivers SIGINT and SIGTERM together: the second must not
+        # interrupt the shutdown of the first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         pacs.stop()
 
 

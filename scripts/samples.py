@@ -562,8 +562,10 @@ def describe(summary: dict) -> str:
         Counts, patients and the demo study UID.
     """
     lines = [
-        f"samples: {summary['files']} files, {summary['stored']} stored, "
-        f"{summary['already_stored']} already stored, {summary['refused']} refused by Orthanc"
+        f"samples: {summary['files']} files offered, {summary['stored']} stored, "
+        f"{summary['already_stored']} duplicates of files already stored, "
+        f"{summary['refused']} not storable (pydicom's JSON, dumps, DICOMDIRs and deliberately broken "
+        f"files; --verbose lists them)"
         + (f", {len(summary['ambiguous'])} SOPInstanceUIDs held twice" if summary.get("ambiguous") else ""),
         f"patients: {', '.join(p or '(empty)' for p in summary['patients'])}",
     ]
@@ -594,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("url", help="Orthanc REST root, e.g. http://127.0.0.1:8042")
     load.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     load.add_argument("--no-pydicom", action="store_true", help="only the generated demo study")
+    load.add_argument("--verbose", action="store_true", help="list each file Orthanc refused, and why")
     args = parser.parse_args(argv)
     try:
         summary = load_samples(args.url, pydicom_files=not args.no_pydicom)
@@ -604,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         print(describe(summary))
-        for name, reason in sorted(summary["refused_files"].items()):
-            print(f"  refused {name}: {reason}")
+        if args.verbose:
+            for name, reason in sorted(summary["refused_files"].items()):
+                print(f"  refused {name}: {reason}")
     return 0
 
 
