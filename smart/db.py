@@ -24,16 +24,30 @@ class Database:
     sessionmaker: sessionmaker
 
 
-def _ensure_sqlite_dir(url: str) -> None:
-    """Create the parent folder of a file-based SQLite database if it is missing."""
+def _ensure_sqlite_file(url: str) -> None:
+    """Create a file-based SQLite database owner-only, with its folder if missing.
+
+    The file holds the private signing keys and client secrets' hashes, so a new folder is
+    created 0700 and a new file 0600 (SQLite gives its journal and WAL files the database
+    file's permissions). An existing folder or file is left as the administrator set it.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return
     database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    parent = os.path.dirname(os.path.abspath(database))
-    os.makedirs(parent, exist_ok=True)
+    path = os.path.abspath(database)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        os.chmod(parent, 0o700)  # makedirs' mode is filtered by the umask
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)
+    os.close(fd)
 
 
 def create_database(url: str) -> Database:
@@ -42,7 +56,7 @@ def create_database(url: str) -> Database:
     SQLite gets a busy timeout and foreign keys on, so concurrent dev-server threads
     wait for each other instead of failing with "database is locked".
     """
-    _ensure_sqlite_dir(url)
+    _ensure_sqlite_file(url)
     kwargs: dict = {}
     if make_url(url).get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 15}
