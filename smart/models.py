@@ -285,3 +285,17 @@ class UsedAssertion(Base):
     client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     jti: Mapped[str] = mapped_column(String(256), primary_key=True)
     exp: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class LoginAttempt(Base):
+    """A login attempt on the authorization page that did not succeed (yet), by username and
+    client address; kept for :data:`smart.login.FAILURE_WINDOW` seconds to throttle guessing.
+    In the database so that every worker counts the same attempts."""
+
+    __tablename__ = "smart_login_attempt"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The username as typed, case-folded and cut to 128 characters (known or not).
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[int] = mapped_column(Integer, index=True)

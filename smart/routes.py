@@ -8,7 +8,7 @@ import secrets
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
-from . import discovery, keys, picker, revocation, scopes, tokens
+from . import discovery, keys, login, picker, revocation, scopes, tokens
 from .db import get_session
 from .grants import end_user_scope, find_launch, scope_has
 from .models import User, now
@@ -201,8 +201,10 @@ def authorize():
         return _page("smart/login.html", client=grant.request.client)
 
     if action == "login":
-        candidate = get_session().query(User).filter_by(username=request.form.get("username", "")).first()
-        if candidate is None or not candidate.check_password(request.form.get("password", "")):
+        candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
+                                       request.remote_addr)
+        if candidate is None:
+            # One message for wrong, unknown and throttled alike (no username enumeration).
             return _page("smart/login.html", status=401, client=grant.request.client,
                          message="Unknown username or wrong password.")
         # New login: fresh session and CSRF token (session fixation).
