@@ -27,6 +27,8 @@ ALGORITHMS = ["RS384", "ES384"]
 MAX_ASSERTION_LIFETIME = 300
 #: Clock skew tolerated on exp, seconds.
 LEEWAY = 30
+#: Seconds ``iat`` and ``nbf`` may lie in the future (the client's clock running ahead).
+FUTURE_SKEW = 60
 
 #: Seconds a fetched jwks_uri document is reused.
 JWKS_URI_CACHE_SECONDS = 300
@@ -84,7 +86,8 @@ def authenticate_private_key_jwt(query_client, request):
     Checks (RFC 7523 §3, SMART 2.2 §Authenticating with a JWT): assertion type;
     ``iss`` == ``sub`` == a registered client; signature RS384/ES384 by one of the
     client's keys; ``aud`` is our token URL; ``exp`` in the future and at most five
-    minutes ahead; ``jti`` never seen before for this client. ``iat`` is not required.
+    minutes ahead; ``nbf`` and ``iat``, when present, not in the future (beyond
+    :data:`FUTURE_SKEW`); ``jti`` never seen before for this client. ``iat`` is not required.
 
     Returns
     -------
@@ -124,6 +127,16 @@ def authenticate_private_key_jwt(query_client, request):
         raise _refuse("The client_assertion has expired or lacks exp.")
     if exp > current + MAX_ASSERTION_LIFETIME + LEEWAY:
         raise _refuse("The client_assertion exp is more than five minutes ahead.")
+    # RFC 7519 §4.1.5-6, RFC 7523 §3 items 5-6: a JWT not valid yet, or issued in the future
+    # beyond the skew, is refused (it could otherwise be minted now and used for hours).
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise _refuse(f"The client_assertion {name} is not a number.")
+        if value > current + FUTURE_SKEW:
+            raise _refuse(f"The client_assertion {name} is in the future.")
     if not isinstance(jti, str) or not jti:
         raise _refuse("The client_assertion lacks jti.")
     session = get_session()

@@ -11,6 +11,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Error,
+    UnauthorizedClientError,
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy import delete, select, update
@@ -387,6 +388,22 @@ class ClientCredentialsGrant(_SmartTokenMixin, grants.ClientCredentialsGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
     ACCESS_TOKEN_LIFETIME = tokens.BACKEND_TOKEN_LIFETIME
+
+    def authenticate_token_endpoint_client(self):
+        """Authenticate any confidential client, then refuse those that may not use this grant.
+
+        RFC 6749 §5.2: bad credentials are ``invalid_client``; a client that authenticated
+        correctly (with a secret) but is not a Backend Services client is ``unauthorized_client``.
+        """
+        methods = ["private_key_jwt", "client_secret_basic", "client_secret_post"]
+        client = self.server.authenticate_client(self.request, methods)
+        self.server.send_signal("after_authenticate_client", client=client, grant=self)
+        if self.request.auth_method not in self.TOKEN_ENDPOINT_AUTH_METHODS:
+            raise UnauthorizedClientError(
+                "client_credentials is for Backend Services clients, which authenticate with "
+                "private_key_jwt (SMART 2.2 Backend Services)."
+            )
+        return client
 
     def create_token_response(self):
         client = self.request.client

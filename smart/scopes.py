@@ -203,6 +203,22 @@ def permits(
     return False
 
 
+def covers(allowed: Scope, requested: Scope) -> bool:
+    """True if the registered scope *allowed* includes all of *requested*.
+
+    Same context; the same resource type or ``*``; every requested interaction among the
+    allowed ones (so ``.r`` and ``.read`` are within ``.rs``, anything within ``.*``,
+    SMART 2.2 §Scope equivalence); and every granular restriction of *allowed* also on
+    *requested* (a request may be narrower, never wider).
+    """
+    return (
+        allowed.context == requested.context
+        and allowed.resource_type in ("*", requested.resource_type)
+        and requested.interactions <= allowed.interactions
+        and set(allowed.params) <= set(requested.params)
+    )
+
+
 def granted(requested: str | None, allowed: str | None = None) -> str:
     """Compute the grantable part of a requested scope string.
 
@@ -217,16 +233,21 @@ def granted(requested: str | None, allowed: str | None = None) -> str:
     -------
     str
         The requested scopes, in request order without duplicates, that are
-        syntactically valid (:func:`is_valid_scope`) and, when *allowed* is given,
-        listed there. Always a subset of *requested* (RFC 6749 §3.3).
+        syntactically valid (:func:`is_valid_scope`) and, when *allowed* is given, listed
+        there (non-resource scopes) or :func:`covers`-ed by one registered resource scope
+        (``system/ImagingStudy.r`` for a client registered with ``system/ImagingStudy.rs``).
+        Always a subset of *requested* (RFC 6749 §3.3).
     """
-    allowed_set = None if allowed is None else set(allowed.split())
+    allowed_tokens = None if allowed is None else set(allowed.split())
+    allowed_scopes = parse_scopes(allowed)
     out: list[str] = []
     for token in (requested or "").split():
         if token in out or not is_valid_scope(token):
             continue
-        if allowed_set is not None and token not in allowed_set:
-            continue
+        if allowed_tokens is not None and token not in allowed_tokens:
+            parsed = parse_scope(token)
+            if parsed is None or not any(covers(scope, parsed) for scope in allowed_scopes):
+                continue
         out.append(token)
     return " ".join(out)
 

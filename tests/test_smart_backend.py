@@ -110,11 +110,76 @@ def test_iat_not_required_and_no_system_scope_is_invalid_scope(client, backend, 
     assert response.get_json()["error"] == "invalid_scope"
 
 
-def test_client_credentials_needs_assertion(auth, client):
-    auth.register_confidential_client("conf", "pw")
-    response = client.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/*.rs"},
-                           headers={"Authorization": "Basic Y29uZjpwdw=="})
+@pytest.mark.parametrize("claims", [
+    {"nbf": 3600},               # not valid for another hour
+    {"nbf": 120},
+    {"iat": 3600},               # issued an hour from now
+    {"iat": 120},
+    {"iat": "yesterday"},
+    {"nbf": "now"},
+])
+def test_assertion_from_the_future_is_refused(client, backend, client_keys, claims):
+    """RFC 7519 §4.1.5 nbf, §4.1.6 iat; RFC 7523 §3 items 5-6: a JWT that is not valid yet, or
+    claims to be issued in the future beyond a small skew, is refused."""
+    now = int(time.time())
+    claims = {k: now + v if isinstance(v, int) else v for k, v in claims.items()}
+    response = request_token(client, assertion(client_keys["RS384"], "RS384", **claims))
+    assert response.status_code == 401
     assert response.get_json()["error"] == "invalid_client"
+
+
+def test_assertion_with_past_nbf_iat_and_small_skew_is_accepted(client, backend, client_keys):
+    now = int(time.time())
+    for claims in ({"nbf": now - 5, "iat": now - 5}, {"nbf": now, "iat": now}, {"iat": now + 20}):
+        response = request_token(client, assertion(client_keys["RS384"], "RS384", **claims))
+        assert response.status_code == 200, (claims, response.get_data(as_text=True))
+
+
+def test_secret_client_may_not_use_client_credentials(auth, client):
+    """RFC 6749 §5.2: a client that authenticated correctly but may not use the grant is
+    unauthorized_client; bad credentials stay invalid_client."""
+    auth.register_confidential_client("conf", "pw")
+    for headers, data in (({"Authorization": "Basic Y29uZjpwdw=="}, {}),          # conf:pw
+                          ({}, {"client_id": "conf", "client_secret": "pw"})):
+        response = client.post("/auth/token", headers=headers,
+                               data={"grant_type": "client_credentials", "scope": "system/*.rs", **data})
+        assert response.status_code == 400
+        assert response.get_json()["error"] == "unauthorized_client"
+    wrong = client.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+                        headers={"Authorization": "Basic Y29uZjp3cm9uZw=="})          # conf:wrong
+    assert wrong.status_code == 401 and wrong.get_json()["error"] == "invalid_client"
+
+
+def test_public_client_cannot_authenticate_for_client_credentials(auth, client):
+    auth.register_public_client()
+    response = client.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/*.rs",
+                                                 "client_id": "test-app"})
+    assert response.get_json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("registered, requested, granted", [
+    ("system/ImagingStudy.rs", "system/ImagingStudy.r", "system/ImagingStudy.r"),
+    ("system/ImagingStudy.rs", "system/ImagingStudy.read", "system/ImagingStudy.read"),
+    ("system/ImagingStudy.read", "system/ImagingStudy.s", "system/ImagingStudy.s"),
+    ("system/*.rs", "system/ImagingStudy.rs system/Patient.r", "system/ImagingStudy.rs system/Patient.r"),
+    ("system/*.*", "system/Endpoint.cruds", "system/Endpoint.cruds"),
+    ("system/ImagingStudy.rs", "system/ImagingStudy.rs system/ImagingStudy.cruds", "system/ImagingStudy.rs"),
+    ("system/ImagingStudy.rs", "system/Patient.r system/*.r", ""),
+])
+def test_requested_scope_within_a_registered_scope_is_granted(app, client, client_keys, registered,
+                                                              requested, granted):
+    """SMART 2.2 §Scopes: .r and .s are parts of .rs, .read of .*, a type of *."""
+    from smart.cli import add_client
+
+    with app.app_context():
+        add_client("bulk", [], public=False, scope=registered,
+                   jwks={"keys": [client_keys["RS384"].as_dict(private=False)]})
+    response = request_token(client, assertion(client_keys["RS384"], "RS384"), scope=requested)
+    if granted:
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert response.get_json()["scope"] == granted
+    else:
+        assert response.get_json()["error"] == "invalid_scope"
 
 
 def test_asymmetric_app_launch_client(app, auth, client_keys):

@@ -114,6 +114,18 @@ def test_permits_rejects_unknown_interaction(interaction):
     ("openid patient/ImagingStudy.rs user/*.rs", "openid patient/ImagingStudy.rs", "openid patient/ImagingStudy.rs"),
     ("", None, ""),
     (None, None, ""),
+    # Compared by interactions, not strings (SMART 2.2 §Scopes, §Scope equivalence).
+    ("patient/ImagingStudy.r patient/ImagingStudy.read", "patient/ImagingStudy.rs",
+     "patient/ImagingStudy.r patient/ImagingStudy.read"),
+    ("patient/ImagingStudy.rs patient/Patient.s", "patient/*.read", "patient/ImagingStudy.rs patient/Patient.s"),
+    ("patient/ImagingStudy.rsd patient/*.rs", "patient/ImagingStudy.rs", ""),
+    ("user/ImagingStudy.r system/ImagingStudy.r", "patient/ImagingStudy.rs", ""),
+    ("launch/patient launch", "launch", "launch"),
+    # A granular registered scope grants only requests at least as narrow.
+    ("patient/Observation.rs?category=laboratory patient/Observation.rs",
+     "patient/Observation.rs?category=laboratory", "patient/Observation.rs?category=laboratory"),
+    ("patient/Observation.r?category=laboratory&code=x", "patient/Observation.rs?category=laboratory",
+     "patient/Observation.r?category=laboratory&code=x"),
 ])
 def test_granted_is_subset_in_request_order(requested, allowed, expected):
     assert granted(requested, allowed) == expected
