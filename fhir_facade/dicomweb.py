@@ -312,9 +312,24 @@ def _is_small(upstream) -> bool:
         return False
 
 
+def _finished(upstream) -> None:
+    """Hand a completely read PACS connection back to the pool for the next request.
+
+    ``requests`` only does that for bodies it read itself; for ``raw`` reads its ``close()``
+    would drop the connection, and every proxied request would open a new one.
+    """
+    upstream._content_consumed = True
+    upstream.raw.release_conn()
+
+
 def _stream(upstream):
-    with upstream:
+    """Relay the body chunk by chunk; a client that goes away closes the PACS connection."""
+    try:
         yield from upstream.raw.stream(CHUNK, decode_content=False)
+    except BaseException:
+        upstream.close()
+        raise
+    _finished(upstream)
 
 
 def _relay(path: str, params: list[tuple[str, str]], choice: Choice,
@@ -356,9 +371,9 @@ def _relay(path: str, params: list[tuple[str, str]], choice: Choice,
             # One read of Content-Length bytes (``.content`` would read 10 KB at a time).
             chunks = [upstream.raw.read(decode_content=False)]
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise PacsError("the PACS broke off its answer") from exc
-        finally:
             upstream.close()
+            raise PacsError("the PACS broke off its answer") from exc
+        _finished(upstream)
     if choice.unwrap:
         try:
             part, body = multipart.unwrap(chunks, boundary)
