@@ -86,6 +86,29 @@ def find_launch(launch_id: str | None) -> LaunchContext | None:
     return row
 
 
+def launch_refusal(launch: LaunchContext, user: User) -> str | None:
+    """Why the EHR launch *launch* cannot apply to *user*, or None when it can.
+
+    A launch bound to a user is for that user only; a patient user only ever works on their
+    own record, so a launch for another patient cannot be theirs (SMART 2.2 §EHR launch).
+    """
+    if launch.username and launch.username != user.username:
+        return "This launch was created for another user."
+    if user.role == "patient" and launch.patient and launch.patient != user.patient:
+        return "This launch is for another patient's record."
+    return None
+
+
+def context_patient(launch: LaunchContext | None, user: User, selected: str | None = None) -> str | None:
+    """The Patient id the token will carry: a patient user's own record, else the launch's
+    patient, else the one the practitioner chose (standalone ``launch/patient``)."""
+    if user.role == "patient":
+        return user.patient
+    if launch is not None:
+        return launch.patient
+    return selected
+
+
 class _SmartTokenMixin:
     """Builds the SMART token response (RFC 6749 §5.1 plus SMART 2.2 launch context fields)."""
 
@@ -192,10 +215,10 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
         context: dict = {}
         launch = find_launch(data.get("launch")) if scope_has(scope, "launch") else None
         if launch is not None:
-            if launch.username and launch.username != user.username:
+            refusal = launch_refusal(launch, user)
+            if refusal:
                 # redirect_uri was validated by validate_authorization_request just before.
-                raise AccessDeniedError("This launch was created for another user.",
-                                        redirect_uri=data.get("redirect_uri"))
+                raise AccessDeniedError(refusal, redirect_uri=data.get("redirect_uri"), state=data.get("state"))
             launch.used_at = now()
             context.update(
                 patient=launch.patient,
@@ -204,9 +227,8 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
                 smart_style_url=launch.smart_style_url or getattr(request, "smart_style_url", None),
             )
         elif scope_has(scope, "launch/patient"):
-            patient = user.patient if user.role == "patient" else getattr(request, "selected_patient", None)
             context.update(
-                patient=patient,
+                patient=context_patient(None, user, getattr(request, "selected_patient", None)),
                 need_patient_banner=True,
                 smart_style_url=getattr(request, "smart_style_url", None),
             )

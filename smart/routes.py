@@ -5,12 +5,12 @@ import hmac
 import re
 import secrets
 
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
 from . import discovery, keys, login, picker, revocation, scopes, tokens
 from .db import get_session
-from .grants import end_user_scope, find_launch, scope_has
+from .grants import context_patient, end_user_scope, find_launch, launch_refusal, scope_has
 from .models import User, now
 from .server import query_client, server
 
@@ -90,7 +90,15 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
     requested = end_user_scope(grant.request.scope, user)
     data = grant.request.payload.data
     launch = find_launch(data.get("launch")) if scope_has(requested, "launch") else None
+    refusal = launch_refusal(launch, user) if launch is not None else None
+    if refusal:
+        # Refuse before asking for consent: the page would describe a context the token
+        # cannot carry (RFC 6749 §4.1.2.1 access_denied, through the validated redirect).
+        return _authorization_error(AccessDeniedError(refusal, redirect_uri=data.get("redirect_uri"),
+                                                      state=data.get("state")))
     needs_picker = _needs_picker(grant, user)
+    # The patient the token will carry, shown as the context of the consent.
+    patient = context_patient(launch, user) if launch is not None or user.role == "patient" else None
     items = [
         {"scope": s, "fixed": s in FIXED_SCOPES, "label": describe_scope(s)}
         for s in requested.split()
@@ -117,8 +125,8 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
         picker_message=picker_message,
         picker_limit=picker.PICKER_LIMIT,
         selected_patient=(request.form.get("patient") or "").strip() if request.method == "POST" else "",
-        launch=launch,
-        launch_patient=picker.describe_patient(launch.patient) if launch and launch.patient else None,
+        patient=patient,
+        patient_info=picker.describe_patient(patient) if patient else None,
         message=message,
     )
 

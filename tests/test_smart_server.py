@@ -401,8 +401,8 @@ def test_ehr_launch_for_another_user_is_refused(app, auth):
         launch = create_launch(patient="patient-9", username="someone-else")
     params, _ = auth.authorize_params(scope="launch patient/ImagingStudy.rs", launch=launch)
     page = auth.client.get("/auth/authorize", query_string=params)
-    page = auth.login(page.get_data(as_text=True), "dr", "pw-dr")
-    response = auth.submit(page.get_data(as_text=True), "consent", button=("decision", "approve"))
+    # Refused as soon as the user is known, before the consent page.
+    response = auth.login(page.get_data(as_text=True), "dr", "pw-dr")
     assert response.status_code == 302
     assert "error=access_denied" in response.headers["Location"]
     assert "code=" not in response.headers["Location"]
