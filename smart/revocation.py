@@ -71,20 +71,40 @@ def describe(value: str) -> dict:
     return answer
 
 
+def _caller_client_id() -> str:
+    """The client_id of the introspection caller: that of its active Bearer access token, or
+    the confidential client that authenticated (Basic or post) (SMART 2.2 allows either).
+
+    Raises
+    ------
+    OAuth2Error
+        ``invalid_client`` when neither authenticates the caller.
+    """
+    bearer = _bearer()
+    claims = tokens.verify_unexpired(bearer) if bearer is not None else None
+    if claims is not None:
+        return str(claims.get("client_id") or "")
+    oauth_request = server.create_oauth2_request(None)
+    client = server.authenticate_client(oauth_request, CONFIDENTIAL_METHODS, endpoint="introspection")
+    return client.client_id
+
+
 def introspect():
     """Handle ``POST /auth/introspect``.
 
-    The caller authenticates as a confidential client (Basic or post) or presents any
-    active access token of ours as ``Authorization: Bearer`` (SMART 2.2 allows either).
+    A caller learns only about tokens issued to its own client_id; any other token is
+    answered ``{"active": false}``, exactly like an unknown one (RFC 7662 §2.2, and §4: the
+    server decides which protected resources may introspect which tokens), so one app's
+    token cannot read another's patient context.
     """
     try:
-        bearer = _bearer()
-        if bearer is None or tokens.verify_unexpired(bearer) is None:
-            oauth_request = server.create_oauth2_request(None)
-            server.authenticate_client(oauth_request, CONFIDENTIAL_METHODS, endpoint="introspection")
-        return _json(describe(_token_param()))
+        caller = _caller_client_id()
+        answer = describe(_token_param())
     except OAuth2Error as error:
         return server.handle_error_response(None, error)
+    if answer.get("active") and answer.get("client_id") != caller:
+        answer = dict(INACTIVE)
+    return _json(answer)
 
 
 def revoke():

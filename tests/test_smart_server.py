@@ -161,23 +161,59 @@ def test_client_secret_is_hashed(app, auth):
 
 
 # --- SA-5 introspection, revocation -------------------------------------------------------------
+def confidential_token(auth, client_id="conf", secret="conf-secret", scope=OFFLINE_SCOPE):
+    """A token response of confidential client *client_id* (registered on first use)."""
+    from smart.server import query_client
+
+    with auth.app.app_context():
+        if query_client(client_id) is None:
+            auth.register_confidential_client(client_id, secret)
+    code = auth.authorize(client_id=client_id, scope=scope)
+    return auth.exchange(code, client_id=client_id, secret=secret)
+
+
 def test_introspection_active_and_inactive(alice):
-    alice.register_confidential_client("rs", "rs-secret")
-    token = alice.obtain_token(scope=OFFLINE_SCOPE)
+    token = confidential_token(alice)
     body = alice.client.post("/auth/introspect", data={"token": token["access_token"]},
-                             headers=basic("rs", "rs-secret")).get_json()
+                             headers=basic("conf", "conf-secret")).get_json()
     assert body["active"] is True
     assert body["scope"] == OFFLINE_SCOPE
-    assert body["client_id"] == "test-app"
+    assert body["client_id"] == "conf"
     assert body["patient"] == "patient-1"
     assert isinstance(body["exp"], int)
     refresh = alice.client.post("/auth/introspect", data={"token": token["refresh_token"]},
-                                headers=basic("rs", "rs-secret")).get_json()
+                                headers=basic("conf", "conf-secret")).get_json()
     assert refresh["active"] is True and refresh["patient"] == "patient-1"
     for unknown in ("nope", token["access_token"][:-4] + "AAAA"):
         response = alice.client.post("/auth/introspect", data={"token": unknown},
-                                     headers=basic("rs", "rs-secret"))
+                                     headers=basic("conf", "conf-secret"))
         assert response.get_json() == {"active": False}
+
+
+def test_introspection_only_of_the_callers_own_tokens(alice):
+    """A bearer token or client credentials introspect only tokens of the same client_id;
+    anything else is answered exactly like an unknown token (RFC 7662 §2.2, §4)."""
+    from smart_flow import AuthActions
+
+    alice.register_user("bob", "pw-bob", patient="patient-2")
+    alice.register_public_client("other-app")
+    alices = alice.obtain_token(scope=OFFLINE_SCOPE)
+    bobs = AuthActions(alice.app.test_client()).obtain_token("bob", "pw-bob", scope=OFFLINE_SCOPE,
+                                                              client_id="other-app")
+    confs = confidential_token(AuthActions(alice.app.test_client()))
+    callers = {
+        "bob's bearer": {"Authorization": "Bearer " + bobs["access_token"]},
+        "conf's credentials": basic("conf", "conf-secret"),
+        "conf's bearer": {"Authorization": "Bearer " + confs["access_token"]},
+    }
+    for caller, headers in callers.items():
+        for value in (alices["access_token"], alices["refresh_token"]):
+            response = alice.client.post("/auth/introspect", data={"token": value}, headers=headers)
+            assert response.status_code == 200, caller
+            assert response.get_json() == {"active": False}, caller
+    own = alice.client.post("/auth/introspect", data={"token": bobs["refresh_token"]},
+                            headers=callers["bob's bearer"]).get_json()
+    assert own["active"] is True and own["patient"] == "patient-2"
 
 
 def test_introspection_with_bearer_token(alice):
@@ -197,7 +233,6 @@ def test_introspection_needs_authentication(alice):
 def test_revoke_access_and_refresh_tokens(app, alice):
     from smart.tokens import InvalidToken
 
-    alice.register_confidential_client("rs", "rs-secret")
     token = alice.obtain_token(scope=OFFLINE_SCOPE)
     for value in (token["access_token"], token["refresh_token"]):
         response = alice.client.post("/auth/revoke", data={"token": value, "client_id": "test-app"})
@@ -205,9 +240,10 @@ def test_revoke_access_and_refresh_tokens(app, alice):
     with pytest.raises(InvalidToken, match="revoked"):
         decode(app, token["access_token"])
     assert alice.refresh_response(token["refresh_token"]).get_json()["error"] == "invalid_grant"
+    caller = alice.obtain_token()  # the same client may introspect its own tokens
     for value in (token["access_token"], token["refresh_token"]):
         body = alice.client.post("/auth/introspect", data={"token": value},
-                                 headers=basic("rs", "rs-secret")).get_json()
+                                 headers={"Authorization": "Bearer " + caller["access_token"]}).get_json()
         assert body == {"active": False}
 
 
