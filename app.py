@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import WSGIRequestHandler
 
 from fhir_facade import config as facade_config
@@ -39,6 +40,12 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     smart.init_app(app)
     fhir_facade.init_app(app)
+    proxies = int(app.config.get("FACADE_TRUSTED_PROXIES") or 0)
+    if proxies > 0:
+        # X-Forwarded-* is believed only from the configured number of proxies (login
+        # throttling counts client addresses); URLs the facade writes come from
+        # FACADE_PUBLIC_URL, never from Host or X-Forwarded-Host.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0, x_port=0, x_prefix=0)
     return app
 
 

@@ -19,6 +19,8 @@ SETTINGS = (
     # Study -> patient and QIDO metadata cache: entries and seconds.
     ("FACADE_CACHE_SIZE", 4096, int),
     ("FACADE_CACHE_TTL", 60.0, float),
+    # Reverse proxies in front of the facade whose X-Forwarded-For/-Proto are trusted (0: none).
+    ("FACADE_TRUSTED_PROXIES", 0, int),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).
     ("FACADE_INSECURE_TRANSPORT", "1", str),
 )

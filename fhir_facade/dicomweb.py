@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 #: Response headers relayed from the PACS (hop-by-hop headers, RFC 9110 §7.6.1, never are).
 RELAYED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Content-Location", "Warning",
                    "ETag", "Last-Modified", "Cache-Control")

@@ -42,3 +42,21 @@ def test_vary_origin_even_for_origins_that_are_refused(fake_app):
     response = fake_app.test_client().get("/fhir/ImagingStudy", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
     assert "Origin" in response.headers.get("Vary", "")
+
+
+def test_forwarded_headers_are_ignored_unless_proxies_are_configured(tmp_path):
+    from flask import request
+
+    from facade_helpers import make_app
+    seen = {}
+    for proxies in (0, 1):
+        app = make_app(tmp_path / str(proxies), FACADE_TRUSTED_PROXIES=proxies)
+
+        @app.get("/probe")
+        def probe():
+            seen[proxies] = request.remote_addr
+            return "ok"
+
+        app.test_client().get("/probe", headers={"X-Forwarded-For": "203.0.113.9"},
+                              environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert seen == {0: "127.0.0.1", 1: "203.0.113.9"}
