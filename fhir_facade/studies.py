@@ -218,7 +218,39 @@ class StudyRepository:
         studies = [ds for ds in studies if dj.text(ds, "StudyInstanceUID")]
         if len(studies) <= 1:
             return [self._resource(ds, with_instances) for ds in studies]
+        self._prefetch_series(studies)
         return list(self._pool.map(lambda ds: self._resource(ds, with_instances), studies))
+
+    def _prefetch_series(self, studies: Sequence[dict]) -> None:
+        """Fill the series cache of one patient's studies with a single series-level query.
+
+        One ``series?PatientID=`` query (PS3.18 Section 10.6.1, Search for Series) replaces a
+        query per study. A study's rows are cached only when their count is the study's
+        NumberOfStudyRelatedSeries, so anything partial is fetched per study as before.
+        """
+        patients = {dj.text(ds, "PatientID") for ds in studies}
+        if len(patients) != 1 or None in patients:
+            return
+        [patient_id] = patients
+        missing = {dj.text(ds, "StudyInstanceUID"): self._stamp(ds) for ds in studies
+                   if self._cached(self._series, dj.text(ds, "StudyInstanceUID"), self._stamp(ds)) is None}
+        if len(missing) < 2:
+            return
+        try:
+            rows = self.pacs.qido("series", [("PatientID", patient_id),
+                                             ("includefield", dj.TAGS["StudyInstanceUID"])] + include(SERIES_FIELDS))
+        except PacsError:
+            return  # the per-study queries will say what is wrong
+        grouped: dict[str, list[dict]] = {}
+        for row in rows:
+            if dj.text(row, "PatientID") == patient_id:
+                grouped.setdefault(dj.text(row, "StudyInstanceUID") or "", []).append(row)
+        with self._lock:
+            for uid, stamp in missing.items():
+                found = grouped.get(uid, [])
+                expected = stamp[0]
+                if found and expected is not None and str(len(found)) == str(expected):
+                    self._series[uid] = (stamp, found)
 
 
     # -- patient module ---------------------------------------------------------------

@@ -427,3 +427,20 @@ def test_a_study_uid_answered_twice_is_one_resource_and_needs_every_owner(fake_a
     assert client.get("/fhir/ImagingStudy/1.2.5", headers=system).status_code == 200
     # P1's token may not read a study that is also P2's
     assert client.get("/fhir/ImagingStudy/1.2.5", headers=bearer(token(fake_app))).status_code == 403
+
+
+def test_one_series_query_serves_all_of_a_patients_studies(fake_app, rsps):
+    import json as _json
+    studies = [study(f"1.2.{n}") for n in range(1, 4)]
+    for s in studies:
+        s["00201206"] = {"vr": "IS", "Value": [1]}
+    fake_pacs(rsps, studies, series_modalities=("MR",))
+    rows = [ds(SeriesInstanceUID=f"1.2.{n}.1", Modality="CT", SeriesNumber="1", PatientID="P1") for n in range(1, 4)]
+    for n, row in enumerate(rows, 1):
+        row["0020000D"] = {"vr": "UI", "Value": [f"1.2.{n}"]}
+    rsps.add(responses.GET, f"{FAKE_PACS}/series", body=_json.dumps(rows), content_type="application/dicom+json")
+    bundle = fake_app.test_client().get("/fhir/ImagingStudy?patient=P1", headers=bearer(token(fake_app))).get_json()
+    # the batch answer (CT) was used, not the per-study one (MR)
+    assert [e["resource"]["series"][0]["modality"]["code"] for e in bundle["entry"]] == ["CT", "CT", "CT"]
+    assert not any(c.request.url.split("?")[0].endswith("/series") and "/studies/" in c.request.url
+                   for c in rsps.calls)
