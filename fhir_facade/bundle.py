@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from .search import ResultParams
+from .search_params import ResultParams
 from .subsetting import select_elements, summarize
 
 

@@ -24,7 +24,7 @@ from .lookups import UnknownStudy, check_study_access, get_lookups
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, NotAcceptable, choose, parse_media_type
 from .pacs import DICOM_JSON, PacsError, get_pacs
 from .patient_ids import to_fhir_id, to_patient_id
-from .search import is_uid
+from .search_params import is_uid
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from .pacs import PacsError
 from .patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from .patient_search import parse_endpoint_search, parse_patient_search
 from .render import FHIR_JSON, fhir_response, negotiate, negotiate_request
-from .search import ResultParams, is_uid, parse_result_parameter, parse_study_search
+from .search import parse_study_search
+from .search_params import ResultParams, is_uid, parse_result_parameter
 from .studies import get_studies
 
 log = logging.getLogger(__name__)

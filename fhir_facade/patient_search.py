@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .outcomes import BadSearch
 from .patient_ids import InvalidPatientId, to_patient_id
-from .search import (ResultParams, check_modifier, coding_matcher, date_predicate, parse_result_parameter,
+from .search_params import (ResultParams, check_modifier, coding_matcher, date_predicate, parse_result_parameter,
                      reference_id, split_token, split_values)
 
 #: Patient.gender codes (FHIR R4 ValueSet administrative-gender, required binding).

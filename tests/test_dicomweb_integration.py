@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pydicom
 import pytest
-import requests
 from pydicom.data import get_testdata_file
 
 import devpacs

@@ -1,6 +1,5 @@
 """Tests for the streaming multipart rewriter (fhir_facade.multipart)."""
 import hashlib
-import io
 
 import pytest
 
