@@ -69,6 +69,18 @@ def form_with_action(html: str, action: str) -> dict:
     raise AssertionError(f"no {action!r} form in page:\n{html[:2000]}")
 
 
+def form_data(form: dict, values: dict | None = None, button: tuple[str, str] | None = None) -> dict:
+    """What a browser posts for *form*: its fields, *values* replacing them, and the pressed *button*."""
+    data: dict[str, list[str]] = {}
+    for name, value in form["fields"]:
+        data.setdefault(name, []).append(value)
+    for name, value in (values or {}).items():
+        data[name] = value if isinstance(value, list) else [value]
+    if button:
+        data[button[0]] = [button[1]]
+    return data
+
+
 class AuthActions:
     """Multi-step SMART flows against a Flask test client (like the Flask tutorial's AuthActions)."""
 
@@ -128,14 +140,7 @@ class AuthActions:
     def submit(self, html: str, action: str, values: dict | None = None, button=None):
         """Submit the page's *action* form with *values* overriding/adding fields."""
         form = form_with_action(html, action)
-        data: dict[str, list[str]] = {}
-        for name, value in form["fields"]:
-            data.setdefault(name, []).append(value)
-        for name, value in (values or {}).items():
-            data[name] = value if isinstance(value, list) else [value]
-        if button:
-            data[button[0]] = [button[1]]
-        return self.client.post(form["action"], data=data)
+        return self.client.post(form["action"], data=form_data(form, values, button))
 
     def login(self, page_html: str, username: str, password: str):
         return self.submit(page_html, "login", {"username": username, "password": password})

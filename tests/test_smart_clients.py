@@ -26,7 +26,7 @@ import requests
 import devpacs
 from facade_helpers import make_app
 from live_server import live_server
-from smart_flow import form_with_action, make_verifier, parse_forms, s256
+from smart_flow import form_data, form_with_action, make_verifier, parse_forms, s256
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER = ROOT / "tests" / "browser"
@@ -96,14 +96,7 @@ def submit(browser: requests.Session, page: requests.Response, action: str, valu
            button: tuple[str, str] | None = None, **kwargs) -> requests.Response:
     """Post the page's *action* form (login / consent) with *values* replacing fields."""
     form = form_with_action(page.text, action)
-    data: dict[str, list[str]] = {}
-    for name, value in form["fields"]:
-        data.setdefault(name, []).append(value)
-    for name, value in (values or {}).items():
-        data[name] = value if isinstance(value, list) else [value]
-    if button:
-        data[button[0]] = [button[1]]
-    return browser.post(urljoin(page.url, form["action"]), data=data, **kwargs)
+    return browser.post(urljoin(page.url, form["action"]), data=form_data(form, values, button), **kwargs)
 
 
 def radio_values(html: str) -> list[str]:
