@@ -9,7 +9,7 @@ import os
 
 bind = f"{os.environ.get('FACADE_HOST', '127.0.0.1')}:{os.environ.get('FACADE_PORT', '8080')}"
 workers = int(os.environ.get("FACADE_WORKERS", multiprocessing.cpu_count()))
-worker_class = "gthread"
+worker_class = os.environ.get("FACADE_WORKER_CLASS", "gthread")
 threads = int(os.environ.get("FACADE_THREADS", 16))
 # Seconds a worker may go silent before it is restarted; streaming keeps the heartbeat alive.
 timeout = 120
