@@ -33,6 +33,10 @@ CAPABILITIES = [
     "permission-v2",
     "authorize-post",
     "smart-imaging-access",
+    # The same, as later drafts of the Argonaut SMART Imaging Access guide name it: imaging
+    # through an app launch, and through Backend Services (system/ImagingStudy.rs).
+    "http://fhir.org/argonaut/smart-imaging/capabilities/app-launch",
+    "http://fhir.org/argonaut/smart-imaging/capabilities/backend-services",
 ]
 
 #: Example scopes advertised in discovery (any well-formed SMART scope is accepted).

@@ -159,3 +159,13 @@ def test_pacs_credentials_are_added_server_side(tmp_path):
         sent = mock.calls[0].request.headers["Authorization"]
     assert sent.startswith("Basic ") and response.status_code == 200
     assert b"pacs-secret" not in response.data and "svc" not in str(response.headers)
+
+
+def test_backend_services_token_reaches_every_patients_study(fake_app, rsps):
+    """Argonaut imaging via Backend Services: a system/ImagingStudy.rs token has no patient limit."""
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/1.2.9/metadata", json=[], content_type="application/dicom+json")
+    system = token(fake_app, scope="system/ImagingStudy.rs", patient=None)
+    assert fake_app.test_client().get("/dicomweb/studies/1.2.9/metadata", headers=bearer(system)).status_code in (
+        200, 204)
+    patient = token(fake_app, scope="patient/ImagingStudy.rs", patient="P1")
+    assert fake_app.test_client().get("/dicomweb/studies/1.2.9/metadata", headers=bearer(patient)).status_code == 403

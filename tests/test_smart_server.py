@@ -293,6 +293,8 @@ def test_discovery_same_at_both_urls(client):
     assert body["authorization_endpoint"] == PUBLIC_URL + "/auth/authorize"
     assert body["jwks_uri"] == PUBLIC_URL + "/.well-known/jwks.json"
     assert "smart-imaging-access" in body["capabilities"]
+    assert {"http://fhir.org/argonaut/smart-imaging/capabilities/app-launch",
+            "http://fhir.org/argonaut/smart-imaging/capabilities/backend-services"} <= set(body["capabilities"])
     assert body["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
     oidc = client.get("/.well-known/openid-configuration").get_json()
     assert oidc["issuer"] == PUBLIC_URL and oidc["id_token_signing_alg_values_supported"] == ["RS256"]
