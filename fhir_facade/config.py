@@ -19,6 +19,14 @@ SETTINGS = (
     # Study -> patient and QIDO metadata cache: entries and seconds.
     ("FACADE_CACHE_SIZE", 4096, int),
     ("FACADE_CACHE_TTL", 60.0, float),
+    # Parallel PACS queries when one search maps many studies.
+    ("FACADE_PACS_WORKERS", 8, int),
+    # Seconds an identical study-level QIDO-RS answer is reused (0: never).
+    ("FACADE_QUERY_CACHE_TTL", 10.0, float),
+    # Identifier.system for PatientID when the data names no IssuerOfPatientID.
+    ("FACADE_PATIENT_ID_SYSTEM", None, str),
+    # Seconds a worker trusts its copy of the revoked-token list (0: read it on every request).
+    ("SMART_REVOCATION_CACHE_SECONDS", 1.0, float),
     # Reverse proxies in front of the facade whose X-Forwarded-For/-Proto are trusted (0: none).
     ("FACADE_TRUSTED_PROXIES", 0, int),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).

@@ -60,3 +60,17 @@ def test_forwarded_headers_are_ignored_unless_proxies_are_configured(tmp_path):
         app.test_client().get("/probe", headers={"X-Forwarded-For": "203.0.113.9"},
                               environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert seen == {0: "127.0.0.1", 1: "203.0.113.9"}
+
+
+def test_every_configuration_key_the_code_reads_comes_from_the_environment():
+    import re
+    from pathlib import Path
+
+    from fhir_facade.config import SETTINGS, from_environ
+    root = Path(__file__).resolve().parents[1]
+    read = set()
+    for path in list((root / "fhir_facade").glob("*.py")) + list((root / "smart").glob("*.py")) + [root / "app.py"]:
+        read |= set(re.findall(r"config(?:\.get\(|\[)\"((?:FACADE|SMART)_[A-Z_]+)\"", path.read_text()))
+    assert read <= {name for name, _, _ in SETTINGS}, read - {name for name, _, _ in SETTINGS}
+    assert from_environ({"FACADE_QUERY_CACHE_TTL": "0", "SMART_REVOCATION_CACHE_SECONDS": "0"})[
+        "FACADE_QUERY_CACHE_TTL"] == 0.0
