@@ -205,15 +205,26 @@ class PacsClient:
         if response.status_code != 200:
             raise PacsError(f"the PACS answered {response.status_code} to a query",
                             upstream_status=response.status_code)
-        if not response.content.strip():
-            return []
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise PacsError("the PACS answered a query with invalid JSON") from exc
-        if not isinstance(body, list):
-            raise PacsError("the PACS answered a query with something other than a JSON array")
-        return [item for item in body if isinstance(item, dict)]
+        return [item for item in dicom_json_array(response) if isinstance(item, dict)]
+
+
+def dicom_json_array(response: requests.Response) -> list:
+    """The body of a 200 DICOM JSON answer (PS3.18 Annex F) as a list; empty for an empty body.
+
+    Raises
+    ------
+    PacsError
+        If the body is not JSON, or not a JSON array.
+    """
+    if not response.content.strip():
+        return []
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise PacsError("the PACS answered with invalid DICOM JSON") from exc
+    if not isinstance(body, list):
+        raise PacsError("the PACS answered with DICOM JSON that is not an array")
+    return body
 
 
 def _parse_headers(fp, _class=http.client.HTTPMessage):

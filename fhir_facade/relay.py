@@ -19,13 +19,15 @@ from flask import Response, current_app
 from . import dicom_json as dj
 from . import multipart
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
-from .pacs import DICOM_JSON, PacsError, get_pacs
+from .pacs import DICOM_JSON, PacsError, dicom_json_array, get_pacs
 from .patient_ids import to_fhir_id
 
 CHUNK = 1024 * 1024
 #: Response headers relayed from the PACS (hop-by-hop headers, RFC 9110 §7.6.1, never are).
 RELAYED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Content-Location", "Warning",
                    "ETag", "Last-Modified", "Cache-Control")
+
+
 class DicomwebError(Exception):
     """An error answered by the proxy itself (PS3.18 Section 8.6 status codes)."""
 
@@ -153,6 +155,17 @@ def _finished(upstream) -> None:
     upstream.raw.release_conn()
 
 
+def _read_whole(upstream) -> bytes:
+    """Read a small answer in one go (``.content`` would read 10 KB at a time) and release it."""
+    try:
+        data = upstream.raw.read(decode_content=False)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        upstream.close()
+        raise PacsError("the PACS broke off its answer") from exc
+    _finished(upstream)
+    return data
+
+
 def _stream(upstream):
     """Relay the body chunk by chunk; a client that goes away closes the PACS connection."""
     try:
@@ -193,18 +206,11 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     if media != "multipart/related" or not boundary:
         upstream.close()
         return error_response(502, "the PACS answered something other than multipart/related")
-    chunks = _stream(upstream)
-    if _is_small(upstream):
-        # A small answer (a frame, an instance of a few hundred KB) is read whole and sent
-        # with a Content-Length: one write instead of several chunked ones, which is most of
-        # what a proxied frame costs beyond the PACS's own time. Memory stays bounded.
-        try:
-            # One read of Content-Length bytes (``.content`` would read 10 KB at a time).
-            chunks = [upstream.raw.read(decode_content=False)]
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            upstream.close()
-            raise PacsError("the PACS broke off its answer") from exc
-        _finished(upstream)
+    # A small answer (a frame, an instance of a few hundred KB) is read whole and sent with a
+    # Content-Length: one write instead of several chunked ones, which is most of what a
+    # proxied frame costs beyond the PACS's own time. Memory stays bounded.
+    small = _is_small(upstream)
+    chunks = [_read_whole(upstream)] if small else _stream(upstream)
     if choice.unwrap:
         try:
             part, body = multipart.unwrap(chunks, boundary)
@@ -228,13 +234,13 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
                                                         else None)
         if syntax:
             value += f"; transfer-syntax={syntax}"
-        if isinstance(chunks, list):
+        if small:
             try:
                 body = [b"".join(body)]
             except multipart.MultipartError as exc:
                 raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         response = Response(body, status=200)
-        if isinstance(chunks, list):
+        if small:
             response.headers["Content-Length"] = str(len(body[0]))
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = f'{value}; boundary="{boundary}"' if not _TOKEN.fullmatch(boundary) \
@@ -292,12 +298,7 @@ def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | 
         return Response(status=204)
     if upstream.status_code != 200:
         return upstream_failure(upstream, None)
-    try:
-        datasets = upstream.json()
-    except ValueError as exc:
-        raise PacsError("the PACS answered with invalid DICOM JSON") from exc
-    if not isinstance(datasets, list):
-        raise PacsError("the PACS answered with DICOM JSON that is not an array")
+    datasets = dicom_json_array(upstream)
     if patient_filter is not None:
         datasets = [ds for ds in datasets if isinstance(ds, dict)
                     and to_fhir_id(dj.text(ds, "PatientID")) == patient_filter]

@@ -48,7 +48,8 @@ class StudyRepository:
     ctx : mapping.MappingContext
         Public URLs and default zone for the mapping.
     cache_size : int
-        Entries per cache (study -> PatientID, study -> ImagingStudy).
+        Entries of the one-way Patient id cache; the per-study caches (series, instances,
+        mapped ImagingStudy, patient module) hold an eighth of that.
     ttl : float
         Seconds an entry stays valid.
     workers : int
@@ -74,10 +75,10 @@ class StudyRepository:
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
         #: StudyInstanceUID -> study dataset with the patient module from instance metadata
-        self._patients: TTLCache = TTLCache(max(cache_size // 8, 16), ttl)
+        self._patients: TTLCache = TTLCache(details, ttl)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs")
 
-    # -- study -> patient ------------------------------------------------------
+    # -- one-way Patient ids ------------------------------------------------------
 
     def remember(self, studies: Sequence[dict]) -> None:
         """Remember the PatientID behind each one-way Patient id (patient_ids rule 3) in *studies*."""
@@ -109,8 +110,8 @@ class StudyRepository:
         Returns
         -------
         list of dict
-            Study-level DICOM JSON (a new list; the datasets are shared: read-only),
-            each remembered in the study -> patient cache.
+            Study-level DICOM JSON, one per StudyInstanceUID (a new list; the datasets are
+            shared: read-only).
         """
         key = tuple(sorted(params))
         if self._queries is not None:
