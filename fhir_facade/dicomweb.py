@@ -195,9 +195,6 @@ def _negotiate(kind: str, frames: int = 0) -> Choice:
 
 # --- routes -------------------------------------------------------------------------------
 
-QIDO_LEVELS = {"studies": "studies", "series": "series", "instances": "instances"}
-
-
 @bp.get("/studies")
 @bp.get("/series")
 @bp.get("/instances")
@@ -212,8 +209,8 @@ def search_all():
         params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
         params.append(("PatientID", patient_id if patient_id is not None else ""))
         params.append(("includefield", dj.TAGS["PatientID"]))
-    level = qido_level(request.path)
-    return json_answer(QIDO_LEVELS[level], normalize_includefield(params, level), patient_filter=compartment)
+    level = qido_level(request.path)  # the route: studies, series or instances
+    return json_answer(level, normalize_includefield(params, level), patient_filter=compartment)
 
 
 @bp.get("/studies/<path:rest>")
