@@ -197,12 +197,13 @@ def search_imaging_study():
         includes.append(mapping.endpoint(_ctx()))  # SMART Imaging: on the same page as its studies
     if page and search.include_patient:
         wanted = {r["subject"]["reference"] for r in page}
-        seen = set()
+        first: dict[str, dict] = {}
         for ds in found:
             pid = to_fhir_id(dj.text(ds, "PatientID"))
-            if pid not in seen and f"Patient/{pid}" in wanted:
-                seen.add(pid)
-                includes.append(mapping.patient(ds, _ctx()))
+            if f"Patient/{pid}" in wanted:
+                first.setdefault(pid, ds)
+        # The same Patient as a read gives: its patient module from instance metadata.
+        includes += [mapping.patient(module, _ctx()) for module in studies.patient_modules(list(first.values()))]
     matches = [bundle.shape(r, search) for r in page]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "ImagingStudy", matches, total, search, includes))
 

@@ -262,3 +262,5 @@ def test_non_latin1_names_survive_a_pacs_that_answers_qido_in_latin1(facade, pat
     assert resource["name"][0]["family"] == family
     found = get(facade, f"/fhir/Patient?family={family}")
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [patient]
+    included = get(facade, f"/fhir/ImagingStudy?patient={patient}&_include=ImagingStudy:patient")
+    assert [e["resource"] for e in included["entry"] if e["resource"]["resourceType"] == "Patient"] == [resource]
