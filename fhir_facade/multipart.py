@@ -2,8 +2,9 @@
 
 Part bodies pass through byte for byte; only part headers are rewritten (a PACS URL in
 Content-Location, the transfer syntax of a DICOM part), or the single part of a response
-is unwrapped when the client asked for a single-part media type. Works chunk by chunk with
-a buffer bounded by the header size, never by the body size.
+is unwrapped when the client asked for a single-part media type. Reads the body through a
+``read(n)`` callable with a buffer bounded by the header size, never by the body size; a
+part that states its Content-Length is relayed by count, as the PACS sent it.
 """
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 #: Largest part header block accepted, in bytes.
 MAX_HEADER_BYTES = 16 * 1024
+#: Bytes asked of the upstream at once while looking for a part's headers: a header block
+#: is a few hundred bytes, and the rest is the start of the part body.
+HEADER_READ = 4096
+#: Bytes asked of the upstream at once for a part body.
+BODY_READ = 1 << 20
 #: Bytes of a DICOM part body inspected to read its File Meta Information (PS3.10 §7.1).
 META_PEEK_BYTES = 4096
 #: Explicit VR LE VRs with a 4-byte length (PS3.5 Section 7.1.2).
@@ -18,6 +24,8 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 
 Headers = list[tuple[str, str]]
 HeaderRewriter = Callable[[Headers, bytes], Headers]
+#: ``read(n) -> bytes``: up to *n* bytes of a body, ``b""`` at its end.
+Reader = Callable[[int], bytes]
 
 
 class MultipartError(ValueError):
@@ -91,14 +99,55 @@ def header(headers: Headers, name: str) -> str | None:
     return None
 
 
-def rewrite(chunks: Iterable[bytes], boundary: str, rewrite_headers: HeaderRewriter,
+def chunk_reader(chunks: Iterable[bytes]) -> Reader:
+    """Adapt an iterable of byte chunks to the ``read(n)`` source the parsers take.
+
+    Parameters
+    ----------
+    chunks : iterable of bytes
+        The body, cut anywhere.
+
+    Returns
+    -------
+    callable
+        ``read(n) -> bytes``: up to *n* bytes, ``b""`` at the end. A chunk no longer than
+        what is asked is returned as the same object, uncopied.
+    """
+    source = iter(chunks)
+    chunk, offset = b"", 0
+
+    def read(size: int) -> bytes:
+        nonlocal chunk, offset
+        while offset >= len(chunk):
+            chunk, offset = next(source, None), 0
+            if chunk is None:
+                chunk = b""
+                return b""
+        if offset == 0 and len(chunk) <= size:
+            offset = len(chunk)
+            return chunk
+        data = chunk[offset:offset + size]
+        offset += len(data)
+        return data
+
+    return read
+
+
+def _source(body: Iterable[bytes] | Reader) -> Reader:
+    return body if callable(body) else chunk_reader(body)
+
+
+def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: HeaderRewriter,
             peek: Callable[[Headers], bool] = lambda headers: False) -> Iterator[bytes]:
     """Re-emit a multipart body with each part's headers passed through *rewrite_headers*.
 
     Parameters
     ----------
-    chunks : iterable of bytes
-        The upstream body.
+    body : iterable of bytes, or callable
+        The upstream body: chunks, or ``read(n) -> bytes`` (up to *n* bytes, ``b""`` at the
+        end, as ``io.BufferedReader.read``). With a reader, the body of a part that states
+        its Content-Length is read in exactly that many bytes and passed on as read: no
+        search for the delimiter, no copy.
     boundary : str
         The boundary from the upstream Content-Type; kept unchanged.
     rewrite_headers : callable
@@ -111,17 +160,17 @@ def rewrite(chunks: Iterable[bytes], boundary: str, rewrite_headers: HeaderRewri
     Yields
     ------
     bytes
-        The rewritten body. Upstream chunks that hold no delimiter are passed on as the
-        same objects, uncopied; the delimiter before a part is sent with its headers.
+        The rewritten body. The delimiter before a part is sent with its headers.
 
     Raises
     ------
     MultipartError
-        If the body has no boundary, a header block is too long, or it ends mid-part.
+        If the body has no boundary, a header block is too long, it ends mid-part, or a
+        part is not as long as its Content-Length says.
     """
     dash_boundary = b"--" + boundary.encode("latin-1")
     separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
-    for kind, value in _events(chunks, boundary, peek):
+    for kind, value in _events(_source(body), boundary, peek):
         if kind == "part":
             headers, start = value
             yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
@@ -134,17 +183,18 @@ def rewrite(chunks: Iterable[bytes], boundary: str, rewrite_headers: HeaderRewri
             yield b"\r\n" + dash_boundary + b"--\r\n"
 
 
-def unwrap(chunks: Iterable[bytes], boundary: str) -> tuple[Headers, Iterator[bytes]]:
+def unwrap(body: Iterable[bytes] | Reader, boundary: str) -> tuple[Headers, Iterator[bytes]]:
     """Return the headers and a body iterator of the first part of a multipart body.
 
-    Parts after the first are read and dropped (the upstream connection is drained).
+    *body* is chunks or a ``read(n)`` callable, as for :func:`rewrite`. Parts after the
+    first are read and dropped (the upstream connection is drained).
 
     Raises
     ------
     MultipartError
         If the body holds no part.
     """
-    events = _events(chunks, boundary, lambda headers: False)
+    events = _events(_source(body), boundary, lambda headers: False)
     for kind, value in events:
         if kind == "part":
             headers, start = value
@@ -152,7 +202,7 @@ def unwrap(chunks: Iterable[bytes], boundary: str) -> tuple[Headers, Iterator[by
     else:
         raise MultipartError("the multipart body holds no part")
 
-    def body() -> Iterator[bytes]:
+    def part_body() -> Iterator[bytes]:
         if start:
             yield start
         for kind, data in events:
@@ -163,7 +213,7 @@ def unwrap(chunks: Iterable[bytes], boundary: str) -> tuple[Headers, Iterator[by
         for _ in events:
             pass
 
-    return headers, body()
+    return headers, part_body()
 
 
 def _holdback(buffer: bytes, start: int, delimiter: bytes) -> int:
@@ -179,39 +229,50 @@ def _holdback(buffer: bytes, start: int, delimiter: bytes) -> int:
     return len(buffer)
 
 
-def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bool]):
+def _content_length(headers: Headers) -> int | None:
+    """The part's Content-Length (RFC 9110 Section 8.6), or ``None`` when absent or not a number."""
+    value = header(headers, "Content-Length")
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool]):
     """Yield ("part", (headers, body_start)), ("body", bytes), ("next", None), ("end", None).
 
-    ``buffer[pos:]`` is what is not consumed yet. Bytes are sliced out of it only around
-    a delimiter; a chunk without one comes out as the very object that came in.
+    ``buffer[pos:]`` is what is not consumed yet. A part with a Content-Length has its body
+    read by count, straight from *read*, and the delimiter is then required right after it;
+    a part without one is found by searching for the delimiter, :data:`BODY_READ` at a time.
     """
     delimiter = b"\r\n--" + boundary.encode("latin-1")
     keep = len(delimiter) + 2
     headers: Headers = []
-    source = iter(chunks)
+    buffer, pos = b"", 0
 
-    def more() -> bytes:
-        for chunk in source:
-            if chunk:
-                return chunk
-        return b""
+    def fill(size: int) -> bool:
+        """Append up to *size* bytes to what is unconsumed; ``False`` at the end of the body."""
+        nonlocal buffer, pos
+        data = read(size)
+        if not data:
+            return False
+        buffer, pos = (buffer[pos:] + data if pos < len(buffer) else data), 0
+        return True
 
-    buffer = more()
-    while 0 < len(buffer) < keep:
-        chunk = more()
-        if not chunk:
-            break
-        buffer += chunk
-    pos = 0
+    def drain() -> None:
+        while read(BODY_READ):
+            pass
+
+    while len(buffer) < keep and fill(HEADER_READ):
+        pass
     state = "preamble"
     # The first delimiter usually opens the body, without the CRLF before it (RFC 2046 §5.1.1).
     if buffer.startswith(delimiter[2:]):
         pos = len(delimiter) - 2
         if buffer.startswith(b"--", pos):
-            for _ in source:
-                pass
+            drain()
             return
         state = "headers"
+    length: int | None = None  # the body bytes of the current part still to come, when known
 
     while True:
         if state == "headers":
@@ -219,15 +280,14 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
             if end < 0:
                 if len(buffer) - pos > MAX_HEADER_BYTES:
                     raise MultipartError("part headers too long")
-                chunk = more()
-                if not chunk:
+                if not fill(HEADER_READ):
                     raise MultipartError("the multipart body ends inside part headers")
-                buffer, pos = buffer[pos:] + chunk, 0
                 continue
             # What follows the boundary on its line is transport padding (RFC 2046 §5.1.1).
             line_end = buffer.find(b"\r\n", pos)
             headers = _parse_headers(buffer[line_end + 2:end]) if end > line_end else []
             pos = end + 4
+            length = _content_length(headers)
             if peek(headers):
                 state = "held"
             else:
@@ -235,27 +295,53 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
                 state = "body"
             continue
 
-        index = buffer.find(delimiter, pos)
-        if index < 0 or len(buffer) < index + keep:
-            if state == "body":
-                cut = index if index >= 0 else _holdback(buffer, pos, delimiter)
-                if cut > pos:
-                    yield "body", buffer if pos == 0 and cut == len(buffer) else buffer[pos:cut]
-                    pos = cut
-            elif state == "held" and index < 0 and len(buffer) - pos >= META_PEEK_BYTES + keep:
-                yield "part", (headers, buffer[pos:pos + META_PEEK_BYTES])
-                pos += META_PEEK_BYTES
+        if length is not None:
+            if state == "held":
+                want = min(META_PEEK_BYTES, length)
+                while len(buffer) - pos < want:
+                    if not fill(HEADER_READ):
+                        raise MultipartError("the multipart body ends inside a part")
+                yield "part", (headers, buffer[pos:pos + want])
+                pos += want
+                length -= want
                 state = "body"
+            take = min(len(buffer) - pos, length)
+            if take:
+                yield "body", buffer if pos == 0 and take == len(buffer) else buffer[pos:pos + take]
+                pos += take
+                length -= take
+            while length:
+                data = read(min(length, BODY_READ))
+                if not data:
+                    raise MultipartError("the multipart body ends inside a part")
+                yield "body", data
+                length -= len(data)
+            length = None
+            while len(buffer) - pos < keep and fill(HEADER_READ):
+                pass
+            if not buffer.startswith(delimiter, pos):
+                raise MultipartError("a part is not as long as its Content-Length says")
+            index = pos
+        else:
+            index = buffer.find(delimiter, pos)
+            if index < 0 or len(buffer) < index + keep:
+                if state == "body":
+                    cut = index if index >= 0 else _holdback(buffer, pos, delimiter)
+                    if cut > pos:
+                        yield "body", buffer if pos == 0 and cut == len(buffer) else buffer[pos:cut]
+                        pos = cut
+                elif state == "held" and index < 0 and len(buffer) - pos >= META_PEEK_BYTES + keep:
+                    yield "part", (headers, buffer[pos:pos + META_PEEK_BYTES])
+                    pos += META_PEEK_BYTES
+                    state = "body"
+                    continue
+                elif state == "preamble" and index < 0:
+                    pos = max(pos, len(buffer) - keep)
+                if not fill(BODY_READ):
+                    if state == "preamble":
+                        raise MultipartError("no multipart boundary in the body")
+                    raise MultipartError("the multipart body ends inside a part")
                 continue
-            elif state == "preamble" and index < 0:
-                pos = max(pos, len(buffer) - keep)
-            chunk = more()
-            if not chunk:
-                if state == "preamble":
-                    raise MultipartError("no multipart boundary in the body")
-                raise MultipartError("the multipart body ends inside a part")
-            buffer, pos = (buffer[pos:] + chunk if pos < len(buffer) else chunk), 0
-            continue
 
         content = buffer[pos:index]
         pos = index + len(delimiter)
@@ -266,8 +352,7 @@ def _events(chunks: Iterable[bytes], boundary: str, peek: Callable[[Headers], bo
         if buffer.startswith(b"--", pos):
             if state != "preamble":
                 yield "end", None
-            for _ in source:  # drain the epilogue so the connection can be reused
-                pass
+            drain()  # the epilogue, so that the connection can be reused
             return
         if state != "preamble":
             yield "next", None

@@ -7,6 +7,7 @@ RetrieveURL (0008,1190) and BulkDataURI point at the facade. Nothing here decide
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable
@@ -176,6 +177,25 @@ def _stream(upstream):
     _finished(upstream)
 
 
+def _reader(upstream) -> multipart.Reader:
+    """``read(n)`` on the PACS answer as sent (no decoding), releasing the connection at its end.
+
+    ``urllib3``'s ``read(n, decode_content=False)`` hands back what ``http.client`` read,
+    uncopied; a failure closes the connection and says so as a :class:`PacsError`.
+    """
+    def read(size: int) -> bytes:
+        try:
+            data = upstream.raw.read(size, decode_content=False)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            upstream.close()
+            raise PacsError("the PACS broke off its answer") from exc
+        if not data:
+            _finished(upstream)
+        return data
+
+    return read
+
+
 def relay(path: str, params: list[tuple[str, str]], choice: Choice,
            explain: Callable[[], None] | None = None) -> Response:
     """Stream the PACS answer to *path* in the representation *choice* names.
@@ -210,10 +230,10 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     # Content-Length: one write instead of several chunked ones, which is most of what a
     # proxied frame costs beyond the PACS's own time. Memory stays bounded.
     small = _is_small(upstream)
-    chunks = [_read_whole(upstream)] if small else _stream(upstream)
+    source = io.BytesIO(_read_whole(upstream)).read if small else _reader(upstream)
     if choice.unwrap:
         try:
-            part, body = multipart.unwrap(chunks, boundary)
+            part, body = multipart.unwrap(source, boundary)
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
@@ -225,7 +245,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
         known = _known_syntax(choice)
-        body = multipart.rewrite(chunks, boundary,
+        body = multipart.rewrite(source, boundary,
                                  part_header_rewriter(get_pacs().base_url, _public_base(), known),
                                  peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))

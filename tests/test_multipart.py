@@ -1,11 +1,12 @@
 """Tests for the streaming multipart rewriter (fhir_facade.multipart)."""
 import hashlib
+import io
 
 import pytest
 
 import samples
 import devpacs
-from fhir_facade.multipart import MultipartError, rewrite, transfer_syntax_of, unwrap
+from fhir_facade.multipart import BODY_READ, HEADER_READ, MultipartError, rewrite, transfer_syntax_of, unwrap
 
 
 def body_of(parts, boundary="b0undary", headers=True):
@@ -25,9 +26,10 @@ def chunked(data, size):
 TRICKY = [b"\r\n--b0undar", b"--b0undary-not-at-line-start", b"", b"\r\n\r\n", bytes(range(256)) * 40]
 
 
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "delimiter-search"])
 @pytest.mark.parametrize("size", [1, 2, 5, 13, 64, 1000, 1 << 20])
-def test_identity_rewrite_is_byte_exact_for_any_chunking(size):
-    body = body_of(TRICKY)
+def test_identity_rewrite_is_byte_exact_for_any_chunking(size, with_length):
+    body = body_of(TRICKY, headers=with_length)
     out = b"".join(rewrite(chunked(body, size), "b0undary", lambda h, s: h, peek=lambda h: True))
     assert out == body
 
@@ -63,3 +65,56 @@ def test_transfer_syntax_is_read_from_file_meta():
 def test_malformed_bodies_raise(bad):
     with pytest.raises(MultipartError):
         b"".join(rewrite([bad], "b0undary", lambda h, s: h))
+
+
+class RecordingReader:
+    """A ``read(n)`` source over *data* that records what was asked and what was returned."""
+
+    def __init__(self, data: bytes):
+        self.stream = io.BytesIO(data)
+        self.asked: list[int] = []
+        self.returned: list[bytes] = []
+
+    def __call__(self, size: int) -> bytes:
+        self.asked.append(size)
+        data = self.stream.read(size)
+        self.returned.append(data)
+        return data
+
+
+def test_a_part_with_content_length_is_read_by_count_and_passed_on_as_read():
+    bodies = [bytes([n]) * (3 * BODY_READ // 2 + n) for n in range(3)]
+    body = body_of(bodies)
+    reader = RecordingReader(body)
+    out = list(rewrite(reader, "b0undary", lambda h, s: h))
+    assert b"".join(out) == body
+    # Past the first few KB of each part (read along with its headers), the body is asked
+    # for by count: a full BODY_READ, then exactly what is left of the part.
+    big_reads = [n for n in reader.asked if n != HEADER_READ]
+    header_block = len(b"\r\n--b0undary\r\nContent-Type: application/dicom\r\nContent-Length: 1572864\r\n\r\n")
+    assert big_reads[:2] == [BODY_READ, len(bodies[0]) - (HEADER_READ - header_block + 2) - BODY_READ]
+    # ... and what was read is what is sent: the very same objects.
+    sent = {id(chunk) for chunk in out}
+    assert all(id(chunk) in sent for chunk in reader.returned if len(chunk) == BODY_READ)
+
+
+@pytest.mark.parametrize("claimed", [99, 101, 0, 5000])
+def test_a_part_whose_content_length_is_wrong_raises(claimed):
+    body = body_of([b"x" * 100]).replace(b"Content-Length: 100", f"Content-Length: {claimed}".encode())
+    with pytest.raises(MultipartError):
+        b"".join(rewrite(io.BytesIO(body).read, "b0undary", lambda h, s: h))
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1e3", "\u00b2", ""])
+def test_a_content_length_that_is_not_a_number_falls_back_to_the_delimiter(value):
+    body = body_of([b"x" * 100]).replace(b"Content-Length: 100", f"Content-Length: {value}".encode("latin-1"))
+    assert b"".join(rewrite(io.BytesIO(body).read, "b0undary", lambda h, s: h)) == body
+
+
+def test_the_peeked_start_of_a_counted_part_is_its_first_bytes():
+    data = devpacs.to_part10(samples.make_instance(transfer_syntax="1.2.840.10008.1.2.1"))
+    seen = []
+    out = b"".join(rewrite(io.BytesIO(body_of([data, b"tiny"])).read, "b0undary",
+                           lambda h, s: seen.append(s) or h, peek=lambda h: True))
+    assert out == body_of([data, b"tiny"])
+    assert seen == [data[:4096], b"tiny"]
