@@ -138,7 +138,8 @@ def _source(body: Iterable[bytes] | Reader) -> Reader:
 
 
 def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: HeaderRewriter,
-            peek: Callable[[Headers], bool] = lambda headers: False) -> Iterator[bytes]:
+            peek: Callable[[Headers], bool] = lambda headers: False,
+            direct: Callable[[int], Iterable[bytes]] | None = None) -> Iterator[bytes]:
     """Re-emit a multipart body with each part's headers passed through *rewrite_headers*.
 
     Parameters
@@ -156,6 +157,10 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     peek : callable
         ``headers -> bool``: whether to hold the part's first :data:`META_PEEK_BYTES`
         bytes before rewriting its headers.
+    direct : callable, optional
+        ``count -> iterable of bytes``: relays the next *count* bytes of *body* (the rest
+        of a part whose Content-Length is known) by other means, yielding only what must
+        still be sent, in order, before them (:mod:`fhir_facade.zerocopy`).
 
     Yields
     ------
@@ -170,7 +175,7 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     """
     dash_boundary = b"--" + boundary.encode("latin-1")
     separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
-    for kind, value in _events(_source(body), boundary, peek):
+    for kind, value in _events(_source(body), boundary, peek, direct):
         if kind == "part":
             headers, start = value
             yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
@@ -237,7 +242,8 @@ def _content_length(headers: Headers) -> int | None:
     return int(value)
 
 
-def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool]):
+def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool],
+            direct: Callable[[int], Iterable[bytes]] | None = None):
     """Yield ("part", (headers, body_start)), ("body", bytes), ("next", None), ("end", None).
 
     ``buffer[pos:]`` is what is not consumed yet. A part with a Content-Length has its body
@@ -310,6 +316,10 @@ def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool]):
                 yield "body", buffer if pos == 0 and take == len(buffer) else buffer[pos:pos + take]
                 pos += take
                 length -= take
+            if direct is not None and length:
+                for data in direct(length):
+                    yield "body", data
+                length = 0
             while length:
                 data = read(min(length, BODY_READ))
                 if not data:

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
-from flask import Response, current_app
+from flask import Response, current_app, request
 
 from . import dicom_json as dj
-from . import multipart
+from . import multipart, zerocopy
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
 from .pacs import DICOM_JSON, PacsError, dicom_json_array, get_pacs
 from .patient_ids import to_fhir_id
@@ -230,6 +230,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     # Content-Length: one write instead of several chunked ones, which is most of what a
     # proxied frame costs beyond the PACS's own time. Memory stays bounded.
     small = _is_small(upstream)
+    splicer = None
     source = io.BytesIO(_read_whole(upstream)).read if small else _reader(upstream)
     if choice.unwrap:
         try:
@@ -245,9 +246,12 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
         known = _known_syntax(choice)
+        # A large answer's part bodies go from socket to socket in the kernel where the server allows it.
+        splicer = None if small else zerocopy.splicer_for(upstream, request.environ, get_pacs().timeout)
         body = multipart.rewrite(source, boundary,
                                  part_header_rewriter(get_pacs().base_url, _public_base(), known),
-                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
+                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
+                                 direct=splicer.body if splicer is not None else None)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
@@ -269,6 +273,8 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         if name in upstream.headers:
             response.headers[name] = upstream.headers[name]
     response.call_on_close(upstream.close)
+    if splicer is not None:
+        response.call_on_close(splicer.close)
     return response
 
 

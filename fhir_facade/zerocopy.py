@@ -1,0 +1,184 @@
+"""Zero-copy relay of large part bodies, PACS socket to client socket, with Linux ``splice(2)``.
+
+A whole-study retrieval is mostly part bodies that pass through unchanged. Read into Python
+and written out again, each byte is copied twice by the facade; spliced through a pipe, it
+stays in the kernel and the facade's cost per byte is close to nothing.
+
+This works only where both ends are plain TCP sockets the facade may write to itself:
+
+- the PACS answer ends when its connection closes (no ``Content-Length``, not chunked),
+  as Orthanc sends every multipart answer, so bytes taken off its socket under the HTTP
+  client cannot confuse it about where the answer ends;
+- the server is gunicorn, which hands the client socket over as ``gunicorn.socket``
+  (its documented environ key), writes every item of the response iterable before asking
+  for the next, and frames the body as HTTP/1.1 chunks when there is no Content-Length
+  (RFC 9112 Section 7.1), which the spliced bytes then follow;
+- neither connection is TLS (the PACS URL is ``http:``; the client socket is a plain socket).
+
+Anywhere else :func:`splicer_for` answers ``None`` and the body is read and written as usual.
+"""
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import select
+import socket
+from collections.abc import Iterator
+
+#: Part bodies at least this long (bytes) are spliced; shorter ones cost less to copy.
+MIN_SPLICE = 64 * 1024
+#: Pipe capacity asked for (bytes); Linux allows up to /proc/sys/fs/pipe-max-size (1 MiB).
+PIPE_SIZE = 1 << 20
+
+_AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+
+log = logging.getLogger(__name__)
+
+
+class Splicer:
+    """Moves counted bytes from the PACS socket to the client socket inside the kernel.
+
+    Parameters
+    ----------
+    reader : io.BufferedReader
+        The HTTP client's buffered reader over the PACS socket; what it already holds is
+        sent first, as ordinary bytes. Its socket is read by file descriptor.
+    sink : socket.socket
+        The client socket.
+    chunked : bool
+        Whether the server frames the response body as HTTP/1.1 chunks (RFC 9112
+        Section 7.1); spliced bytes then go out as one chunk of their own.
+    timeout : float
+        Seconds to wait for either socket before giving up (``OSError``).
+    """
+
+    def __init__(self, reader: io.BufferedReader, sink: socket.socket, chunked: bool, timeout: float):
+        self.reader = reader
+        self.source = reader.fileno()
+        self.sink = sink.fileno()
+        self.chunked = chunked
+        self.timeout = timeout
+        self._pipe: tuple[int, int] | None = None
+        #: Bytes and part bodies spliced so far.
+        self.spliced = 0
+        self.parts = 0
+
+    def _pipe_fds(self) -> tuple[int, int]:
+        if self._pipe is None:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # the default 64 KiB works, in more system calls
+            self._pipe = (read_end, write_end)
+        return self._pipe
+
+    def body(self, count: int) -> Iterator[bytes]:
+        """Relay the next *count* bytes of the PACS answer to the client.
+
+        Yields what the reader had already buffered (for the response iterable to send
+        first); the rest is spliced when the iteration resumes, after those bytes went out.
+
+        Raises
+        ------
+        EOFError
+            If the PACS connection ends first.
+        OSError
+            If either socket fails or stalls for :attr:`timeout` seconds.
+        """
+        if count < MIN_SPLICE:
+            data = self.reader.read(count)
+            if len(data) < count:
+                raise EOFError("the PACS connection ended inside a part")
+            yield data
+            return
+        buffered = self.reader.peek(count)[:count]  # never reads beyond what the buffer can hold
+        if buffered:
+            data = self.reader.read(len(buffered))
+            yield data
+            count -= len(data)
+        if count:
+            self._splice(count)
+
+    def _splice(self, count: int) -> None:
+        read_end, write_end = self._pipe_fds()
+        if self.chunked:
+            self._send(b"%X\r\n" % count)
+        remaining = count
+        while remaining:
+            try:
+                moved = os.splice(self.source, write_end, min(remaining, PIPE_SIZE), flags=os.SPLICE_F_MOVE)
+            except BlockingIOError:
+                self._wait(self.source, readable=True)
+                continue
+            if moved == 0:
+                raise EOFError("the PACS connection ended inside a part")
+            remaining -= moved
+            while moved:
+                try:
+                    sent = os.splice(read_end, self.sink, moved,
+                                     flags=os.SPLICE_F_MOVE | (os.SPLICE_F_MORE if remaining else 0))
+                except BlockingIOError:
+                    self._wait(self.sink, readable=False)
+                    continue
+                moved -= sent
+        if self.chunked:
+            self._send(b"\r\n")
+        self.spliced += count
+        self.parts += 1
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.sink, view):]
+            except BlockingIOError:
+                self._wait(self.sink, readable=False)
+
+    def _wait(self, fd: int, readable: bool) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN if readable else select.POLLOUT)
+        if not poller.poll(self.timeout * 1000):
+            raise TimeoutError("a connection stalled while relaying a part body")
+
+    def close(self) -> None:
+        """Close the pipe (idempotent)."""
+        if self._pipe is not None:
+            log.debug("spliced %d bytes in %d part bodies", self.spliced, self.parts)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+
+def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
+    """A :class:`Splicer` from the PACS answer *upstream* to this request's client, when safe.
+
+    Parameters
+    ----------
+    upstream : requests.Response
+        The PACS answer, opened with ``stream=True`` and not yet read.
+    environ : dict
+        The WSGI environ of the request being answered.
+    timeout : float
+        Seconds either socket may stall.
+
+    Returns
+    -------
+    Splicer or None
+        ``None`` unless every condition in the module docstring holds.
+    """
+    if not _AVAILABLE or environ.get("REQUEST_METHOD") == "HEAD":
+        return None
+    sink = environ.get("gunicorn.socket")
+    if type(sink) is not socket.socket or sink.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return None
+    response = getattr(getattr(upstream, "raw", None), "_fp", None)  # urllib3 keeps http.client's here
+    reader = getattr(response, "fp", None)
+    if (not str(getattr(upstream, "url", "")).startswith("http://") or not isinstance(reader, io.BufferedReader)
+            or getattr(response, "chunked", True) or getattr(response, "length", 0) is not None
+            or not getattr(response, "will_close", False)):
+        return None
+    chunked = environ.get("SERVER_PROTOCOL", "HTTP/1.0") not in ("HTTP/1.0", "HTTP/0.9")
+    return Splicer(reader, sink, chunked, timeout)

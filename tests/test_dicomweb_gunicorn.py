@@ -1,0 +1,190 @@
+"""The DICOMweb proxy under its production server (gunicorn, gunicorn.conf.py) against a real Orthanc.
+
+Whole-study retrieval there relays large part bodies with splice(2) (fhir_facade.zerocopy),
+writing to the client socket beside gunicorn's own framing: these tests check the bytes and
+the HTTP framing a client sees, over HTTP/1.1 (chunked, keep-alive) and HTTP/1.0, for HEAD,
+and after a client that went away.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import devpacs
+import samples
+from multipart_parsers import parse_by_boundary, parse_by_length
+
+ROOT = Path(__file__).resolve().parents[1]
+PATIENT = "DW-GUNICORN"
+ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: 384 x 400 x 16-bit pixels: parts of about 300 KB, well above zerocopy.MIN_SPLICE.
+ROWS, COLUMNS = 384, 400
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def served(orthanc, tmp_path_factory):
+    """Store a three-instance study, start gunicorn on a free loopback port; yield what tests need."""
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    stored = {}
+    for n in (1, 2, 3):
+        ds = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study, SeriesInstanceUID=series,
+                                   InstanceNumber=n, Modality="OT", Rows=ROWS, Columns=COLUMNS)
+        if n == 2:  # boundary-like bytes inside a body that is spliced, not searched
+            ds.add_new(0x00090010, "LO", "FACADE TEST")
+            ds.add_new(0x00091001, "OB", b"\r\n--" * 5000)
+        data = devpacs.to_part10(ds)
+        assert devpacs.store_file(orthanc.url, data) is not None
+        stored[str(ds.SOPInstanceUID)] = sha(data)
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    port = devpacs.free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=url, FACADE_HOST="127.0.0.1",
+               FACADE_PORT=str(port), FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db", FACADE_WORKERS="1",
+               FACADE_THREADS="4")
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "init-db"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    from app import create_app
+    from fhir_facade import config
+    from smart.tokens import issue_access_token
+    with create_app(config.from_environ(env)).app_context():
+        token, _ = issue_access_token("gunicorn-test", "tester", "patient/ImagingStudy.rs", context={"patient": PATIENT})
+    # The production configuration, plus the splicer's debug line in the error log.
+    log_config = workdir / "logging.json"
+    log_config.write_text(json.dumps({"loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        "fhir_facade.zerocopy": {"level": "DEBUG", "handlers": ["error_console"], "propagate": False}}}))
+    log_path = workdir / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--log-config-json",
+                                    str(log_config), "app:create_app()"], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_until_up(port, process, log_path)
+        yield {"port": port, "token": token, "study": study, "series": series, "stored": stored, "log": log_path,
+               "path": f"/dicomweb/studies/{study}"}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_up(port: int, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited:\n{log_path.read_text()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/fhir/metadata")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"gunicorn did not answer:\n{log_path.read_text()}")
+
+
+def headers(served) -> dict:
+    return {"Authorization": f"Bearer {served['token']}", "Accept": ACCEPT}
+
+
+def check_parts(served, body: bytes, content_type: str) -> None:
+    for parse in (parse_by_boundary, parse_by_length):
+        parts = parse(body, content_type)
+        assert sorted(sha(data) for _, data in parts) == sorted(served["stored"].values())
+        for part_headers, _ in parts:
+            assert part_headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+
+
+def spliced_lines(served) -> list[str]:
+    return [line for line in served["log"].read_text().splitlines() if "spliced" in line]
+
+
+def test_whole_study_is_spliced_chunked_and_byte_identical_on_a_kept_alive_connection(served):
+    before = len(spliced_lines(served))
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+    for _ in range(2):
+        conn.request("GET", served["path"], headers=headers(served))
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        check_parts(served, body, response.getheader("Content-Type"))
+    # The same connection still speaks HTTP: a QIDO-RS answer after the two studies.
+    conn.request("GET", f"/dicomweb/studies/{served['study']}/series",
+                 headers={"Authorization": f"Bearer {served['token']}", "Accept": "application/dicom+json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert [row["0020000E"]["Value"][0] for row in json.loads(response.read())] == [served["series"]]
+    conn.close()
+    # Each retrieval spliced all three part bodies.
+    lines = spliced_lines(served)[before:]
+    assert len(lines) == 2 and all(line.endswith("in 3 part bodies") for line in lines)
+
+
+def raw_request(served, method: str, version: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=30) as sock:
+        head = (f"{method} {served['path']} {version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in headers(served).items()) + "\r\n")
+        sock.sendall(head.encode())
+        received = bytearray()
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return bytes(received)
+
+
+def test_http_1_0_gets_the_body_unframed_until_the_connection_closes(served):
+    answer = raw_request(served, "GET", "HTTP/1.0")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.0 200")
+    fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    assert "transfer-encoding" not in fields
+    check_parts(served, body, fields["content-type"])
+
+
+def test_head_sends_headers_only_and_the_connection_stays_usable(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+    conn.request("HEAD", served["path"], headers=headers(served))
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    conn.request("GET", served["path"], headers=headers(served))
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200
+    check_parts(served, body, response.getheader("Content-Type"))
+    conn.close()
+
+
+def test_a_client_that_goes_away_mid_study_leaves_the_server_serving(served):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", served["port"]), timeout=30) as sock:
+            head = (f"GET {served['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + "".join(f"{k}: {v}\r\n" for k, v in headers(served).items()) + "\r\n")
+            sock.sendall(head.encode())
+            assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200")
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+    conn.request("GET", served["path"], headers=headers(served))
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200
+    check_parts(served, body, response.getheader("Content-Type"))
+    conn.close()

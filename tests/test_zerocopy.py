@@ -1,0 +1,172 @@
+"""Unit tests for the splice(2) relay (fhir_facade.zerocopy) over real loopback socket pairs."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import types
+
+import pytest
+
+from fhir_facade import multipart, zerocopy
+
+pytestmark = pytest.mark.skipif(not zerocopy._AVAILABLE, reason="splice(2) is Linux-only")
+
+
+def pair():
+    """Two connected TCP sockets on loopback (splice needs real sockets, as in production)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    return client, accepted
+
+
+def feed(sock, data: bytes) -> threading.Thread:
+    """Send *data* from a thread, then close (the PACS answer ends with its connection)."""
+    def run():
+        sock.sendall(data)
+        sock.close()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def drain(sock, into: bytearray) -> threading.Thread:
+    def run():
+        while chunk := sock.recv(1 << 16):
+            into.extend(chunk)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def dechunk(data: bytes) -> bytes:
+    """Undo HTTP/1.1 chunked framing (RFC 9112 Section 7.1); assert it is well formed."""
+    out, pos = bytearray(), 0
+    while True:
+        line_end = data.index(b"\r\n", pos)
+        size = int(data[pos:line_end], 16)
+        start = line_end + 2
+        assert data[start + size:start + size + 2] == b"\r\n"
+        out += data[start:start + size]
+        pos = start + size + 2
+        if size == 0:
+            assert pos == len(data)
+            return bytes(out)
+
+
+def body_of(parts, boundary="b0undary"):
+    out = b""
+    for data in parts:
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def relay(parts, chunked: bool):
+    """Relay body_of(parts) as the facade does: rewrite headers, splice bodies, frame as the server would."""
+    pacs_side, facade_in = pair()
+    facade_out, client_side = pair()
+    body = body_of(parts)
+    sender = feed(pacs_side, body)
+    received = bytearray()
+    receiver = drain(client_side, received)
+    reader = facade_in.makefile("rb")
+    splicer = zerocopy.Splicer(reader, facade_out, chunked=chunked, timeout=10)
+    for item in multipart.rewrite(reader.read, "b0undary", lambda h, s: h, direct=splicer.body):
+        # What a WSGI server does with each item of the response iterable.
+        facade_out.sendall(b"%X\r\n%s\r\n" % (len(item), item) if chunked else item)
+    if chunked:
+        facade_out.sendall(b"0\r\n\r\n")
+    splicer.close()
+    facade_out.close()
+    sender.join()
+    receiver.join()
+    reader.close()
+    facade_in.close()
+    client_side.close()
+    return body, bytes(received), splicer
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["http/1.1-chunked", "http/1.0-raw"])
+def test_large_part_bodies_are_spliced_and_the_body_is_byte_identical(chunked):
+    parts = [os.urandom(300_000), b"small part", os.urandom(zerocopy.MIN_SPLICE + 20_000), b"\r\n--b0undary" * 9000]
+    body, received, splicer = relay(parts, chunked)
+    assert (dechunk(received) if chunked else received) == body
+    # Three of the four bodies are long enough to splice; of each, only what came with its
+    # headers (HEADER_READ) and what the reader had already buffered (its 8 KiB) went through Python.
+    assert splicer.parts == 3
+    assert splicer.spliced > sum(len(p) for p in parts if len(p) >= zerocopy.MIN_SPLICE) - 3 * (4096 + 8192)
+    assert splicer.spliced <= sum(len(p) for p in parts if len(p) >= zerocopy.MIN_SPLICE)
+
+
+def test_a_pacs_connection_that_ends_inside_a_part_raises():
+    pacs_side, facade_in = pair()
+    facade_out, client_side = pair()
+    data = body_of([os.urandom(200_000)])[:150_000]
+    sender = feed(pacs_side, data)
+    received = bytearray()
+    receiver = drain(client_side, received)
+    reader = facade_in.makefile("rb")
+    splicer = zerocopy.Splicer(reader, facade_out, chunked=True, timeout=10)
+    with pytest.raises(EOFError):
+        for item in multipart.rewrite(reader.read, "b0undary", lambda h, s: h, direct=splicer.body):
+            facade_out.sendall(item)
+    splicer.close()
+    facade_out.close()
+    for thread in (sender, receiver):
+        thread.join()
+    for sock in (reader, facade_in, client_side):
+        sock.close()
+
+
+def test_a_stalled_pacs_times_out():
+    pacs_side, facade_in = pair()
+    facade_out, client_side = pair()
+    pacs_side.sendall(body_of([b"x" * 200_000])[:100_000])  # ... and then nothing
+    facade_in.settimeout(5)  # as urllib3 leaves it: non-blocking underneath
+    reader = facade_in.makefile("rb")
+    splicer = zerocopy.Splicer(reader, facade_out, chunked=False, timeout=0.2)
+    client_side.setblocking(False)
+    with pytest.raises(TimeoutError):
+        for item in multipart.rewrite(reader.read, "b0undary", lambda h, s: h, direct=splicer.body):
+            facade_out.sendall(item)
+            try:
+                client_side.recv(1 << 20)
+            except BlockingIOError:
+                pass
+    splicer.close()
+    for sock in (pacs_side, reader, facade_in, facade_out, client_side):
+        sock.close()
+
+
+def response(url="http://pacs.internal/dicom-web/studies/1", chunked=False, length=None, will_close=True,
+             reader=None):
+    """A stand-in for requests' streamed Response, shaped as urllib3 and http.client leave it."""
+    fp = types.SimpleNamespace(fp=reader, chunked=chunked, length=length, will_close=will_close)
+    return types.SimpleNamespace(url=url, raw=types.SimpleNamespace(_fp=fp))
+
+
+def test_splicing_is_used_only_where_it_is_safe():
+    pacs_side, facade_in = pair()
+    facade_out, client_side = pair()
+    reader = facade_in.makefile("rb")
+    environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "gunicorn.socket": facade_out}
+    try:
+        ok = zerocopy.splicer_for(response(reader=reader), environ, 5)
+        assert ok is not None and ok.chunked is True
+        assert zerocopy.splicer_for(response(reader=reader), dict(environ, SERVER_PROTOCOL="HTTP/1.0"), 5).chunked is False
+        refused = [
+            (response(reader=reader), dict(environ, REQUEST_METHOD="HEAD")),       # no body may be sent
+            (response(reader=reader), {k: v for k, v in environ.items() if k != "gunicorn.socket"}),  # not gunicorn
+            (response(reader=reader, url="https://pacs.internal/x"), environ),     # TLS to the PACS
+            (response(reader=reader, chunked=True), environ),                      # framing to keep track of
+            (response(reader=reader, length=1000), environ),                       # a length to keep track of
+            (response(reader=reader, will_close=False), environ),                  # a connection to reuse
+            (response(reader=None), environ),                                      # not an http.client reader
+        ]
+        for upstream, env in refused:
+            assert zerocopy.splicer_for(upstream, env, 5) is None
+    finally:
+        for sock in (pacs_side, reader, facade_in, facade_out, client_side):
+            sock.close()
