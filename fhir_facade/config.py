@@ -23,6 +23,8 @@ SETTINGS = (
     ("FACADE_PACS_WORKERS", 8, int),
     # Seconds an identical study-level QIDO-RS answer is reused (0: never).
     ("FACADE_QUERY_CACHE_TTL", 10.0, float),
+    # How a study's instances are listed: "metadata" (WADO-RS) or "qido" (instance-level QIDO-RS).
+    ("FACADE_INSTANCE_QUERY", "metadata", str),
     # Identifier.system for PatientID when the data names no IssuerOfPatientID.
     ("FACADE_PATIENT_ID_SYSTEM", None, str),
     # Seconds a worker trusts its copy of the revoked-token list (0: read it on every request).

@@ -195,6 +195,30 @@ class PacsClient:
         PacsError, PacsUnavailable, PacsTimeout
             The PACS failed or answered something that is not DICOM JSON.
         """
+        return self._dicom_json(path, params, "a query")
+
+    def metadata(self, path: str) -> list[dict]:
+        """Retrieve WADO-RS metadata and return its DICOM JSON datasets (PS3.18 Section 10.4.1.1.2).
+
+        Parameters
+        ----------
+        path : str
+            ``studies/{uid}/metadata``, ``studies/{uid}/series/{uid}/metadata``, ...
+
+        Returns
+        -------
+        list of dict
+            One DICOM JSON object per instance (PS3.18 Annex F), bulk data as
+            ``BulkDataURI``; empty for 204 or 404.
+
+        Raises
+        ------
+        PacsError, PacsUnavailable, PacsTimeout
+            The PACS failed or answered something that is not DICOM JSON.
+        """
+        return self._dicom_json(path, None, "a metadata request")
+
+    def _dicom_json(self, path: str, params, what: str) -> list[dict]:
         response = self.get(path, params=params, headers={"Accept": DICOM_JSON})
         if response.status_code in (204, 404):
             return []
@@ -203,7 +227,7 @@ class PacsClient:
         if response.status_code == 504:
             raise PacsTimeout(upstream_status=504)
         if response.status_code != 200:
-            raise PacsError(f"the PACS answered {response.status_code} to a query",
+            raise PacsError(f"the PACS answered {response.status_code} to {what}",
                             upstream_status=response.status_code)
         return [item for item in dicom_json_array(response) if isinstance(item, dict)]
 

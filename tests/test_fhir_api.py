@@ -35,9 +35,10 @@ def fake_pacs(rsps, studies, series_modalities=("CT",)):
         rsps.add(responses.GET, f"{FAKE_PACS}/studies/{uid}/series",
                  json=[ds(SeriesInstanceUID=f"{uid}.{n}", Modality=m, SeriesNumber=str(n))
                        for n, m in enumerate(series_modalities, 1)])
-        rsps.add(responses.GET, f"{FAKE_PACS}/studies/{uid}/instances",
-                 json=[ds(SeriesInstanceUID=f"{uid}.{n}", SOPInstanceUID=f"{uid}.{n}.1", SOPClassUID=CT)
-                       for n, _ in enumerate(series_modalities, 1)])
+        instances = [ds(SeriesInstanceUID=f"{uid}.{n}", SOPInstanceUID=f"{uid}.{n}.1", SOPClassUID=CT)
+                     for n, _ in enumerate(series_modalities, 1)]
+        rsps.add(responses.GET, f"{FAKE_PACS}/studies/{uid}/instances", json=instances)
+        rsps.add(responses.GET, f"{FAKE_PACS}/studies/{uid}/metadata", json=instances)
 
 
 @pytest.fixture
@@ -262,7 +263,7 @@ def test_summary_count_and_count_zero(fake_app, rsps):
         validate(bundle)
         assert bundle["total"] == 2 and "entry" not in bundle
     queried = [c.request.url for c in rsps.calls]
-    assert not any("/series" in u or "/instances" in u for u in queried)
+    assert not any("/series" in u or "/instances" in u or "/metadata" in u for u in queried)
 
 
 def test_summary_true_skips_instances(fake_app, rsps):
@@ -273,7 +274,7 @@ def test_summary_true_skips_instances(fake_app, rsps):
     resource = bundle["entry"][0]["resource"]
     assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
     assert resource["series"][0]["uid"] == "1.2.1.1" and "instance" not in resource["series"][0]
-    assert not any("/instances" in c.request.url for c in rsps.calls)
+    assert not any("/instances" in c.request.url or "/metadata" in c.request.url for c in rsps.calls)
 
 
 def test_elements_keeps_mandatory_elements(fake_app, rsps):
@@ -283,7 +284,7 @@ def test_elements_keeps_mandatory_elements(fake_app, rsps):
     validate(bundle)
     resource = bundle["entry"][0]["resource"]
     assert set(resource) == {"resourceType", "id", "meta", "identifier", "status", "subject"}
-    assert not any("/instances" in c.request.url for c in rsps.calls)
+    assert not any("/instances" in c.request.url or "/metadata" in c.request.url for c in rsps.calls)
 
 
 # --- strict handling, POST _search, modifiers -------------------------------------------------

@@ -264,3 +264,30 @@ def test_non_latin1_names_survive_a_pacs_that_answers_qido_in_latin1(facade, pat
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [patient]
     included = get(facade, f"/fhir/ImagingStudy?patient={patient}&_include=ImagingStudy:patient")
     assert [e["resource"] for e in included["entry"] if e["resource"]["resourceType"] == "Patient"] == [resource]
+
+
+def test_instance_lists_from_metadata_and_from_qido_are_the_same(facade, orthanc, tmp_path_factory):
+    """FACADE_INSTANCE_QUERY=metadata (WADO-RS) and =qido (QIDO-RS) map every sample study alike,
+    except that metadata also has the title of an SR (Orthanc's QIDO-RS leaves out
+    ConceptNameCodeSequence, asked for or not)."""
+    app = make_app(tmp_path_factory.mktemp("fhir-qido"), FACADE_PACS_URL=orthanc.dicomweb_url,
+                   FACADE_TIMEZONE=ZONE, FACADE_QUERY_CACHE_TTL=0, FACADE_INSTANCE_QUERY="qido")
+    by_qido = (app, bearer(token(app, scope="system/*.rs", patient=None)))
+    titles, instances = {}, 0
+
+    def without_titles(resource):
+        for series in resource["series"]:
+            for instance in series.get("instance", []):
+                if "title" in instance:
+                    titles[instance["uid"]] = instance.pop("title")
+        return resource
+
+    for uid in orthanc.samples["studies"]:
+        from_metadata = get(facade, f"/fhir/ImagingStudy/{uid}")
+        instances += sum(len(series.get("instance", [])) for series in from_metadata["series"])
+        from_qido = get(by_qido, f"/fhir/ImagingStudy/{uid}")
+        assert not any("title" in i for series in from_qido["series"] for i in series.get("instance", []))
+        assert without_titles(from_metadata) == from_qido
+    assert instances >= len(orthanc.samples["studies"])
+    # reportsi.dcm: ConceptNameCodeSequence (0040,A043) CodeMeaning "Document Title"
+    assert titles.get("1.2.276.0.7230010.3.1.4.1787205428.166.1117461927.10") == "Document Title"

@@ -14,21 +14,30 @@ from facade_helpers import bearer, make_app, token
 def shared(orthanc, tmp_path_factory):
     study = pydicom.uid.generate_uid()
     series = {"SHARE-A": pydicom.uid.generate_uid(), "SHARE-B": pydicom.uid.generate_uid()}
+    sops = {}
     for patient, series_uid in series.items():
-        devpacs.store_dataset(orthanc.url, samples.make_instance(
-            PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series_uid, Modality="OT"))
+        ds = samples.make_instance(PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series_uid,
+                                   Modality="OT")
+        devpacs.store_dataset(orthanc.url, ds)
+        sops[patient] = str(ds.SOPInstanceUID)
     app = make_app(tmp_path_factory.mktemp("shared"), FACADE_PACS_URL=orthanc.dicomweb_url)
-    return {"client": app.test_client(), "study": study, "series": series,
-            "tokens": {p: bearer(token(app, patient=p)) for p in series}}
+    qido_app = make_app(tmp_path_factory.mktemp("shared-qido"), FACADE_PACS_URL=orthanc.dicomweb_url,
+                        FACADE_INSTANCE_QUERY="qido")
+    return {"client": app.test_client(), "qido_client": qido_app.test_client(), "study": study, "series": series,
+            "sops": sops, "tokens": {p: bearer(token(app, patient=p)) for p in series},
+            "qido_tokens": {p: bearer(token(qido_app, patient=p)) for p in series}}
 
 
+@pytest.mark.parametrize("instance_query", ["metadata", "qido"])
 @pytest.mark.parametrize("patient, other", [("SHARE-A", "SHARE-B"), ("SHARE-B", "SHARE-A")])
-def test_search_shows_only_the_patients_own_series(shared, patient, other):
-    client, headers = shared["client"], shared["tokens"][patient]
+def test_search_shows_only_the_patients_own_series(shared, patient, other, instance_query):
+    prefix = "" if instance_query == "metadata" else "qido_"
+    client, headers = shared[prefix + "client"], shared[prefix + "tokens"][patient]
     bundle = client.get(f"/fhir/ImagingStudy?patient={patient}", headers=headers).get_json()
     [study] = [e["resource"] for e in bundle["entry"]]
     assert study["id"] == shared["study"]
     assert [s["uid"] for s in study["series"]] == [shared["series"][patient]]
+    assert [i["uid"] for i in study["series"][0]["instance"]] == [shared["sops"][patient]]
     assert study["numberOfSeries"] == 1 and study["numberOfInstances"] == 1
     assert shared["series"][other] not in str(bundle)
 

@@ -34,9 +34,10 @@ def pacs():
         for uid in STUDIES:
             mock.add(responses.GET, f"{PACS}/studies/{uid}/series",
                      json=[ds(SeriesInstanceUID=f"{uid}.1", Modality="CT", SeriesNumber="1")])
-            mock.add(responses.GET, f"{PACS}/studies/{uid}/instances",
-                     json=[ds(SeriesInstanceUID=f"{uid}.1", SOPInstanceUID=f"{uid}.1.1",
-                              SOPClassUID="1.2.840.10008.5.1.4.1.1.2")])
+            instances = [ds(SeriesInstanceUID=f"{uid}.1", SOPInstanceUID=f"{uid}.1.1",
+                            SOPClassUID="1.2.840.10008.5.1.4.1.1.2")]
+            mock.add(responses.GET, f"{PACS}/studies/{uid}/instances", json=instances)
+            mock.add(responses.GET, f"{PACS}/studies/{uid}/metadata", json=instances)
         yield mock
 
 
