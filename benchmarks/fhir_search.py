@@ -15,7 +15,11 @@ in the same run and against the same Orthanc:
 - **warm**: the same FHIR request again on the same app (caches filled);
 - **cold _summary=true**: a fresh app asked for the summary (series, no instance lists);
 - **warm, no query cache**: warm with ``FACADE_QUERY_CACHE_TTL=0``, so the study-level
-  QIDO-RS query runs on every request and only series/instances come from the cache.
+  QIDO-RS query runs on every request and only series/instances come from the cache;
+- **PACS floor**: what a cold search has to ask, asked of Orthanc directly with the same
+  parallelism (the study query, the patient's series query, and each study's WADO-RS
+  metadata, JSON parsed): the least any facade could take for a cold answer with instance
+  lists from this PACS. "cold / floor" is the facade's own share.
 
 Each figure is the median of ``--repeat`` runs; the ratios fhir/bare are printed. Aim
 (issue 3): warm <= 1.2x, cold <= 3x. ``--pacs-url`` reuses an Orthanc that already holds
@@ -119,6 +123,19 @@ def measure(orthanc_url: str, repeat: int) -> dict:
             assert sum(len(i) for e in bundle["entry"] for s in e["resource"]["series"]
                        for i in [s["instance"]]) == STUDIES * SERIES * INSTANCES
 
+    def floor():
+        studies = session.get(f"{dicomweb}/studies", params={"PatientID": PATIENT_ID},
+                              headers={"Accept": "application/dicom+json"}, timeout=60).json()
+        session.get(f"{dicomweb}/series", params={"PatientID": PATIENT_ID},
+                    headers={"Accept": "application/dicom+json"}, timeout=60).json()
+        uids = [ds["0020000D"]["Value"][0] for ds in studies]
+        with ThreadPoolExecutor(8) as pool:  # FACADE_PACS_WORKERS' default
+            answers = list(pool.map(lambda uid: session.get(f"{dicomweb}/studies/{uid}/metadata", timeout=60,
+                                                            headers={"Accept": "application/dicom+json"}).json(),
+                                    uids))
+        assert sum(map(len, answers)) == STUDIES * SERIES * INSTANCES
+
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=16))
     for _ in range(3):  # warm Orthanc's own caches and the connection pools
         bare()
     apps = [new_app() for _ in range(repeat)]
@@ -139,6 +156,7 @@ def measure(orthanc_url: str, repeat: int) -> dict:
     fhir(uncached, uncached_headers)
     return {
         "bare": _median_ms(bare, repeat),
+        "floor": _median_ms(floor, repeat),
         "cold": statistics.median(cold_times),
         "warm": _median_ms(lambda: fhir(app, headers), repeat),
         "cold _summary=true": statistics.median(summary_cold),
@@ -163,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     bare = figures["bare"]
     print(f"patient with {STUDIES} studies x {SERIES} series x {INSTANCES} instances, median of {args.repeat}")
     print(f"bare QIDO-RS /studies?PatientID=    {bare:8.1f} ms")
+    print(f"PACS floor for a cold answer        {figures['floor']:8.1f} ms  ratio {figures['floor'] / bare:5.2f}x "
+          f"(Orthanc alone; cold / floor = {figures['cold'] / figures['floor']:.2f})")
     for name, aim in (("cold", 3.0), ("warm", 1.2), ("cold _summary=true", 3.0), ("warm, no query cache", 1.2)):
         ratio = figures[name] / bare
         print(f"FHIR ImagingStudy?patient= {name:<22} {figures[name]:8.1f} ms  ratio {ratio:5.2f}x "
