@@ -174,9 +174,10 @@ def search_imaging_study():
     studies = get_studies()
     if search.patient is not None and to_patient_id(search.patient) is None:
         known = studies.resolve_hashed(search.patient)
-        found = [] if known is None else studies.find_studies(search.qido + [("PatientID", known)])
+        found = [] if known is None else studies.find_studies(search.qido + [("PatientID", known)],
+                                                              with_series=not search.summary_count)
     else:
-        found = studies.find_studies(search.qido)
+        found = studies.find_studies(search.qido, with_series=not search.summary_count)
     if search.patient is not None:
         found = [ds for ds in found if to_fhir_id(dj.text(ds, "PatientID")) == search.patient]
     for keep in search.study_filters:

@@ -94,6 +94,8 @@ class StudyRepository:
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
         #: StudyInstanceUID -> study dataset with the patient module from instance metadata
         self._patients: TTLCache = TTLCache(details, ttl)
+        #: PatientIDs whose series query filled the series cache within ``ttl``
+        self._series_patients: TTLCache = TTLCache(details, ttl)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs")
 
     # -- one-way Patient ids ------------------------------------------------------
@@ -114,7 +116,7 @@ class StudyRepository:
 
     # -- queries ----------------------------------------------------------------
 
-    def find_studies(self, params: Sequence[tuple[str, str]]) -> list[dict]:
+    def find_studies(self, params: Sequence[tuple[str, str]], with_series: bool = False) -> list[dict]:
         """Run a study-level QIDO-RS query with the attributes the mapping needs.
 
         The same query within ``query_ttl`` seconds is answered from a bounded cache
@@ -124,6 +126,10 @@ class StudyRepository:
         ----------
         params : sequence of (str, str)
             Matching keys (DICOM keywords or tags) and values.
+        with_series : bool
+            The caller will map the studies found. When *params* name one PatientID
+            exactly, that patient's series-level query (see :meth:`imaging_studies`) then
+            runs alongside the study query instead of after it.
 
         Returns
         -------
@@ -137,7 +143,19 @@ class StudyRepository:
                 hit = self._queries.get(key)
             if hit is not None:
                 return list(hit)
-        answer = self.pacs.qido("studies", list(params) + include(STUDY_FIELDS))
+        patient_ids = [value for name, value in params if name == "PatientID"]
+        exact = len(patient_ids) == 1 and patient_ids[0] and not set(patient_ids[0]) & set("*?\\")
+        with self._lock:
+            fresh = exact and patient_ids[0] in self._series_patients
+        # Cold only: while the patient's series are cached, the query would be wasted.
+        series = self._pool.submit(self._patient_series, patient_ids[0]) if with_series and exact and not fresh \
+            else None
+        try:
+            answer = self.pacs.qido("studies", list(params) + include(STUDY_FIELDS))
+        except BaseException:
+            if series is not None:
+                series.cancel()
+            raise
         # A PACS may file one StudyInstanceUID under two patients and answer it twice
         # (Orthanc does); one ImagingStudy per UID, the first answer wins.
         seen: set = set()
@@ -148,6 +166,13 @@ class StudyRepository:
                 seen.add(uid)
                 studies.append(ds)
         self.remember(studies)
+        if series is not None:
+            try:
+                rows = series.result()
+            except PacsError:
+                rows = None  # the per-study queries will say what is wrong
+            if rows is not None:
+                self._cache_series(studies, patient_ids[0], rows)
         if self._queries is not None:
             with self._lock:
                 self._queries[key] = studies
@@ -272,20 +297,31 @@ class StudyRepository:
         if len(patients) != 1 or None in patients:
             return
         [patient_id] = patients
-        missing = {dj.text(ds, "StudyInstanceUID"): self._stamp(ds) for ds in studies
-                   if self._cached(self._series, dj.text(ds, "StudyInstanceUID"), self._stamp(ds)) is None}
+        missing = [ds for ds in studies
+                   if self._cached(self._series, dj.text(ds, "StudyInstanceUID"), self._stamp(ds)) is None]
         if len(missing) < 2:
             return
         try:
-            rows = self.pacs.qido("series", [("PatientID", patient_id),
-                                             ("includefield", dj.TAGS["StudyInstanceUID"])] + include(SERIES_FIELDS))
+            rows = self._patient_series(patient_id)
         except PacsError:
             return  # the per-study queries will say what is wrong
+        self._cache_series(missing, patient_id, rows)
+
+    def _patient_series(self, patient_id: str) -> list[dict]:
+        """Every series of one patient, with its StudyInstanceUID (one QIDO-RS query)."""
+        return self.pacs.qido("series", [("PatientID", patient_id),
+                                         ("includefield", dj.TAGS["StudyInstanceUID"])] + include(SERIES_FIELDS))
+
+    def _cache_series(self, studies: Sequence[dict], patient_id: str, rows: list[dict]) -> None:
+        """Cache each study's rows from a patient's series query when they are all of its series."""
+        missing = {dj.text(ds, "StudyInstanceUID"): self._stamp(ds) for ds in studies
+                   if dj.text(ds, "PatientID") == patient_id}
         grouped: dict[str, list[dict]] = {}
         for row in rows:
             if dj.text(row, "PatientID") == patient_id:
                 grouped.setdefault(dj.text(row, "StudyInstanceUID") or "", []).append(row)
         with self._lock:
+            self._series_patients[patient_id] = True
             for uid, stamp in missing.items():
                 found = grouped.get(uid, [])
                 expected = stamp[0]

@@ -5,7 +5,7 @@ import pytest
 import responses
 
 from dicom_json_builders import ds
-from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, token  # noqa: F401
+from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, make_app, token  # noqa: F401
 from fhir_validation import validate
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -445,3 +445,43 @@ def test_one_series_query_serves_all_of_a_patients_studies(fake_app, rsps):
     assert [e["resource"]["series"][0]["modality"]["code"] for e in bundle["entry"]] == ["CT", "CT", "CT"]
     assert not any(c.request.url.split("?")[0].endswith("/series") and "/studies/" in c.request.url
                    for c in rsps.calls)
+
+
+def test_a_patients_series_query_runs_alongside_the_study_query_when_cold(fake_app, rsps, tmp_path):
+    import json as _json
+    import threading
+    studies = [study(f"1.2.{n}") for n in range(1, 4)]
+    for s in studies:
+        s["00201206"] = {"vr": "IS", "Value": [1]}
+    rows = [ds(SeriesInstanceUID=f"1.2.{n}.1", Modality="CT", SeriesNumber="1", PatientID="P1",
+               StudyInstanceUID=f"1.2.{n}") for n in range(1, 4)]
+    series_asked = threading.Event()
+
+    def series_query(request):
+        series_asked.set()
+        return 200, {"Content-Type": "application/dicom+json"}, _json.dumps(rows)
+
+    def studies_query(request):
+        # Answered only once the series query has been asked: it must not wait for this one.
+        assert series_asked.wait(5), "the series query waited for the study query"
+        return 200, {"Content-Type": "application/dicom+json"}, _json.dumps(studies)
+
+    rsps.add_callback(responses.GET, f"{FAKE_PACS}/series", callback=series_query)
+    rsps.add_callback(responses.GET, f"{FAKE_PACS}/studies", callback=studies_query)
+    for s in studies:
+        uid = s["0020000D"]["Value"][0]
+        rsps.add(responses.GET, f"{FAKE_PACS}/studies/{uid}/metadata",
+                 json=[ds(SeriesInstanceUID=f"{uid}.1", SOPInstanceUID=f"{uid}.1.1", SOPClassUID=CT)])
+    client, headers = fake_app.test_client(), bearer(token(fake_app))
+    bundle = client.get("/fhir/ImagingStudy?patient=P1", headers=headers).get_json()
+    assert [e["resource"]["series"][0]["uid"] for e in bundle["entry"]] == ["1.2.3.1", "1.2.2.1", "1.2.1.1"]
+
+    def series_calls():
+        return [c for c in rsps.calls if "/series" in c.request.url]
+    assert len(series_calls()) == 1 and "PatientID=P1" in series_calls()[0].request.url
+    # Warm (the patient's series are cached) and count-only searches ask no series query.
+    assert client.get("/fhir/ImagingStudy?patient=P1&_count=2", headers=headers).status_code == 200
+    fresh = make_app(tmp_path / "fresh")
+    assert fresh.test_client().get("/fhir/ImagingStudy?patient=P1&_summary=count",
+                                   headers=bearer(token(fresh))).get_json()["total"] == 3
+    assert len(series_calls()) == 1
