@@ -20,6 +20,7 @@ from .pacs import PacsError
 from .patient_ids import to_patient_id
 from .relay import DicomwebError, error_response, json_answer, relay, rewrite_urls  # noqa: F401 (rewrite_urls: API)
 from .search_params import is_uid
+from .studies import get_studies
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ def search_all():
     compartment = grant.compartment("ImagingStudy", "s")
     if compartment is not None:
         patient_id = to_patient_id(compartment)
+        if patient_id is None:  # the one-way form: its PatientID when this worker has seen it
+            patient_id = get_studies().resolve_hashed(compartment)
         params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
         params.append(("PatientID", patient_id if patient_id is not None else ""))
         params.append(("includefield", dj.TAGS["PatientID"]))

@@ -108,6 +108,31 @@ def test_qido_studies_is_limited_to_the_token_patient(fake_app, rsps):
     assert "PatientID=P1" in sent and "PatientID=P2" not in sent
 
 
+def test_qido_for_a_one_way_patient_id_asks_for_its_patient_id_once_seen(fake_app, rsps):
+    from urllib.parse import parse_qsl, urlsplit
+
+    from fhir_facade.patient_ids import to_fhir_id
+    from fhir_facade.studies import get_studies
+    patient_id = "WARD3-BED4-" * 6 + "/X"  # rule 3 of the Patient id: only the one-way form is an id
+    fhir_id = to_fhir_id(patient_id)
+    assert fhir_id.startswith("dcm-h.")
+    rows = [ds(StudyInstanceUID=STUDY, PatientID=patient_id), ds(StudyInstanceUID="1.2.9", PatientID="P2")]
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=rows)
+    client, headers = fake_app.test_client(), bearer(token(fake_app, patient=fhir_id))
+
+    def asked_patient_id():
+        return dict(parse_qsl(urlsplit(rsps.calls[-1].request.url).query, keep_blank_values=True))["PatientID"]
+
+    # Not seen yet by this worker: the query is broad and the answer filtered.
+    body = client.get("/dicomweb/studies", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in body] == [STUDY] and asked_patient_id() == ""
+    with fake_app.app_context():
+        get_studies().remember(rows)
+    body = client.get("/dicomweb/studies", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
+    assert asked_patient_id() == patient_id
+
+
 def test_pacs_status_passes_through(fake_app, rsps):
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}", status=404, body=b"")
     response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}", headers=bearer(token(fake_app)))
