@@ -139,11 +139,25 @@ def test_whole_study_is_spliced_chunked_and_byte_identical_on_a_kept_alive_conne
     assert len(lines) == 2 and all(line.endswith("in 3 part bodies") for line in lines)
 
 
+def get_study(served, conn: http.client.HTTPConnection) -> None:
+    """GET the whole study on *conn*; check status and parts."""
+    conn.request("GET", served["path"], headers=headers(served))
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200
+    check_parts(served, body, response.getheader("Content-Type"))
+
+
+def request_head(served, method: str, version: str, close: bool) -> bytes:
+    """The request line and header block, as a client writes them on a socket."""
+    return (f"{method} {served['path']} {version}\r\nHost: 127.0.0.1\r\n"
+            + ("Connection: close\r\n" if close else "")
+            + "".join(f"{k}: {v}\r\n" for k, v in headers(served).items()) + "\r\n").encode()
+
+
 def raw_request(served, method: str, version: str) -> bytes:
     with socket.create_connection(("127.0.0.1", served["port"]), timeout=30) as sock:
-        head = (f"{method} {served['path']} {version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                + "".join(f"{k}: {v}\r\n" for k, v in headers(served).items()) + "\r\n")
-        sock.sendall(head.encode())
+        sock.sendall(request_head(served, method, version, close=True))
         received = bytearray()
         while chunk := sock.recv(1 << 16):
             received += chunk
@@ -166,25 +180,15 @@ def test_head_sends_headers_only_and_the_connection_stays_usable(served):
     response = conn.getresponse()
     assert response.status == 200
     assert response.read() == b""
-    conn.request("GET", served["path"], headers=headers(served))
-    response = conn.getresponse()
-    body = response.read()
-    assert response.status == 200
-    check_parts(served, body, response.getheader("Content-Type"))
+    get_study(served, conn)
     conn.close()
 
 
 def test_a_client_that_goes_away_mid_study_leaves_the_server_serving(served):
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", served["port"]), timeout=30) as sock:
-            head = (f"GET {served['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    + "".join(f"{k}: {v}\r\n" for k, v in headers(served).items()) + "\r\n")
-            sock.sendall(head.encode())
+            sock.sendall(request_head(served, "GET", "HTTP/1.1", close=False))
             assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200")
     conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
-    conn.request("GET", served["path"], headers=headers(served))
-    response = conn.getresponse()
-    body = response.read()
-    assert response.status == 200
-    check_parts(served, body, response.getheader("Content-Type"))
+    get_study(served, conn)
     conn.close()
