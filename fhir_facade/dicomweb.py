@@ -39,15 +39,13 @@ def _dicomweb_error(exc: DicomwebError):
 
 @bp.errorhandler(authz.AuthorizationError)
 def _authz_error(exc: authz.AuthorizationError):
-    # RFC 6750 §3: 401 and 403 (insufficient_scope) both carry the challenge.
-    headers = {"WWW-Authenticate": exc.www_authenticate(f"{current_app.config['FACADE_PUBLIC_URL']}/dicomweb")}
-    return error_response(exc.status, exc.description, headers)
+    realm = f"{current_app.config['FACADE_PUBLIC_URL']}/dicomweb"
+    return error_response(exc.status, exc.description, exc.headers(realm))
 
 
 @bp.errorhandler(PacsError)
 def _pacs_error(exc: PacsError):
-    headers = {"Retry-After": "5"} if exc.status == 503 else {}
-    return error_response(exc.status, str(exc), headers)
+    return error_response(exc.status, str(exc), exc.headers)
 
 
 # --- path and query validation ------------------------------------------------------------

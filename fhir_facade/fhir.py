@@ -44,17 +44,15 @@ def _fhir_error(exc: FhirError):
 
 @bp.errorhandler(authz.AuthorizationError)
 def _authz_error(exc: authz.AuthorizationError):
-    # RFC 6750 §3: 401 and 403 (insufficient_scope) both carry the challenge.
-    headers = {"WWW-Authenticate": exc.www_authenticate(f"{current_app.config['FACADE_PUBLIC_URL']}/fhir")}
     code = "login" if exc.status == 401 else "forbidden"
-    return _error_response(exc.status, exc.description, code, headers)
+    realm = f"{current_app.config['FACADE_PUBLIC_URL']}/fhir"
+    return _error_response(exc.status, exc.description, code, exc.headers(realm))
 
 
 @bp.errorhandler(PacsError)
 def _pacs_error(exc: PacsError):
-    headers = {"Retry-After": "5"} if exc.status == 503 else {}
     code = "timeout" if exc.status == 504 else "transient"
-    return _error_response(exc.status, str(exc), code, headers)
+    return _error_response(exc.status, str(exc), code, exc.headers)
 
 
 def _lenient_format() -> None:

@@ -28,6 +28,11 @@ class PacsError(Exception):
         super().__init__(message or self.default_message)
         self.upstream_status = upstream_status
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with :attr:`status` (``Retry-After`` for 503, RFC 9110 Section 10.2.3)."""
+        return {"Retry-After": "5"} if self.status == 503 else {}
+
 
 class PacsUnavailable(PacsError):
     """The PACS refused the connection or is not reachable (answered as 503 + Retry-After)."""

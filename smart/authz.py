@@ -35,6 +35,10 @@ class AuthorizationError(Exception):
         if error is not None:
             self.error = error
 
+    def headers(self, realm: str) -> dict[str, str]:
+        """Response headers for this error: the challenge, on 401 and 403 alike (RFC 6750 §3)."""
+        return {"WWW-Authenticate": self.www_authenticate(realm)}
+
     def www_authenticate(self, realm: str) -> str:
         """The ``WWW-Authenticate`` header value for this error (RFC 6750 §3)."""
         value = f'Bearer realm="{realm}"'

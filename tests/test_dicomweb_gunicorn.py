@@ -61,7 +61,8 @@ def served(orthanc, tmp_path_factory):
     from fhir_facade import config
     from smart.tokens import issue_access_token
     with create_app(config.from_environ(env)).app_context():
-        token, _ = issue_access_token("gunicorn-test", "tester", "patient/ImagingStudy.rs", context={"patient": PATIENT})
+        token, _ = issue_access_token("gunicorn-test", "tester", "patient/ImagingStudy.rs",
+                                      context={"patient": PATIENT})
     # The production configuration, plus the splicer's debug line in the error log.
     log_config = workdir / "logging.json"
     log_config.write_text(json.dumps({"loggers": {
