@@ -196,13 +196,8 @@ def search_imaging_study():
         includes.append(mapping.endpoint(_ctx()))  # SMART Imaging: on the same page as its studies
     if page and search.include_patient:
         wanted = {r["subject"]["reference"] for r in page}
-        first: dict[str, dict] = {}
-        for ds in found:
-            pid = to_fhir_id(dj.text(ds, "PatientID"))
-            if f"Patient/{pid}" in wanted:
-                first.setdefault(pid, ds)
-        # The same Patient as a read gives: its patient module from instance metadata.
-        includes += [mapping.patient(module, _ctx()) for module in studies.patient_modules(list(first.values()))]
+        newest = _newest_per_patient(found)
+        includes += _patients([ds for pid, ds in newest.items() if f"Patient/{pid}" in wanted])
     matches = [bundle.shape(r, search) for r in page]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "ImagingStudy", matches, total, search, includes))
 
@@ -234,6 +229,24 @@ def search_endpoint():
 
 # --- Patient ---------------------------------------------------------------------------
 
+def _newest_per_patient(found: list[dict]) -> dict[str, dict]:
+    """Patient id -> that patient's newest study among *found* (study-level DICOM JSON)."""
+    newest: dict[str, dict] = {}
+    for ds in sorted(found, key=_study_sort_key, reverse=True):
+        newest.setdefault(to_fhir_id(dj.text(ds, "PatientID")), ds)
+    return newest
+
+
+def _patients(studies: list[dict]) -> list[dict]:
+    """The Patient of each study, from its patient module as the PACS stores it.
+
+    Read, search and ``_include=ImagingStudy:patient`` build Patients alike: the module
+    comes from instance metadata (:meth:`StudyRepository.patient_modules`), not from the
+    QIDO-RS answer, which some PACS re-encode lossily.
+    """
+    return [mapping.patient(module, _ctx()) for module in get_studies().patient_modules(studies)]
+
+
 def _patient_studies(patient_id: str) -> list[dict]:
     """Study-level answers of one Patient id (newest first), empty when unknown."""
     try:
@@ -263,8 +276,8 @@ def read_patient(patient_id: str):
     found = _patient_studies(patient_id)
     if not found:
         raise NotFound(f"Patient/{patient_id} is not known")
-    [module] = get_studies().patient_modules(found[:1])
-    return fhir_response(bundle.shape(mapping.patient(module, _ctx()), shape))
+    [patient] = _patients(found[:1])
+    return fhir_response(bundle.shape(patient, shape))
 
 
 @bp.route("/Patient", methods=["GET"])
@@ -285,11 +298,8 @@ def search_patient():
         found = [ds for pid in sorted(search.patient_ids) for ds in studies.find_studies([("PatientID", pid)])]
     else:
         found = studies.find_studies([])
-    newest: dict[str, dict] = {}
-    for ds in sorted(found, key=_study_sort_key, reverse=True):
-        newest.setdefault(to_fhir_id(dj.text(ds, "PatientID")), ds)
-    modules = studies.patient_modules([newest[pid] for pid in sorted(newest)])
-    resources = [mapping.patient(module, _ctx()) for module in modules]
+    newest = _newest_per_patient(found)
+    resources = _patients([newest[pid] for pid in sorted(newest)])
     for keep in search.filters:
         resources = [r for r in resources if keep(r)]
     page = [bundle.shape(r, search) for r in _page(resources, search)]
