@@ -82,17 +82,19 @@ class StudyRepository:
         self.ctx = ctx
         self._lock = threading.Lock()
         details = max(cache_size // 8, 16)
-        #: StudyInstanceUID -> (stamp, series-level DICOM JSON)
+        # A PACS can file one StudyInstanceUID under two patients (Orthanc does): the per-study
+        # caches are keyed by (StudyInstanceUID, PatientID), so neither patient's entry is the other's.
+        #: (uid, PatientID) -> (stamp, series-level DICOM JSON)
         self._series: TTLCache = TTLCache(details, ttl)
-        #: StudyInstanceUID -> (stamp, instance-level DICOM JSON)
+        #: (uid, PatientID) -> (stamp, instance-level DICOM JSON)
         self._instances: TTLCache = TTLCache(details, ttl)
-        #: "uid|with_instances" -> ((study fingerprint,), mapped ImagingStudy)
+        #: (uid, PatientID, with_instances) -> ((study fingerprint,), mapped ImagingStudy)
         self._resources: TTLCache = TTLCache(details, ttl)
         #: sorted QIDO-RS matching keys -> study-level answer (None: no query cache)
         self._queries: TTLCache | None = TTLCache(256, query_ttl) if query_ttl > 0 else None
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
-        #: StudyInstanceUID -> study dataset with the patient module from instance metadata
+        #: (uid, PatientID) -> study dataset with the patient module from instance metadata
         self._patients: TTLCache = TTLCache(details, ttl)
         #: PatientIDs whose series query filled the series cache within ``ttl``
         self._series_patients: TTLCache = TTLCache(details, ttl)
@@ -188,23 +190,31 @@ class StudyRepository:
         """
         return (dj.text(study, "NumberOfStudyRelatedSeries"), dj.text(study, "NumberOfStudyRelatedInstances"))
 
-    def _cached(self, cache: TTLCache, key: str, stamp: tuple):
+    @staticmethod
+    def _key(study: dict) -> tuple:
+        """Cache key of a study's details: its UID and whose study it is."""
+        return (dj.text(study, "StudyInstanceUID") or "", dj.text(study, "PatientID"))
+
+    def _cached(self, cache: TTLCache, key: tuple, stamp: tuple):
         with self._lock:
             hit = cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
         return None
 
-    def _series_of(self, study_uid: str, stamp: tuple) -> list[dict]:
-        series = self._cached(self._series, study_uid, stamp)
+    def _series_of(self, study: dict, stamp: tuple) -> list[dict]:
+        key = self._key(study)
+        series = self._cached(self._series, key, stamp)
         if series is None:
-            series = self.pacs.qido(f"studies/{study_uid}/series", include(SERIES_FIELDS))
+            series = self.pacs.qido(f"studies/{key[0]}/series", include(SERIES_FIELDS))
             with self._lock:
-                self._series[study_uid] = (stamp, series)
+                self._series[key] = (stamp, series)
         return series
 
-    def _instances_of(self, study_uid: str, stamp: tuple, query: str) -> list[dict]:
-        instances = self._cached(self._instances, study_uid, stamp) if query == self.instance_query else None
+    def _instances_of(self, study: dict, stamp: tuple, query: str) -> list[dict]:
+        key = self._key(study)
+        study_uid = key[0]
+        instances = self._cached(self._instances, key, stamp) if query == self.instance_query else None
         if instances is None:
             if query == "metadata":
                 instances = [{tag: ds[tag] for tag in INSTANCE_TAGS if tag in ds}
@@ -212,7 +222,7 @@ class StudyRepository:
             else:
                 instances = self.pacs.qido(f"studies/{study_uid}/instances", include(INSTANCE_FIELDS))
             with self._lock:
-                self._instances[study_uid] = (stamp, instances)
+                self._instances[key] = (stamp, instances)
         return instances
 
     def _own_instances(self, study: dict, stamp: tuple) -> list[dict]:
@@ -223,26 +233,24 @@ class StudyRepository:
         do not add up to the study's NumberOfStudyRelatedInstances, the instance-level
         QIDO-RS query, which answers for both, is asked instead.
         """
-        uid = dj.text(study, "StudyInstanceUID") or ""
         patient_id = dj.text(study, "PatientID")
-        rows = self._instances_of(uid, stamp, self.instance_query)
+        rows = self._instances_of(study, stamp, self.instance_query)
         own = [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
         expected = dj.integer(study, "NumberOfStudyRelatedInstances")
         if self.instance_query == "metadata" and expected is not None and len(own) != expected:
-            rows = self._instances_of(uid, stamp, "qido")
+            rows = self._instances_of(study, stamp, "qido")
             own = [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
         return own
 
     def _resource(self, study: dict, with_instances: bool) -> dict:
         """Map one study, reusing the mapped resource while its study-level answer is unchanged."""
-        uid = dj.text(study, "StudyInstanceUID") or ""
         fingerprint = json.dumps(study, sort_keys=True)
-        key = f"{uid}|{int(with_instances)}"
+        key = self._key(study) + (with_instances,)
         cached = self._cached(self._resources, key, (fingerprint,))
         if cached is not None:
             return cached
         stamp = self._stamp(study)
-        series = self._series_of(uid, stamp)
+        series = self._series_of(study, stamp)
         instances = self._own_instances(study, stamp) if with_instances else []
         # A PACS can file one StudyInstanceUID under two patients (Orthanc does); the series
         # and instances of the study's other patients never enter this patient's resource.
@@ -297,8 +305,7 @@ class StudyRepository:
         if len(patients) != 1 or None in patients:
             return
         [patient_id] = patients
-        missing = [ds for ds in studies
-                   if self._cached(self._series, dj.text(ds, "StudyInstanceUID"), self._stamp(ds)) is None]
+        missing = [ds for ds in studies if self._cached(self._series, self._key(ds), self._stamp(ds)) is None]
         if len(missing) < 2:
             return
         try:
@@ -314,34 +321,39 @@ class StudyRepository:
 
     def _cache_series(self, studies: Sequence[dict], patient_id: str, rows: list[dict]) -> None:
         """Cache each study's rows from a patient's series query when they are all of its series."""
-        missing = {dj.text(ds, "StudyInstanceUID"): self._stamp(ds) for ds in studies
-                   if dj.text(ds, "PatientID") == patient_id}
+        missing = {self._key(ds): self._stamp(ds) for ds in studies if dj.text(ds, "PatientID") == patient_id}
         grouped: dict[str, list[dict]] = {}
         for row in rows:
             if dj.text(row, "PatientID") == patient_id:
                 grouped.setdefault(dj.text(row, "StudyInstanceUID") or "", []).append(row)
         with self._lock:
             self._series_patients[patient_id] = True
-            for uid, stamp in missing.items():
-                found = grouped.get(uid, [])
+            for key, stamp in missing.items():
+                found = grouped.get(key[0], [])
                 expected = stamp[0]
                 if found and expected is not None and str(len(found)) == str(expected):
-                    self._series[uid] = (stamp, found)
-
+                    self._series[key] = (stamp, found)
 
     # -- patient module ---------------------------------------------------------------
 
     def _patient_module(self, study: dict) -> dict:
-        uid = dj.text(study, "StudyInstanceUID")
+        key = self._key(study)
+        uid, patient_id = key
         if not uid:
             return study
         with self._lock:
-            hit = self._patients.get(uid)
+            hit = self._patients.get(key)
         if hit is not None:
             return hit
         merged = dict(study)
         try:
-            rows = self.pacs.qido(f"studies/{uid}/instances", [("limit", "1")])
+            # One of this patient's own instances: under a StudyInstanceUID that the PACS
+            # files under two patients, the first instance may be the other patient's.
+            params = [("limit", "1"), ("includefield", dj.TAGS["PatientID"])]
+            if patient_id:
+                params.append(("PatientID", patient_id))
+            rows = [row for row in self.pacs.qido(f"studies/{uid}/instances", params)
+                    if dj.text(row, "PatientID") == patient_id]
             series, sop = (dj.text(rows[0], "SeriesInstanceUID"), dj.text(rows[0], "SOPInstanceUID")) if rows \
                 else (None, None)
             if series and sop:
@@ -362,7 +374,7 @@ class StudyRepository:
             log.info("patient module of a study kept from QIDO-RS: the PACS failed on metadata")
             return study
         with self._lock:
-            self._patients[uid] = merged
+            self._patients[key] = merged
         return merged
 
     def patient_modules(self, studies: Sequence[dict]) -> list[dict]:
