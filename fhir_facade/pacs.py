@@ -54,7 +54,13 @@ class PacsTimeout(PacsError):
 _QUERY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$'()*+,;=:@/?")
 
 
-def qido_value(value: str) -> str:
+#: Matching keys whose commas are part of the value. A PACS may read a comma as a list of
+#: values (PS3.18 Section 8.3.4.1 allows that for UIDs; Orthanc 1.10 does it for any key), so
+#: for these a comma is sent as the ``?`` wildcard; their callers filter the answer exactly.
+LITERAL_COMMA_KEYS = frozenset({"PatientID", "00100020", "AccessionNumber", "00080050"})
+
+
+def qido_value(value: str, literal_commas: bool = False) -> str:
     """A QIDO-RS matching value that survives a PACS that does not percent-decode the query.
 
     Any other character becomes the single-character wildcard ``?`` (a run of non-ASCII
@@ -65,6 +71,8 @@ def qido_value(value: str) -> str:
     ----------
     value : str
         The value as the client or the facade means it, e.g. ``Doe^John``.
+    literal_commas : bool
+        The value's commas are characters, not a list separator: send them as ``?``.
 
     Returns
     -------
@@ -73,7 +81,9 @@ def qido_value(value: str) -> str:
     """
     out = []
     for char in value:
-        if char in _QUERY_SAFE:
+        if char == "," and literal_commas:
+            out.append("?")
+        elif char in _QUERY_SAFE:
             out.append(char)
         elif ord(char) < 0x80:
             out.append("?")
@@ -87,7 +97,8 @@ def query_string(params: Sequence[tuple[str, str]] | Mapping | None) -> str:
     if not params:
         return ""
     items = params.items() if isinstance(params, Mapping) else params
-    return "&".join(f"{qido_value(str(name))}={qido_value(str(value))}" for name, value in items)
+    return "&".join(f"{qido_value(str(name))}={qido_value(str(value), str(name) in LITERAL_COMMA_KEYS)}"
+                    for name, value in items)
 
 
 class PacsClient:

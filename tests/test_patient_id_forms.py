@@ -1,0 +1,55 @@
+"""PatientIDs with characters a PACS reads specially, against the real Orthanc.
+
+Orthanc 1.10 reads a comma in any QIDO-RS value as a list of values (PS3.18 allows that for
+UIDs only), so an exact ``PatientID=SMITH,JOHN`` matched nothing; the facade sends the comma
+as a wildcard and filters the answer exactly.
+"""
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+import devpacs
+import samples
+from facade_helpers import bearer, make_app, token
+from fhir_facade.patient_ids import to_fhir_id
+
+COMMA = "SMITH,JOHN"
+NEIGHBOUR = "SMITH;JOHN"  # what the wildcard also matches: filtered out
+LONG_COMMA = "LONG,COMMA-" + "_" * 20  # escaped, longer than 64: the one-way (dcm-h.) Patient id
+
+
+@pytest.fixture(scope="module")
+def forms(orthanc, tmp_path_factory):
+    studies = {}
+    for patient in (COMMA, NEIGHBOUR, LONG_COMMA):
+        ds = samples.make_instance(PatientID=patient, StudyInstanceUID=pydicom.uid.generate_uid(), Modality="OT")
+        devpacs.store_dataset(orthanc.url, ds)
+        studies[patient] = str(ds.StudyInstanceUID)
+    return {"orthanc": orthanc, "tmp": tmp_path_factory, "studies": studies}
+
+
+def test_a_patient_id_with_a_comma_is_found_everywhere(forms):
+    app = make_app(forms["tmp"].mktemp("comma"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    client, fhir_id = app.test_client(), to_fhir_id(COMMA)
+    assert fhir_id == "dcm-SMITH.2CJOHN"
+    headers = bearer(token(app, patient=fhir_id))
+    bundle = client.get(f"/fhir/ImagingStudy?patient={fhir_id}", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [forms["studies"][COMMA]]
+    patient = client.get(f"/fhir/Patient/{fhir_id}", headers=headers)
+    assert patient.status_code == 200 and patient.get_json()["identifier"][0]["value"] == COMMA
+    rows = client.get("/dicomweb/studies", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][COMMA]]
+
+
+def test_a_one_way_patient_id_with_a_comma_is_found_once_seen(forms):
+    app = make_app(forms["tmp"].mktemp("long-comma"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    client, fhir_id = app.test_client(), to_fhir_id(LONG_COMMA)
+    assert fhir_id.startswith("dcm-h.")
+    system = bearer(token(app, scope="system/*.rs", patient=None))
+    assert client.get("/fhir/Patient?_count=500", headers=system).status_code == 200  # the worker sees it
+    headers = bearer(token(app, patient=fhir_id))
+    bundle = client.get(f"/fhir/ImagingStudy?patient={fhir_id}", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [forms["studies"][LONG_COMMA]]
+    rows = client.get("/dicomweb/studies", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][LONG_COMMA]]
