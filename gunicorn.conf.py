@@ -15,6 +15,12 @@ threads = int(os.environ.get("FACADE_THREADS", 16))
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which a
+# second instance on the machine would take over; give it a path of its own to use gunicornc.
+if os.environ.get("FACADE_CONTROL_SOCKET"):
+    control_socket = os.environ["FACADE_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
 # No gunicorn access log: concrete paths and query strings can name patients. The app logs
 # each request by route template instead (fhir_facade/accesslog.py, logger facade.access).
 accesslog = None
@@ -34,7 +40,11 @@ TRIM_THRESHOLD = 8 * 1024 * 1024
 
 
 def post_fork(server, worker):
-    """Keep relay buffers (up to 1 MiB per read) off mmap in each worker.
+    """Turn on zero-copy relaying where gunicorn speaks HTTP/1.x itself; keep buffers off mmap.
+
+    Splicing part bodies (``fhir_facade/zerocopy.py``) writes HTTP/1.1 chunk framing beside
+    gunicorn's own, which is only right when gunicorn frames the answer itself: not behind
+    its uWSGI protocol or HTTP/2.
 
     glibc serves allocations above its mmap threshold (128 KiB, raised as such blocks are
     freed) with mmap and gives them back with munmap: every frame or chunk relayed then
@@ -42,6 +52,10 @@ def post_fork(server, worker):
     512 KB frame). A fixed threshold above the buffer sizes reuses heap memory instead;
     the trim threshold bounds what stays resident.
     """
+    from fhir_facade import zerocopy
+
+    cfg = worker.cfg
+    zerocopy.enable(cfg.protocol, getattr(cfg, "http_protocols", ["h1"]), getattr(cfg, "http2_cleartext", "off"))
     try:
         import ctypes
         import ctypes.util

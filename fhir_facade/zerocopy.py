@@ -9,10 +9,13 @@ This works only where both ends are plain TCP sockets the facade may write to it
 - the PACS answer ends when its connection closes (no ``Content-Length``, not chunked),
   as Orthanc sends every multipart answer, so bytes taken off its socket under the HTTP
   client cannot confuse it about where the answer ends;
-- the server is gunicorn, which hands the client socket over as ``gunicorn.socket``
-  (its documented environ key), writes every item of the response iterable before asking
-  for the next, and frames the body as HTTP/1.1 chunks when there is no Content-Length
-  (RFC 9112 Section 7.1), which the spliced bytes then follow;
+- the server is gunicorn speaking HTTP/1.x itself, which hands the client socket over as
+  ``gunicorn.socket`` (its documented environ key), writes every item of the response
+  iterable before asking for the next, and frames the body as HTTP/1.1 chunks when there is
+  no Content-Length (RFC 9112 Section 7.1), which the spliced bytes then follow. The environ
+  cannot tell that apart from gunicorn behind its uWSGI or HTTP/2 front ends, whose framing
+  differs, so the production configuration (``gunicorn.conf.py``) turns splicing on with
+  :func:`enable` only after checking its own settings;
 - neither connection is TLS (the PACS URL is ``http:``; the client socket is a plain socket).
 
 Anywhere else :func:`splicer_for` answers ``None`` and the body is read and written as usual.
@@ -33,6 +36,9 @@ MIN_SPLICE = 64 * 1024
 PIPE_SIZE = 1 << 20
 
 _AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+#: HTTP versions whose framing :class:`Splicer` writes: chunked for 1.1, none for 1.0.
+_FRAMING = {"HTTP/1.1": True, "HTTP/1.0": False}
+_enabled = False
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +158,30 @@ class Splicer:
             self._pipe = None
 
 
+def enable(protocol: str, http_protocols=("h1",), http2_cleartext: str = "off") -> bool:
+    """Allow splicing in this process when gunicorn itself speaks plain HTTP/1.x to clients.
+
+    Parameters
+    ----------
+    protocol : str
+        gunicorn's ``protocol`` setting (``http`` or ``uwsgi``).
+    http_protocols : sequence of str or str
+        gunicorn's ``http_protocols`` setting (``["h1"]``, or ``"h2,h1"`` as written).
+    http2_cleartext : str
+        gunicorn's ``http2_cleartext`` setting (``off``, ``prior-knowledge``, ``upgrade``, ``both``).
+
+    Returns
+    -------
+    bool
+        Whether splicing is now on (never where ``splice(2)`` is missing).
+    """
+    global _enabled
+    versions = http_protocols.split(",") if isinstance(http_protocols, str) else list(http_protocols or ())
+    _enabled = (_AVAILABLE and protocol == "http" and str(http2_cleartext) == "off"
+                and {str(v).strip().lower() for v in versions} <= {"h1"})
+    return _enabled
+
+
 def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
     """A :class:`Splicer` from the PACS answer *upstream* to this request's client, when safe.
 
@@ -169,7 +199,8 @@ def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
     Splicer or None
         ``None`` unless every condition in the module docstring holds.
     """
-    if not _AVAILABLE or environ.get("REQUEST_METHOD") == "HEAD":
+    chunked = _FRAMING.get(environ.get("SERVER_PROTOCOL"))
+    if not _enabled or chunked is None or environ.get("REQUEST_METHOD") == "HEAD":
         return None
     sink = environ.get("gunicorn.socket")
     if type(sink) is not socket.socket or sink.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
@@ -180,5 +211,4 @@ def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
             or getattr(response, "chunked", True) or getattr(response, "length", 0) is not None
             or not getattr(response, "will_close", False)):
         return None
-    chunked = environ.get("SERVER_PROTOCOL", "HTTP/1.0") not in ("HTTP/1.0", "HTTP/0.9")
     return Splicer(reader, sink, chunked, timeout)

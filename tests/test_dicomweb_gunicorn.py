@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -54,7 +55,8 @@ def served(orthanc, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=url, FACADE_HOST="127.0.0.1",
                FACADE_PORT=str(port), FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db", FACADE_WORKERS="1",
-               FACADE_THREADS="4")
+               FACADE_THREADS="4", HOME=str(workdir / "home"))
+    env.pop("XDG_RUNTIME_DIR", None)  # so gunicorn's default control socket would be under HOME
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "init-db"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     from app import create_app
@@ -63,7 +65,18 @@ def served(orthanc, tmp_path_factory):
     with create_app(config.from_environ(env)).app_context():
         token, _ = issue_access_token("gunicorn-test", "tester", "patient/ImagingStudy.rs",
                                       context={"patient": PATIENT})
-    # The production configuration, plus the splicer's debug line in the error log.
+    process, log_path = _start_gunicorn(env, workdir / "http")
+    try:
+        _wait_until_up(process, log_path, lambda: _http_get(port, "/fhir/metadata").startswith(b"HTTP/1.1 200"))
+        yield {"port": port, "token": token, "study": study, "series": series, "stored": stored, "log": log_path,
+               "path": f"/dicomweb/studies/{study}", "env": env, "workdir": workdir}
+    finally:
+        _stop(process)
+
+
+def _start_gunicorn(env: dict, workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """The production configuration plus *args*, with the splicer's debug line in the error log."""
+    workdir.mkdir(parents=True, exist_ok=True)
     log_config = workdir / "logging.json"
     log_config.write_text(json.dumps({"loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
@@ -71,34 +84,37 @@ def served(orthanc, tmp_path_factory):
     log_path = workdir / "gunicorn.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--log-config-json",
-                                    str(log_config), "app:create_app()"], cwd=ROOT, env=env, stdout=log,
+                                    str(log_config), *args, "app:create_app()"], cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return process, log_path
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
     try:
-        _wait_until_up(port, process, log_path)
-        yield {"port": port, "token": token, "study": study, "series": series, "stored": stored, "log": log_path,
-               "path": f"/dicomweb/studies/{study}"}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
-def _wait_until_up(port: int, process: subprocess.Popen, log_path: Path) -> None:
+def _http_get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        return sock.recv(64)
+
+
+def _wait_until_up(process: subprocess.Popen, log_path: Path, answers) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"gunicorn exited:\n{log_path.read_text()}")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/fhir/metadata")
-            if conn.getresponse().status == 200:
-                conn.close()
+            if answers():
                 return
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     pytest.fail(f"gunicorn did not answer:\n{log_path.read_text()}")
 
 
@@ -193,3 +209,45 @@ def test_a_client_that_goes_away_mid_study_leaves_the_server_serving(served):
     conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
     get_study(served, conn)
     conn.close()
+
+
+def uwsgi_request(port: int, path: str, variables: dict) -> bytes:
+    """One request in the uWSGI protocol (a 4-byte header, then length-prefixed vars), the answer whole."""
+    pairs = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REQUEST_URI": path, "QUERY_STRING": "",
+             "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(port),
+             "REMOTE_ADDR": "127.0.0.1", **variables}
+    block = b"".join(struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
+                     for k, v in pairs.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(struct.pack("<BHB", 0, len(block), 0) + block)
+        received = bytearray()
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return bytes(received)
+
+
+def test_behind_the_uwsgi_protocol_nothing_is_spliced_and_the_parts_are_intact(served):
+    """gunicorn frames nothing under ``--protocol uwsgi``: chunk framing from the splicer would corrupt parts."""
+    port = devpacs.free_port()
+    env = dict(served["env"], FACADE_PORT=str(port))
+    process, log_path = _start_gunicorn(env, served["workdir"] / "uwsgi", "--protocol", "uwsgi",
+                                        "--uwsgi-allow-from", "127.0.0.1")
+    try:
+        _wait_until_up(process, log_path, lambda: uwsgi_request(port, "/fhir/metadata", {}).startswith(b"HTTP/1.1 200"))
+        answer = uwsgi_request(port, served["path"], {"HTTP_AUTHORIZATION": f"Bearer {served['token']}",
+                                                      "HTTP_ACCEPT": ACCEPT})
+    finally:
+        _stop(process)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 200")
+    fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    assert "transfer-encoding" not in fields
+    check_parts(served, body, fields["content-type"])
+    assert "spliced" not in log_path.read_text()
+
+
+def test_no_control_socket_is_opened_unless_asked_for(served):
+    """gunicorn's default control socket ($HOME/.gunicorn/gunicorn.ctl) would be shared between instances."""
+    assert served["log"].read_text().count("Booting worker") >= 1
+    assert not (served["workdir"] / "home" / ".gunicorn").exists()

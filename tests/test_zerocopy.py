@@ -147,7 +147,33 @@ def response(url="http://pacs.internal/dicom-web/studies/1", chunked=False, leng
     return types.SimpleNamespace(url=url, raw=types.SimpleNamespace(_fp=fp))
 
 
-def test_splicing_is_used_only_where_it_is_safe():
+@pytest.fixture
+def enabled():
+    """Splicing switched on as gunicorn.conf.py does for a plain HTTP/1.x server; restored after."""
+    before = zerocopy._enabled
+    assert zerocopy.enable("http", ["h1"], "off")
+    yield
+    zerocopy._enabled = before
+
+
+@pytest.mark.parametrize("settings", [("uwsgi", ["h1"], "off"), ("http", ["h2", "h1"], "off"),
+                                      ("http", "h2,h1", "off"), ("http", ["h1"], "upgrade"),
+                                      ("http", ["h1"], "prior-knowledge")])
+def test_gunicorn_settings_with_other_framing_keep_splicing_off(settings):
+    before = zerocopy._enabled
+    pacs_side, facade_in = pair()
+    reader = facade_in.makefile("rb")
+    environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "gunicorn.socket": pacs_side}
+    try:
+        assert zerocopy.enable(*settings) is False
+        assert zerocopy.splicer_for(response(reader=reader), environ, 5) is None
+    finally:
+        zerocopy._enabled = before
+        for sock in (pacs_side, reader, facade_in):
+            sock.close()
+
+
+def test_splicing_is_used_only_where_it_is_safe(enabled):
     pacs_side, facade_in = pair()
     facade_out, client_side = pair()
     reader = facade_in.makefile("rb")
@@ -155,9 +181,11 @@ def test_splicing_is_used_only_where_it_is_safe():
     try:
         ok = zerocopy.splicer_for(response(reader=reader), environ, 5)
         assert ok is not None and ok.chunked is True
-        assert zerocopy.splicer_for(response(reader=reader), dict(environ, SERVER_PROTOCOL="HTTP/1.0"), 5).chunked is False
+        http_1_0 = dict(environ, SERVER_PROTOCOL="HTTP/1.0")
+        assert zerocopy.splicer_for(response(reader=reader), http_1_0, 5).chunked is False
         refused = [
             (response(reader=reader), dict(environ, REQUEST_METHOD="HEAD")),       # no body may be sent
+            (response(reader=reader), dict(environ, SERVER_PROTOCOL="HTTP/2")),    # framing of its own
             (response(reader=reader), {k: v for k, v in environ.items() if k != "gunicorn.socket"}),  # not gunicorn
             (response(reader=reader, url="https://pacs.internal/x"), environ),     # TLS to the PACS
             (response(reader=reader, chunked=True), environ),                      # framing to keep track of
