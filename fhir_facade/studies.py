@@ -9,6 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cachetools import TTLCache
 from flask import Flask, current_app
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from smart.db import get_database
+from smart.models import PatientAlias
 
 from . import dicom_json as dj
 from . import mapping
@@ -60,6 +65,8 @@ class StudyRepository:
         Bound on parallel PACS requests when one search maps many studies.
     query_ttl : float
         Seconds a study-level QIDO-RS answer is reused for the same query (0: never).
+    aliases : PatientAliases, optional
+        Where one-way Patient ids and their PatientIDs are shared between workers.
     instance_query : {"metadata", "qido"}
         How a study's instances are listed: study-level WADO-RS Retrieve Metadata
         (PS3.18 Section 10.4), or an instance-level QIDO-RS query (Section 10.6). Both
@@ -74,10 +81,12 @@ class StudyRepository:
     """
 
     def __init__(self, pacs: PacsClient, ctx: mapping.MappingContext, cache_size: int = 4096,
-                 ttl: float = 60.0, workers: int = 8, query_ttl: float = 10.0, instance_query: str = "metadata"):
+                 ttl: float = 60.0, workers: int = 8, query_ttl: float = 10.0, instance_query: str = "metadata",
+                 aliases: PatientAliases | None = None):
         if instance_query not in INSTANCE_QUERIES:
             raise ValueError(f"FACADE_INSTANCE_QUERY must be one of {', '.join(INSTANCE_QUERIES)}")
         self.instance_query = instance_query
+        self.aliases = aliases
         self.pacs = pacs
         self.ctx = ctx
         self._lock = threading.Lock()
@@ -103,18 +112,34 @@ class StudyRepository:
     # -- one-way Patient ids ------------------------------------------------------
 
     def remember(self, studies: Sequence[dict]) -> None:
-        """Remember the PatientID behind each one-way Patient id (patient_ids rule 3) in *studies*."""
+        """Remember the PatientID behind each one-way Patient id (patient_ids rule 3) in *studies*.
+
+        New pairs are also recorded in the facade's database (``facade_patient_alias``), so
+        that other workers, and later runs, resolve the id too.
+        """
+        new = {}
         with self._lock:
             for ds in studies:
                 patient_id = dj.text(ds, "PatientID") or ""
                 fhir_id = to_fhir_id(patient_id)
-                if fhir_id.startswith("dcm-h."):
+                if fhir_id.startswith("dcm-h.") and self._hashed.get(fhir_id) != patient_id:
                     self._hashed[fhir_id] = patient_id
+                    new[fhir_id] = patient_id
+        if new and self.aliases is not None:
+            self.aliases.save(new)
 
     def resolve_hashed(self, fhir_id: str) -> str | None:
-        """Return the PatientID behind a one-way Patient id seen before, else ``None``."""
+        """Return the PatientID behind a one-way Patient id seen before (here or by any worker), else ``None``."""
         with self._lock:
-            return self._hashed.get(fhir_id)
+            found = self._hashed.get(fhir_id)
+        if found is None and self.aliases is not None and fhir_id.startswith("dcm-h."):
+            found = self.aliases.get(fhir_id)
+            if found is not None and to_fhir_id(found) == fhir_id:
+                with self._lock:
+                    self._hashed[fhir_id] = found
+            else:
+                found = None
+        return found
 
     # -- queries ----------------------------------------------------------------
 
@@ -401,8 +426,42 @@ class StudyRepository:
         return list(self._pool.map(self._patient_module, studies))
 
 
+class PatientAliases:
+    """One-way Patient ids and their PatientIDs in the facade's database (:class:`smart.models.PatientAlias`).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+        The facade's database. Each call runs in a short transaction of its own, apart from
+        the request's session.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def save(self, pairs: dict[str, str]) -> None:
+        """Record *pairs* (one-way id -> PatientID) that are not recorded yet; failures are logged only."""
+        try:
+            with self.engine.begin() as conn:
+                known = set(conn.scalars(select(PatientAlias.fhir_id).where(PatientAlias.fhir_id.in_(list(pairs)))))
+                rows = [{"fhir_id": k, "patient_id": v} for k, v in pairs.items() if k not in known]
+                if rows:
+                    conn.execute(PatientAlias.__table__.insert(), rows)
+        except SQLAlchemyError as exc:  # another worker won the race, or no table yet: the memory copy serves
+            log.info("one-way Patient ids not recorded: %s", type(exc).__name__)
+
+    def get(self, fhir_id: str) -> str | None:
+        """The PatientID recorded for *fhir_id*, or ``None``."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.scalar(select(PatientAlias.patient_id).where(PatientAlias.fhir_id == fhir_id))
+        except SQLAlchemyError as exc:
+            log.info("one-way Patient id not looked up: %s", type(exc).__name__)
+            return None
+
+
 def init_app(app: Flask) -> None:
-    """Create the application's :class:`StudyRepository` (after ``pacs.init_app``)."""
+    """Create the application's :class:`StudyRepository` (after ``pacs.init_app`` and the database)."""
     ctx = mapping.MappingContext(
         public_url=app.config["FACADE_PUBLIC_URL"],
         timezone=app.config.get("FACADE_TIMEZONE", "UTC"),
@@ -415,6 +474,7 @@ def init_app(app: Flask) -> None:
         workers=int(app.config.get("FACADE_PACS_WORKERS", 8)),
         query_ttl=float(app.config.get("FACADE_QUERY_CACHE_TTL", 10.0)),
         instance_query=str(app.config.get("FACADE_INSTANCE_QUERY", "metadata")),
+        aliases=PatientAliases(get_database(app).engine),
     )
 
 

@@ -299,3 +299,17 @@ class LoginAttempt(Base):
     username: Mapped[str] = mapped_column(String(128), index=True)
     address: Mapped[str] = mapped_column(String(64), index=True)
     at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class PatientAlias(Base):
+    """A PatientID behind a one-way Patient id (``dcm-h.``, DESIGN.md "Identifiers" rule 3).
+
+    The one-way id cannot be turned back into the PatientID. The facade records the pair when
+    it first sees that PatientID in a PACS answer, so that every worker, and the next run, can
+    still ask the PACS for the patient of a token issued for that id.
+    """
+
+    __tablename__ = "facade_patient_alias"
+
+    fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(Text)

@@ -53,3 +53,19 @@ def test_a_one_way_patient_id_with_a_comma_is_found_once_seen(forms):
     assert [e["resource"]["id"] for e in bundle["entry"]] == [forms["studies"][LONG_COMMA]]
     rows = client.get("/dicomweb/studies", headers=headers).get_json()
     assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][LONG_COMMA]]
+
+
+def test_a_one_way_patient_id_seen_by_one_worker_is_resolved_by_another(forms):
+    """Two apps on one database stand for two gunicorn workers (or a restart)."""
+    shared_db = forms["tmp"].mktemp("workers")
+    seen_by = make_app(shared_db, FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    system = bearer(token(seen_by, scope="system/*.rs", patient=None))
+    assert seen_by.test_client().get("/fhir/Patient?_count=500", headers=system).status_code == 200
+    other = make_app(shared_db, FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    fhir_id = to_fhir_id(LONG_COMMA)
+    client, headers = other.test_client(), bearer(token(other, patient=fhir_id))
+    bundle = client.get(f"/fhir/ImagingStudy?patient={fhir_id}", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [forms["studies"][LONG_COMMA]]
+    rows = client.get("/dicomweb/studies?limit=1", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][LONG_COMMA]]
+    assert client.get(f"/fhir/Patient/{fhir_id}", headers=headers).get_json()["identifier"][0]["value"] == LONG_COMMA
