@@ -2,7 +2,8 @@
 
 Concrete paths and query strings name patients and studies (``/fhir/Patient/DEMO-0001``,
 ``?patient=...``); the log gets ``GET /fhir/Patient/<patient_id> 200 3.1ms`` instead
-(DESIGN.md: no token, secret or patient identifier in logs).
+(DESIGN.md: no token, secret or patient identifier in logs). A streamed answer is logged
+when it ends, with its whole duration, and ``incomplete`` when it ended early.
 """
 from __future__ import annotations
 
@@ -20,9 +21,26 @@ def _start() -> None:
 
 def _record(response: Response) -> Response:
     started = g.pop("_access_started", None)
-    elapsed = f"{(time.perf_counter() - started) * 1000:.1f}ms" if started is not None else "-"
     rule = request.url_rule.rule if request.url_rule is not None else "<no route>"
-    log.info("%s %s %s %s", request.method, rule, response.status_code, elapsed)
+    line = (request.method, rule, response.status_code)
+
+    def write(note: str = "") -> None:
+        elapsed = f"{(time.perf_counter() - started) * 1000:.1f}ms" if started is not None else "-"
+        log.info("%s %s %s %s%s", *line, elapsed, note)
+
+    if not response.is_streamed:
+        write()
+        return response
+    # A streamed answer (a study relayed from the PACS) is logged when it ends, with its whole
+    # duration, and marked when it ended early: the client went away or the PACS broke off.
+    body, finished = response.response, []
+
+    def tracked():
+        yield from body
+        finished.append(True)
+
+    response.response = tracked()
+    response.call_on_close(lambda: write("" if finished else " incomplete"))
     return response
 
 

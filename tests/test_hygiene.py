@@ -74,3 +74,40 @@ def test_every_configuration_key_the_code_reads_comes_from_the_environment():
     assert read <= {name for name, _, _ in SETTINGS}, read - {name for name, _, _ in SETTINGS}
     assert from_environ({"FACADE_QUERY_CACHE_TTL": "0", "SMART_REVOCATION_CACHE_SECONDS": "0"})[
         "FACADE_QUERY_CACHE_TTL"] == 0.0
+
+
+def serve(app, path: str, headers: dict) -> tuple[str, bytes, bool]:
+    """Run one request as a WSGI server does: iterate the body, close it whatever happens."""
+    from werkzeug.test import EnvironBuilder
+    statuses, received, failed = [], bytearray(), False
+    body = app(EnvironBuilder(path=path, headers=headers).get_environ(), lambda s, h, e=None: statuses.append(s))
+    try:
+        for chunk in body:
+            received += chunk
+    except Exception:  # a server drops the connection
+        failed = True
+    finally:
+        body.close()
+    return statuses[0], bytes(received), failed
+
+
+def test_a_streamed_answer_is_logged_when_it_ends_and_marked_when_cut_short(fake_app, caplog):
+    study_body = (b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 4000\r\n\r\n" + b"x" * 4000
+                  + b"\r\n--xyz--\r\n")
+    headers = {**bearer(token(fake_app, patient="P1")),
+               "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    multipart = 'multipart/related; type="application/dicom"; boundary=xyz'
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])
+        # Streamed (no Content-Length, as Orthanc sends a study), whole, then cut off inside its part.
+        for cut in (len(study_body), 2000):
+            mock.add(responses.GET, f"{FAKE_PACS}/studies/1.2.1", body=study_body[:cut], content_type=multipart,
+                     auto_calculate_content_length=False)
+        with caplog.at_level(logging.INFO, logger="facade.access"):
+            assert serve(fake_app, "/dicomweb/studies/1.2.1", headers) == ("200 OK", study_body, False)
+            status, received, failed = serve(fake_app, "/dicomweb/studies/1.2.1", headers)
+            assert status == "200 OK" and failed and len(received) < len(study_body)
+    lines = [r.getMessage() for r in caplog.records if r.name == "facade.access"]
+    assert len(lines) == 2
+    assert lines[0].startswith("GET /dicomweb/studies/<path:rest> 200 ") and lines[0].endswith("ms")
+    assert lines[1].startswith("GET /dicomweb/studies/<path:rest> 200 ") and lines[1].endswith("ms incomplete")
