@@ -139,7 +139,7 @@ def _source(body: Iterable[bytes] | Reader) -> Reader:
 
 def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: HeaderRewriter,
             peek: Callable[[Headers], bool] = lambda headers: False,
-            direct: Callable[[int], Iterable[bytes]] | None = None) -> Iterator[bytes]:
+            direct: Callable[[int], Iterable[bytes]] | None = None, out_boundary: str | None = None) -> Iterator[bytes]:
     """Re-emit a multipart body with each part's headers passed through *rewrite_headers*.
 
     Parameters
@@ -150,7 +150,7 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
         its Content-Length is read in exactly that many bytes and passed on as read: no
         search for the delimiter, no copy.
     boundary : str
-        The boundary from the upstream Content-Type; kept unchanged.
+        The boundary from the upstream Content-Type.
     rewrite_headers : callable
         ``(headers, body_start) -> headers`` for each part; *body_start* holds the first
         bytes of the part body when *peek* asked for them, else ``b""``.
@@ -161,6 +161,11 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
         ``count -> iterable of bytes``: relays the next *count* bytes of *body* (the rest
         of a part whose Content-Length is known) by other means, yielding only what must
         still be sent, in order, before them (:mod:`fhir_facade.zerocopy`).
+    out_boundary : str, optional
+        The boundary of the body re-emitted (default: *boundary*). A fresh random one keeps
+        the answer unambiguous even when the upstream boundary is a fixed word that a part
+        body happens to hold (field case DW-1); part bodies are counted by their
+        Content-Length then, not searched.
 
     Yields
     ------
@@ -173,7 +178,7 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
         If the body has no boundary, a header block is too long, it ends mid-part, or a
         part is not as long as its Content-Length says.
     """
-    dash_boundary = b"--" + boundary.encode("latin-1")
+    dash_boundary = b"--" + (out_boundary or boundary).encode("latin-1")
     separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
     for kind, value in _events(_source(body), boundary, peek, direct):
         if kind == "part":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import re
+import secrets
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -248,10 +248,12 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         known = _known_syntax(choice)
         # A large answer's part bodies go from socket to socket in the kernel where the server allows it.
         splicer = None if small else zerocopy.splicer_for(upstream, request.environ, get_pacs().timeout)
+        # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
+        own_boundary = f"facade-{secrets.token_hex(16)}"
         body = multipart.rewrite(source, boundary,
                                  part_header_rewriter(get_pacs().base_url, _public_base(), known),
                                  peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
-                                 direct=splicer.body if splicer is not None else None)
+                                 direct=splicer.body if splicer is not None else None, out_boundary=own_boundary)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
@@ -267,18 +269,17 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         if small:
             response.headers["Content-Length"] = str(len(body[0]))
         response.headers.pop("Content-Type", None)
-        response.headers["Content-Type"] = f'{value}; boundary="{boundary}"' if not _TOKEN.fullmatch(boundary) \
-            else f"{value}; boundary={boundary}"
+        response.headers["Content-Type"] = f"{value}; boundary={own_boundary}"
     for name in ("Warning", "Last-Modified", "ETag"):
         if name in upstream.headers:
             response.headers[name] = upstream.headers[name]
+    if not choice.unwrap and "ETag" in response.headers and not response.headers["ETag"].startswith("W/"):
+        # Same parts, other framing: only weakly the PACS's representation (RFC 9110 Section 8.8.1).
+        response.headers["ETag"] = "W/" + response.headers["ETag"]
     response.call_on_close(upstream.close)
     if splicer is not None:
         response.call_on_close(splicer.close)
     return response
-
-
-_TOKEN = re.compile(r"[A-Za-z0-9'()+_,\-./:=?]+")
 
 
 def rewrite_urls(datasets: list, pacs_base: str, public_base: str) -> list:

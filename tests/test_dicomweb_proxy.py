@@ -1,6 +1,7 @@
 """Unit tests for the DICOMweb proxy (fhir_facade.dicomweb) with the PACS faked by `responses`."""
 import hashlib
 import json
+import re
 
 import pytest
 import responses
@@ -37,8 +38,11 @@ def test_study_retrieval_is_relayed_byte_for_byte(fake_app, rsps):
     response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers={
         **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert response.status_code == 200
-    assert hashlib.sha256(response.data).hexdigest() == hashlib.sha256(BODY).hexdigest()
-    assert response.headers["Content-Type"] == MULTIPART
+    # The parts as the PACS sent them, framed by a boundary of the facade's own.
+    content_type = response.headers["Content-Type"]
+    assert re.fullmatch(r'multipart/related; type="application/dicom"; boundary=facade-[0-9a-f]{32}', content_type)
+    own = content_type.rsplit("=", 1)[1].encode()
+    assert response.data == BODY.replace(b"--xyz", b"--" + own)
     assert response.headers["Warning"] == '299 pacs "partial"'
     assert "Set-Cookie" not in response.headers
     sent = rsps.calls[-1].request
@@ -194,3 +198,26 @@ def test_backend_services_token_reaches_every_patients_study(fake_app, rsps):
         200, 204)
     patient = token(fake_app, scope="patient/ImagingStudy.rs", patient="P1")
     assert fake_app.test_client().get("/dicomweb/studies/1.2.9/metadata", headers=bearer(patient)).status_code == 403
+
+
+def test_dw1_a_fixed_word_boundary_inside_a_part_does_not_split_it(fake_app, rsps):
+    """A PACS whose boundary is a fixed word, and a part body that holds it after CRLF (DW-1)."""
+    from multipart_parsers import parse_by_boundary, parse_by_length
+    bodies = [b"DICM" + b"\r\n--BOUNDARY42\r\nContent-Type: x\r\n\r\n" * 50, b"second part", b"\r\n--BOUNDARY42--\r\n"]
+    pacs_body = b"".join(b"--BOUNDARY42\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                         % (len(data), data) for data in bodies) + b"--BOUNDARY42--\r\n"
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}", body=pacs_body,
+             content_type='multipart/related; type="application/dicom"; boundary=BOUNDARY42')
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers={
+        **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert response.status_code == 200
+    for parse in (parse_by_boundary, parse_by_length):
+        assert [data for _, data in parse(response.data, response.headers["Content-Type"])] == bodies
+
+
+def test_a_strong_etag_of_a_reframed_answer_becomes_weak(fake_app, rsps):
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}", body=BODY, content_type=MULTIPART,
+             headers={"ETag": '"v1"'})
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers={
+        **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert response.headers["ETag"] == 'W/"v1"'
