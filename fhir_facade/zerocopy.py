@@ -57,7 +57,8 @@ class Splicer:
         Whether the server frames the response body as HTTP/1.1 chunks (RFC 9112
         Section 7.1); spliced bytes then go out as one chunk of their own.
     timeout : float
-        Seconds to wait for either socket before giving up (``OSError``).
+        Seconds to wait for the PACS, or for a non-blocking client socket, before giving
+        up (``TimeoutError``).
     """
 
     def __init__(self, reader: io.BufferedReader, sink: socket.socket, chunked: bool, timeout: float):
@@ -92,7 +93,9 @@ class Splicer:
         EOFError
             If the PACS connection ends first.
         OSError
-            If either socket fails or stalls for :attr:`timeout` seconds.
+            If either socket fails, or the PACS stalls for :attr:`timeout` seconds. A client
+            that stops reading blocks the write as it blocks gunicorn's own writes (the client
+            socket is in blocking mode): a buffering proxy in front is what bounds that.
         """
         if count < MIN_SPLICE:
             data = self.reader.read(count)
