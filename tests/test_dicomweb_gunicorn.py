@@ -181,14 +181,18 @@ def raw_request(served, method: str, version: str) -> bytes:
     return bytes(received)
 
 
-def test_http_1_0_gets_the_body_unframed_until_the_connection_closes(served):
-    answer = raw_request(served, "GET", "HTTP/1.0")
+def check_unframed_study(served, answer: bytes, status_line: str) -> None:
+    """An answer read until the connection closed: no chunk framing, and the study's parts intact."""
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    assert lines[0].startswith("HTTP/1.0 200")
+    assert lines[0].startswith(status_line)
     fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
     assert "transfer-encoding" not in fields
     check_parts(served, body, fields["content-type"])
+
+
+def test_http_1_0_gets_the_body_unframed_until_the_connection_closes(served):
+    check_unframed_study(served, raw_request(served, "GET", "HTTP/1.0"), "HTTP/1.0 200")
 
 
 def test_head_sends_headers_only_and_the_connection_stays_usable(served):
@@ -238,12 +242,7 @@ def test_behind_the_uwsgi_protocol_nothing_is_spliced_and_the_parts_are_intact(s
                                                       "HTTP_ACCEPT": ACCEPT})
     finally:
         _stop(process)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    assert lines[0].startswith("HTTP/1.1 200")
-    fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    assert "transfer-encoding" not in fields
-    check_parts(served, body, fields["content-type"])
+    check_unframed_study(served, answer, "HTTP/1.1 200")
     assert "spliced" not in log_path.read_text()
 
 
