@@ -55,7 +55,8 @@ def post_fork(server, worker):
     from fhir_facade import zerocopy
 
     cfg = worker.cfg
-    zerocopy.enable(cfg.protocol, getattr(cfg, "http_protocols", ["h1"]), getattr(cfg, "http2_cleartext", "off"))
+    if os.environ.get("FACADE_ZERO_COPY", "1") != "0":  # FACADE_ZERO_COPY=0: read and write as usual
+        zerocopy.enable(cfg.protocol, getattr(cfg, "http_protocols", ["h1"]), getattr(cfg, "http2_cleartext", "off"))
     try:
         import ctypes
         import ctypes.util
