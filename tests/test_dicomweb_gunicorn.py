@@ -250,3 +250,15 @@ def test_no_control_socket_is_opened_unless_asked_for(served):
     """gunicorn's default control socket ($HOME/.gunicorn/gunicorn.ctl) would be shared between instances."""
     assert served["log"].read_text().count("Booting worker") >= 1
     assert not (served["workdir"] / "home" / ".gunicorn").exists()
+
+
+def test_zero_copy_can_be_switched_off(served):
+    port = devpacs.free_port()
+    env = dict(served["env"], FACADE_PORT=str(port), FACADE_ZERO_COPY="0")
+    process, log_path = _start_gunicorn(env, served["workdir"] / "copy")
+    try:
+        _wait_until_up(process, log_path, lambda: _http_get(port, "/fhir/metadata").startswith(b"HTTP/1.1 200"))
+        get_study(dict(served, port=port), http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+    finally:
+        _stop(process)
+    assert "spliced" not in log_path.read_text()
