@@ -258,7 +258,9 @@ def test_zero_copy_can_be_switched_off(served):
     process, log_path = _start_gunicorn(env, served["workdir"] / "copy")
     try:
         _wait_until_up(process, log_path, lambda: _http_get(port, "/fhir/metadata").startswith(b"HTTP/1.1 200"))
-        get_study(dict(served, port=port), http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        get_study(served, conn)
+        conn.close()
     finally:
         _stop(process)
     assert "spliced" not in log_path.read_text()
