@@ -193,18 +193,21 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
             yield b"\r\n" + dash_boundary + b"--\r\n"
 
 
-def unwrap(body: Iterable[bytes] | Reader, boundary: str) -> tuple[Headers, Iterator[bytes]]:
-    """Return the headers and a body iterator of the first part of a multipart body.
+def unwrap(body: Iterable[bytes] | Reader, boundary: str,
+           peek: Callable[[Headers], bool] = lambda headers: False) -> tuple[Headers, bytes, Iterator[bytes]]:
+    """Return the headers, the start and a body iterator of the first part of a multipart body.
 
-    *body* is chunks or a ``read(n)`` callable, as for :func:`rewrite`. Parts after the
-    first are read and dropped (the upstream connection is drained).
+    *body* is chunks or a ``read(n)`` callable, as for :func:`rewrite`. The start holds the
+    part's first :data:`META_PEEK_BYTES` bytes when *peek* asks for them (else ``b""``); the
+    iterator yields the whole body, start included. Parts after the first are read and
+    dropped (the upstream connection is drained).
 
     Raises
     ------
     MultipartError
         If the body holds no part.
     """
-    events = _events(_source(body), boundary, lambda headers: False)
+    events = _events(_source(body), boundary, peek)
     for kind, value in events:
         if kind == "part":
             headers, start = value
@@ -223,7 +226,7 @@ def unwrap(body: Iterable[bytes] | Reader, boundary: str) -> tuple[Headers, Iter
         for _ in events:
             pass
 
-    return headers, part_body()
+    return headers, start, part_body()
 
 
 def _holdback(buffer: bytes, start: int, delimiter: bytes) -> int:

@@ -234,11 +234,13 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     source = io.BytesIO(_read_whole(upstream)).read if small else _reader(upstream)
     if choice.unwrap:
         try:
-            part, body = multipart.unwrap(source, boundary)
+            part, start, body = multipart.unwrap(
+                source, boundary, peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
-        part = _part_headers(part, b"", get_pacs().base_url, _public_base(), _known_syntax(choice))
+        # Named like a part of a multipart answer (PS3.18 Section 8.7.3.5.2): the Content-Type says the syntax.
+        part = _part_headers(part, start, get_pacs().base_url, _public_base(), _known_syntax(choice))
         response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type

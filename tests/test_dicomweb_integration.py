@@ -104,6 +104,10 @@ def test_dw4_transfer_syntax(dw):
     [(headers, body)] = parse_by_boundary(as_stored.data, as_stored.headers["Content-Type"])
     assert "transfer-syntax=1.2.840.10008.1.2.4.70" in headers["content-type"]
     assert sha(body) == hashlib.sha256(open(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), "rb").read()).hexdigest()
+    # Single part, as stored: the Content-Type names the syntax as a part header would.
+    single = get(dw, path, accept="application/dicom; transfer-syntax=*", tok=dw["jpeg_token"])
+    assert single.status_code == 200 and sha(single.data) == sha(body)
+    assert single.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.70"
     default = get(dw, path, accept=MULTI, tok=dw["jpeg_token"])
     assert default.status_code in (200, 406)
     if default.status_code == 200:

@@ -36,7 +36,8 @@ def test_identity_rewrite_is_byte_exact_for_any_chunking(size, with_length):
 
 @pytest.mark.parametrize("size", [1, 7, 4096])
 def test_unwrap_gives_the_first_part(size):
-    headers, body = unwrap(chunked(body_of(TRICKY), size), "b0undary")
+    headers, start, body = unwrap(chunked(body_of(TRICKY), size), "b0undary")
+    assert start == b""
     assert b"".join(body) == TRICKY[0]
     assert dict(headers)["Content-Length"] == str(len(TRICKY[0]))
 
@@ -118,3 +119,10 @@ def test_the_peeked_start_of_a_counted_part_is_its_first_bytes():
                            lambda h, s: seen.append(s) or h, peek=lambda h: True))
     assert out == body_of([data, b"tiny"])
     assert seen == [data[:4096], b"tiny"]
+
+
+def test_unwrap_peeks_at_the_start_when_asked():
+    data = devpacs.to_part10(samples.make_instance(transfer_syntax="1.2.840.10008.1.2.1"))
+    headers, start, body = unwrap(io.BytesIO(body_of([data, b"second"])).read, "b0undary", peek=lambda h: True)
+    assert start == data[:4096] and transfer_syntax_of(start) == "1.2.840.10008.1.2.1"
+    assert b"".join(body) == data
