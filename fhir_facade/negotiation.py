@@ -31,6 +31,19 @@ SINGLE_TYPES = {
 }
 
 
+#: Compressed pixel data media types -> the transfer syntax meant when a request names none
+#: (PS3.18 Table 8.7.3-5 "default transfer syntax"). Asked for explicitly, a PACS that holds
+#: another one transcodes, or fails and the client gets 406, rather than sending stored
+#: JPEG Lossless bytes as ``image/jpeg`` that a browser cannot decode.
+DEFAULT_TRANSFER_SYNTAX = {
+    "image/jpeg": "1.2.840.10008.1.2.4.50",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
+
+
 def _split_quoted(text: str, separator: str) -> list[str]:
     if '"' not in text:
         return text.split(separator)
@@ -145,6 +158,8 @@ def _transfer_syntax(params: dict) -> str | None | bool:
 
 
 def _multipart(part_type: str, ts: str | None, unwrap: bool = False) -> Choice:
+    if ts is None:
+        ts = DEFAULT_TRANSFER_SYNTAX.get(part_type.lower())
     accept = f'multipart/related; type="{part_type}"'
     if ts:
         accept += f"; transfer-syntax={ts}"

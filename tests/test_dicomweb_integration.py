@@ -117,6 +117,30 @@ def test_dw4_transfer_syntax(dw):
         assert "transfer-syntax=1.2.840.10008.1.2.1" in headers["content-type"]
 
 
+def test_image_jpeg_frames_without_a_syntax_are_jpeg_baseline(dw):
+    """image/jpeg with no transfer-syntax means JPEG Baseline (PS3.18 Table 8.7.3-5): a
+    JPEG Lossless instance is transcoded, not sent as lossless bytes a browser cannot decode."""
+    jpeg = dw["jpeg"]
+    path = (f"studies/{jpeg.StudyInstanceUID}/series/{jpeg.SeriesInstanceUID}/instances/{jpeg.SOPInstanceUID}"
+            "/frames/1")
+    for accept in ('multipart/related; type="image/jpeg"', "image/jpeg"):
+        response = get(dw, path, accept=accept, tok=dw["jpeg_token"])
+        assert response.status_code == 200, accept
+        if accept.startswith("multipart"):
+            [(headers, frame)] = parse_by_boundary(response.data, response.headers["Content-Type"])
+            content_type = headers["content-type"]
+        else:
+            frame, content_type = response.data, response.headers["Content-Type"]
+        assert content_type == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
+        assert frame[:2] == b"\xff\xd8" and b"\xff\xc0" in frame and b"\xff\xc3" not in frame  # SOF0, not SOF3
+    as_stored = get(dw, path, accept='multipart/related; type="application/octet-stream"; transfer-syntax=*',
+                    tok=dw["jpeg_token"])
+    assert as_stored.status_code == 200, as_stored.get_data(as_text=True)
+    [(headers, frame)] = parse_by_boundary(as_stored.data, as_stored.headers["Content-Type"])
+    assert headers["content-type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.70"
+    assert b"\xff\xc3" in frame  # the stored JPEG Lossless (process 14) frame
+
+
 def test_dw5_accept_handling_on_an_instance(dw):
     uid = dw["instances"][1]
     path = f"studies/{dw['study']}/series/{dw['series']}/instances/{uid}"

@@ -27,7 +27,12 @@ def test_field_case_dw3_quoting_does_not_matter(accept):
     ("series", 'multipart/related; type="*/*"', 'multipart/related; type="application/dicom"', False),
     ("frames", 'multipart/related; type="*/*"', OCTET_ANY, False),
     ("frames", "application/octet-stream", 'multipart/related; type="application/octet-stream"', True),
-    ("frames", 'multipart/related; type="image/jpeg"', 'multipart/related; type="image/jpeg"', False),
+    # No transfer-syntax: image/jpeg means JPEG Baseline (PS3.18 Table 8.7.3-5), asked for by name.
+    ("frames", 'multipart/related; type="image/jpeg"',
+     'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50', False),
+    ("frames", "image/jp2", 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90', True),
+    ("frames", 'multipart/related; type="image/jpeg"; transfer-syntax=*',
+     'multipart/related; type="image/jpeg"; transfer-syntax=*', False),
     ("rendered", "image/png", "image/png", False),
     ("rendered", "*/*", "image/jpeg", False),
     ("json", "application/dicom+json", "application/dicom+json", False),
