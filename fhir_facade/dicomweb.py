@@ -15,10 +15,11 @@ from smart import authz
 
 from . import dicom_json as dj
 from .lookups import UnknownStudy, check_study_access, get_lookups
-from .negotiation import Choice, NotAcceptable, choose
+from .negotiation import Choice, choices
 from .pacs import PacsError
 from .patient_ids import to_patient_id
-from .relay import DicomwebError, error_response, json_answer, relay, rewrite_urls  # noqa: F401 (rewrite_urls: API)
+from .relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
+                    rewrite_urls)
 from .search_params import is_uid
 from .studies import get_studies
 
@@ -185,11 +186,19 @@ def authorize_study(study_uid: str) -> None:
 
 
 def _negotiate(kind: str, frames: int = 0) -> Choice:
-    try:
-        accept = request.args.get("accept") or request.headers.get("Accept")
-        return choose(kind, accept, frames=frames)
-    except NotAcceptable as exc:
-        raise DicomwebError(406, f"none of the accepted media types can be served: {exc.accept}") from exc
+    return _negotiate_all(kind, frames)[0]
+
+
+#: Representations tried, best first, when the PACS cannot produce one (a transcoding it lacks).
+MAX_REPRESENTATIONS = 3
+
+
+def _negotiate_all(kind: str, frames: int = 0) -> list[Choice]:
+    accept = request.args.get("accept") or request.headers.get("Accept")
+    found = choices(kind, accept, frames=frames)
+    if not found:
+        raise DicomwebError(406, f"none of the accepted media types can be served: {accept or ''}")
+    return found[:MAX_REPRESENTATIONS]
 
 
 # --- routes -------------------------------------------------------------------------------
@@ -227,7 +236,8 @@ def study_resource(rest: str):
     authorize_study(study_uid)
     # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
     frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
-    choice = _negotiate(kind, frames=len(frame_numbers))
+    options = _negotiate_all(kind, frames=len(frame_numbers))
+    choice = options[0]
     path = "studies/" + "/".join(segments)
     if kind == "json":
         if resource == "qido":
@@ -236,7 +246,12 @@ def study_resource(rest: str):
     explain = None
     if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
-    return relay(path, params, choice, explain)
+    for choice in options[:-1]:
+        try:
+            return relay(path, params, choice, explain)
+        except NotAvailable:
+            continue  # the next representation the client accepts
+    return relay(path, params, options[-1], explain)
 
 
 def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_numbers: list[int]) -> None:

@@ -167,7 +167,24 @@ def _multipart(part_type: str, ts: str | None, unwrap: bool = False) -> Choice:
 
 
 def choose(kind: str, accept: str | None, frames: int = 0) -> Choice:
-    """Choose the representation of a DICOMweb resource for an Accept header.
+    """Choose the representation of a DICOMweb resource for an Accept header: the first of :func:`choices`.
+
+    Raises
+    ------
+    NotAcceptable
+        If nothing the client accepts can be produced.
+    """
+    found = choices(kind, accept, frames)
+    if not found:
+        raise NotAcceptable(accept or "")
+    return found[0]
+
+
+def choices(kind: str, accept: str | None, frames: int = 0) -> list[Choice]:
+    """Every representation of a DICOMweb resource the client accepts, best first.
+
+    A PACS may be unable to produce the first one (it cannot transcode to a syntax); the
+    next one the client accepts is then tried before answering 406 (PS3.18 Section 8.7.1).
 
     Parameters
     ----------
@@ -182,13 +199,17 @@ def choose(kind: str, accept: str | None, frames: int = 0) -> Choice:
 
     Returns
     -------
-    Choice
-
-    Raises
-    ------
-    NotAcceptable
-        If nothing the client accepts can be produced.
+    list of Choice
+        Empty when nothing the client accepts can be produced.
     """
+    found: list[Choice] = []
+    for choice in _candidates(kind, accept, frames):
+        if choice not in found:
+            found.append(choice)
+    return found
+
+
+def _candidates(kind: str, accept: str | None, frames: int):
     for media, params, _ in media_ranges(accept):
         ts = _transfer_syntax(params)
         if ts is False:
@@ -197,32 +218,38 @@ def choose(kind: str, accept: str | None, frames: int = 0) -> Choice:
         if kind in ("study", "series", "instance"):
             if wildcard or (media == "multipart/related" and params.get("type", "application/dicom").lower()
                             in ("application/dicom", "*/*", "application/*")):
-                return _multipart("application/dicom", ts)
+                yield _multipart("application/dicom", ts)
+                continue
             if kind == "instance" and media == "application/dicom":
-                return _multipart("application/dicom", ts, unwrap=True)
+                yield _multipart("application/dicom", ts, unwrap=True)
+                continue
         elif kind in ("frames", "bulkdata"):
             if wildcard or media == "multipart/related":
                 part = params.get("type", "application/octet-stream").lower() if not wildcard else \
                     "application/octet-stream"
                 if part in ("*/*", "image/*", "video/*") and ts in (None, "*"):
                     # Any part type: the frames as stored, in whatever type they are (PS3.18 8.7.3.5.2).
-                    return _multipart("application/octet-stream", "*")
+                    yield _multipart("application/octet-stream", "*")
+                    continue
                 allowed = MULTIPART_TYPES["bulkdata"] if kind == "frames" else ("application/octet-stream",)
                 match = next((t for t in allowed if t.lower() == part), None)
                 if match:
-                    return _multipart(match, ts)
+                    yield _multipart(match, ts)
+                    continue
             elif media in (t.lower() for t in SINGLE_TYPES["frame"]) and (frames == 1 or kind == "bulkdata"):
                 if kind == "bulkdata" and media != "application/octet-stream":
                     continue
                 match = next(t for t in SINGLE_TYPES["frame"] if t.lower() == media)
-                return _multipart(match, ts, unwrap=True)
+                yield _multipart(match, ts, unwrap=True)
+                continue
         elif kind == "rendered":
             if media in ("*/*", "image/*"):
-                return Choice("image/jpeg", unwrap=False, multipart=False, part_type="image/jpeg")
+                yield Choice("image/jpeg", unwrap=False, multipart=False, part_type="image/jpeg")
+                continue
             if media in SINGLE_TYPES["rendered"]:
-                return Choice(media, unwrap=False, multipart=False, part_type=media)
+                yield Choice(media, unwrap=False, multipart=False, part_type=media)
+                continue
         elif kind == "json":
             if media in ("*/*", "application/*") or media in SINGLE_TYPES["json"]:
-                return Choice("application/dicom+json", unwrap=False, multipart=False,
-                              part_type="application/dicom+json")
-    raise NotAcceptable(accept or "")
+                yield Choice("application/dicom+json", unwrap=False, multipart=False,
+                             part_type="application/dicom+json")

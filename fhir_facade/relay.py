@@ -8,9 +8,10 @@ RetrieveURL (0008,1190) and BulkDataURI point at the facade. Nothing here decide
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -36,6 +37,14 @@ class DicomwebError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class NotAvailable(DicomwebError):
+    """The PACS cannot produce the representation asked for (it cannot transcode): 406,
+    unless another representation the client accepts can be tried (PS3.18 Section 8.7.1)."""
+
+    def __init__(self, message: str):
+        super().__init__(406, message)
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:
@@ -108,16 +117,24 @@ def _known_syntax(choice: Choice) -> str | None:
     return choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
 
 
+def _transcode_refused(status: int, choice: Choice | None) -> bool:
+    """Whether a PACS error means it could not transcode to the syntax asked for (or to the
+    default, Explicit VR Little Endian, PS3.18 Section 8.7.3.5.2): not available, never
+    mislabelled bytes."""
+    return (choice is not None and (choice.multipart or choice.unwrap) and choice.transfer_syntax != "*"
+            and status in (400, 415, 500, 501))
+
+
+def _not_available(choice: Choice) -> str:
+    return f"the instance is not available in {choice.transfer_syntax or 'Explicit VR Little Endian'}"
+
+
 def upstream_failure(upstream, choice: Choice | None) -> Response:
     """Answer a PACS error status without relaying its body (it may name the PACS)."""
     status = upstream.status_code
     upstream.close()
-    if choice is not None and (choice.multipart or choice.unwrap) and choice.transfer_syntax != "*" \
-            and status in (400, 415, 500, 501):
-        # The PACS could not transcode to the syntax asked for (or to the default, Explicit VR
-        # Little Endian, PS3.18 Section 8.7.3.5.2): not available, never mislabelled bytes.
-        wanted = choice.transfer_syntax or "Explicit VR Little Endian"
-        return error_response(406, f"the instance is not available in {wanted}")
+    if _transcode_refused(status, choice):
+        return error_response(406, _not_available(choice))
     if status in (404, 410):
         return error_response(status, "not found")
     if choice is not None and not (choice.multipart or choice.unwrap) and status == 400:
@@ -196,6 +213,15 @@ def _reader(upstream) -> multipart.Reader:
     return read
 
 
+def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """*chunks* with its first item already produced (errors in it raise here, not mid-answer)."""
+    try:
+        first = next(chunks)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], chunks)
+
+
 def relay(path: str, params: list[tuple[str, str]], choice: Choice,
            explain: Callable[[], None] | None = None) -> Response:
     """Stream the PACS answer to *path* in the representation *choice* names.
@@ -211,6 +237,9 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         if explain is not None and upstream.status_code in (400, 404, 500, 501):
             upstream.close()
             explain()
+        if _transcode_refused(upstream.status_code, choice):
+            upstream.close()
+            raise NotAvailable(_not_available(choice))
         return upstream_failure(upstream, choice)
     content_type = upstream.headers.get("Content-Type", "")
     if not (choice.multipart or choice.unwrap):
@@ -262,11 +291,13 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
                                                         else None)
         if syntax:
             value += f"; transfer-syntax={syntax}"
-        if small:
-            try:
-                body = [b"".join(body)]
-            except multipart.MultipartError as exc:
-                raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
+        try:
+            # The first part's headers are read before the answer starts: a PACS that breaks
+            # off at once gets a 502 from here, not a server error page after a 200.
+            body = [b"".join(body)] if small else _started(body)
+        except multipart.MultipartError as exc:
+            upstream.close()
+            raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         response = Response(body, status=200)
         if small:
             response.headers["Content-Length"] = str(len(body[0]))
@@ -275,8 +306,9 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     for name in ("Warning", "Last-Modified", "ETag"):
         if name in upstream.headers:
             response.headers[name] = upstream.headers[name]
-    if not choice.unwrap and "ETag" in response.headers and not response.headers["ETag"].startswith("W/"):
-        # Same parts, other framing: only weakly the PACS's representation (RFC 9110 Section 8.8.1).
+    if "ETag" in response.headers and not response.headers["ETag"].startswith("W/"):
+        # Same parts, other framing (or one part unwrapped): only weakly the PACS's
+        # representation (RFC 9110 Section 8.8.1).
         response.headers["ETag"] = "W/" + response.headers["ETag"]
     response.call_on_close(upstream.close)
     if splicer is not None:

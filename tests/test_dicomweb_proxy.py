@@ -221,3 +221,38 @@ def test_a_strong_etag_of_a_reframed_answer_becomes_weak(fake_app, rsps):
     response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers={
         **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert response.headers["ETag"] == 'W/"v1"'
+
+
+def test_a_representation_the_pacs_cannot_produce_falls_back_to_the_next_accepted(fake_app, rsps):
+    frame = f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1"
+    octet = b"--xyz\r\nContent-Type: application/octet-stream\r\n\r\n" + bytes(512) + b"\r\n--xyz--\r\n"
+
+    def pacs(request):
+        if "image/jpeg" in request.headers["Accept"]:
+            return 400, {}, b""  # cannot transcode 16-bit pixels to JPEG Baseline
+        return 200, {"Content-Type": "multipart/related; type=\"application/octet-stream\"; boundary=xyz"}, octet
+
+    rsps.add_callback(responses.GET, frame, callback=pacs)
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",  # the frame exists
+             json=[{**ds(SOPInstanceUID=SOP, NumberOfFrames="1"), "00280010": {"vr": "US", "Value": [16]}}])
+    client, headers = fake_app.test_client(), bearer(token(fake_app))
+    path = f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1"
+    accept = 'multipart/related; type="image/jpeg", multipart/related; type="application/octet-stream"; q=0.5'
+    response = client.get(path, headers={**headers, "Accept": accept})
+    assert response.status_code == 200
+    assert [c.request.headers["Accept"] for c in rsps.calls if "/frames/" in c.request.url] == [
+        'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50',
+        'multipart/related; type="application/octet-stream"']
+    assert b"Content-Type: application/octet-stream" in response.data
+    # Only JPEG accepted: 406, as before.
+    only = client.get(path, headers={**headers, "Accept": 'multipart/related; type="image/jpeg"'})
+    assert only.status_code == 406 and "1.2.840.10008.1.2.4.50" in only.get_json()["message"]
+
+
+def test_a_pacs_that_breaks_off_before_the_first_part_gets_a_502_not_a_broken_200(fake_app, rsps):
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}", body=b"garbage, no boundary at all" * 10,
+             content_type=MULTIPART, auto_calculate_content_length=False)
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}", headers={
+        **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert response.status_code == 502
+    assert "malformed multipart" in response.get_json()["message"]
