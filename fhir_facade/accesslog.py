@@ -28,7 +28,7 @@ def _record(response: Response) -> Response:
         elapsed = f"{(time.perf_counter() - started) * 1000:.1f}ms" if started is not None else "-"
         log.info("%s %s %s %s%s", *line, elapsed, note)
 
-    if not response.is_streamed:
+    if not response.is_streamed or request.method == "HEAD":  # a HEAD answer's body is never sent
         write()
         return response
     # A streamed answer (a study relayed from the PACS) is logged when it ends, with its whole
@@ -46,7 +46,8 @@ def _record(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Log every request of *app* by route template (logger ``facade.access``, level INFO)."""
-    app.before_request(_start)
+    # First of the before_request hooks: one that answers at once (a CORS preflight) is timed too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_record)
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()

@@ -103,6 +103,8 @@ class StudyRepository:
         self._queries: TTLCache | None = TTLCache(256, query_ttl) if query_ttl > 0 else None
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
+        #: one-way Patient ids known to be in the database (a failed save is tried again)
+        self._recorded: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
         #: (uid, PatientID) -> study dataset with the patient module from instance metadata
         self._patients: TTLCache = TTLCache(details, ttl)
         #: PatientIDs whose series query filled the series cache within ``ttl``
@@ -122,11 +124,13 @@ class StudyRepository:
             for ds in studies:
                 patient_id = dj.text(ds, "PatientID") or ""
                 fhir_id = to_fhir_id(patient_id)
-                if fhir_id.startswith("dcm-h.") and self._hashed.get(fhir_id) != patient_id:
+                if fhir_id.startswith("dcm-h."):
                     self._hashed[fhir_id] = patient_id
-                    new[fhir_id] = patient_id
-        if new and self.aliases is not None:
-            self.aliases.save(new)
+                    if fhir_id not in self._recorded:
+                        new[fhir_id] = patient_id
+        if new and self.aliases is not None and self.aliases.save(new):
+            with self._lock:
+                self._recorded.update(new)
 
     def resolve_hashed(self, fhir_id: str) -> str | None:
         """Return the PatientID behind a one-way Patient id seen before (here or by any worker), else ``None``."""
@@ -438,17 +442,31 @@ class PatientAliases:
 
     def __init__(self, engine):
         self.engine = engine
+        self._warned = False
 
-    def save(self, pairs: dict[str, str]) -> None:
-        """Record *pairs* (one-way id -> PatientID) that are not recorded yet; failures are logged only."""
+    def save(self, pairs: dict[str, str]) -> bool:
+        """Record *pairs* (one-way id -> PatientID) that are not recorded yet.
+
+        Returns
+        -------
+        bool
+            Whether they are all in the database now. A failure is not an error of the
+            request (this worker still resolves them from memory); it is tried again the
+            next time the ids are seen, and logged once as a warning (no ids in it).
+        """
         try:
             with self.engine.begin() as conn:
                 known = set(conn.scalars(select(PatientAlias.fhir_id).where(PatientAlias.fhir_id.in_(list(pairs)))))
                 rows = [{"fhir_id": k, "patient_id": v} for k, v in pairs.items() if k not in known]
                 if rows:
                     conn.execute(PatientAlias.__table__.insert(), rows)
-        except SQLAlchemyError as exc:  # another worker won the race, or no table yet: the memory copy serves
-            log.info("one-way Patient ids not recorded: %s", type(exc).__name__)
+            return True
+        except SQLAlchemyError as exc:  # another worker won the race, or no table yet
+            if not self._warned:
+                self._warned = True
+                log.warning("one-way Patient ids are not recorded for other workers (%s): "
+                            "run `flask --app app init-db` on this database", type(exc).__name__)
+            return False
 
     def get(self, fhir_id: str) -> str | None:
         """The PatientID recorded for *fhir_id*, or ``None``."""

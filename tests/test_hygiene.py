@@ -92,7 +92,7 @@ def serve(app, path: str, headers: dict) -> tuple[str, bytes, bool]:
 
 
 def test_a_streamed_answer_is_logged_when_it_ends_and_marked_when_cut_short(fake_app, caplog):
-    study_body = (b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 4000\r\n\r\n" + b"x" * 4000
+    study_body = (b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 20000\r\n\r\n" + b"x" * 20000
                   + b"\r\n--xyz--\r\n")
     headers = {**bearer(token(fake_app, patient="P1")),
                "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
@@ -100,7 +100,7 @@ def test_a_streamed_answer_is_logged_when_it_ends_and_marked_when_cut_short(fake
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])
         # Streamed (no Content-Length, as Orthanc sends a study), whole, then cut off inside its part.
-        for cut in (len(study_body), 2000):
+        for cut in (len(study_body), 12000):
             mock.add(responses.GET, f"{FAKE_PACS}/studies/1.2.1", body=study_body[:cut], content_type=multipart,
                      auto_calculate_content_length=False)
         with caplog.at_level(logging.INFO, logger="facade.access"):
@@ -113,3 +113,20 @@ def test_a_streamed_answer_is_logged_when_it_ends_and_marked_when_cut_short(fake
     assert len(lines) == 2
     assert lines[0].startswith("GET /dicomweb/studies/<path:rest> 200 ") and lines[0].endswith("ms")
     assert lines[1].startswith("GET /dicomweb/studies/<path:rest> 200 ") and lines[1].endswith("ms incomplete")
+
+
+def test_head_and_preflight_are_logged_complete_and_timed(fake_app, caplog):
+    headers = {**bearer(token(fake_app, patient="P1")), "Accept": 'multipart/related; type="application/dicom"'}
+    body = b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 3\r\n\r\nabc\r\n--xyz--\r\n"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])
+        mock.add(responses.GET, f"{FAKE_PACS}/studies/1.2.1", body=body, auto_calculate_content_length=False,
+                 content_type='multipart/related; type="application/dicom"; boundary=xyz')
+        with caplog.at_level(logging.INFO, logger="facade.access"):
+            client = fake_app.test_client()
+            assert client.head("/dicomweb/studies/1.2.1", headers=headers).status_code == 200
+            assert client.options("/dicomweb/studies/1.2.1", headers={
+                "Origin": "https://app.example", "Access-Control-Request-Method": "GET"}).status_code == 204
+    lines = [r.getMessage() for r in caplog.records if r.name == "facade.access"]
+    assert len(lines) == 2 and all(line.endswith("ms") for line in lines), lines
+    assert lines[0].startswith("HEAD /dicomweb/studies/<path:rest> 200 ")

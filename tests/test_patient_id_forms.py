@@ -69,3 +69,27 @@ def test_a_one_way_patient_id_seen_by_one_worker_is_resolved_by_another(forms):
     rows = client.get("/dicomweb/studies?limit=1", headers=headers).get_json()
     assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][LONG_COMMA]]
     assert client.get(f"/fhir/Patient/{fhir_id}", headers=headers).get_json()["identifier"][0]["value"] == LONG_COMMA
+
+
+def test_one_way_ids_are_recorded_once_the_table_exists(forms, caplog):
+    """A database from before the alias table: a warning, then the ids are recorded after init-db."""
+    import logging
+
+    from smart.db import get_database, init_db
+    from smart.models import PatientAlias
+    app = make_app(forms["tmp"].mktemp("old-schema"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url,
+                   FACADE_QUERY_CACHE_TTL=0)  # each search asks the PACS, so each sees the id anew
+    with app.app_context():
+        PatientAlias.__table__.drop(get_database().engine)
+    system = bearer(token(app, scope="system/*.rs", patient=None))
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="fhir_facade.studies"):
+        assert client.get("/fhir/Patient?_count=500", headers=system).status_code == 200
+    assert any("init-db" in r.getMessage() and LONG_COMMA not in r.getMessage() for r in caplog.records)
+    with app.app_context():
+        init_db()
+    assert client.get("/fhir/Patient?_count=500", headers=system).status_code == 200
+    from sqlalchemy import select
+    with app.app_context(), get_database().engine.connect() as conn:
+        recorded = conn.execute(select(PatientAlias.patient_id)).scalars().all()
+    assert recorded == [LONG_COMMA]
