@@ -111,6 +111,10 @@ class Choice:
         Media type of the parts, or of the single-part answer.
     transfer_syntax : str or None
         Transfer syntax asked for (``*`` or a UID), ``None`` for the default.
+    stored_type : str or None
+        Serve only what the PACS holds in this media type, as stored: the PACS is asked for
+        the pixel data as stored and every part must be of this type (and of
+        *transfer_syntax*, unless ``*``); anything else is not available.
     """
 
     upstream_accept: str
@@ -118,6 +122,7 @@ class Choice:
     multipart: bool
     part_type: str
     transfer_syntax: str | None = None
+    stored_type: str | None = None
 
 
 def media_ranges(accept: str | None) -> list[tuple[str, dict, float]]:
@@ -157,9 +162,21 @@ def _transfer_syntax(params: dict) -> str | None | bool:
     return False
 
 
+#: Pixel data asked for as stored instead of transcoded by the PACS, so that an encoder the
+#: PACS lacks or gets wrong is never run: ``*`` with a compressed type (Orthanc 1.10 answers
+#: 400 to those), and JPEG-LS always (Orthanc 1.10's JPEG-LS encoder aborts the whole PACS
+#: on some 8-bit colour frames).
+AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+STORED_ONLY_TYPES = frozenset({"image/jls"})
+
+
 def _multipart(part_type: str, ts: str | None, unwrap: bool = False) -> Choice:
     if ts is None:
         ts = DEFAULT_TRANSFER_SYNTAX.get(part_type.lower())
+    compressed = part_type.lower().startswith(("image/", "video/"))
+    if compressed and (ts == "*" or part_type.lower() in STORED_ONLY_TYPES):
+        return Choice(AS_STORED, unwrap=unwrap, multipart=not unwrap, part_type=part_type, transfer_syntax=ts,
+                      stored_type=part_type.lower())
     accept = f'multipart/related; type="{part_type}"'
     if ts:
         accept += f"; transfer-syntax={ts}"

@@ -78,15 +78,21 @@ def _needs_transfer_syntax(headers) -> bool:
     return media == "application/dicom" and "transfer-syntax" not in params
 
 
-def part_header_rewriter(pacs_base: str, public_base: str, known_syntax: str | None = None):
+def part_header_rewriter(pacs_base: str, public_base: str, known_syntax: str | None = None,
+                         choice: Choice | None = None):
     """Return ``(headers, body_start) -> headers`` for :func:`multipart.rewrite`.
 
     It points Content-Location at the facade and names the transfer syntax of DICOM parts
     (PS3.18 Section 8.7.3.5.2): *known_syntax* when the request fixed it, else the one in
-    the part's File Meta Information. It needs no app context, so it can run while the
-    response streams.
+    the part's File Meta Information. With a *choice* that serves a type as stored only, a
+    part of another type raises :class:`NotAvailable`. It needs no app context, so it can
+    run while the response streams.
     """
-    return lambda headers, body_start: _part_headers(headers, body_start, pacs_base, public_base, known_syntax)
+    def rewrite(headers, body_start):
+        if choice is not None:
+            _check_stored(headers, choice)
+        return _part_headers(headers, body_start, pacs_base, public_base, known_syntax)
+    return rewrite
 
 
 def _part_headers(headers, body_start: bytes, pacs_base: str, public_base: str, known_syntax: str | None = None):
@@ -126,7 +132,20 @@ def _transcode_refused(status: int, choice: Choice | None) -> bool:
 
 
 def _not_available(choice: Choice) -> str:
+    if choice.stored_type:
+        return f"the pixel data is not stored as {choice.stored_type}" + (
+            f" in {choice.transfer_syntax}" if choice.transfer_syntax not in (None, "*") else "")
     return f"the instance is not available in {choice.transfer_syntax or 'Explicit VR Little Endian'}"
+
+
+def _check_stored(headers, choice: Choice) -> None:
+    """For a :attr:`Choice.stored_type` answer: the part is of that type (and syntax), or not available."""
+    if choice.stored_type is None:
+        return
+    media, params = parse_media_type(multipart.header(headers, "Content-Type") or "")
+    if media != choice.stored_type or (choice.transfer_syntax not in (None, "*")
+                                       and params.get("transfer-syntax") != choice.transfer_syntax):
+        raise NotAvailable(_not_available(choice))
 
 
 def upstream_failure(upstream, choice: Choice | None) -> Response:
@@ -268,6 +287,11 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
+        try:
+            _check_stored(part, choice)
+        except NotAvailable:
+            upstream.close()
+            raise
         # Named like a part of a multipart answer (PS3.18 Section 8.7.3.5.2): the Content-Type says the syntax.
         part = _part_headers(part, start, get_pacs().base_url, _public_base(), _known_syntax(choice))
         response = Response(body, status=200)
@@ -282,7 +306,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
         own_boundary = f"facade-{secrets.token_hex(16)}"
         body = multipart.rewrite(source, boundary,
-                                 part_header_rewriter(get_pacs().base_url, _public_base(), known),
+                                 part_header_rewriter(get_pacs().base_url, _public_base(), known, choice),
                                  peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
                                  direct=splicer.body if splicer is not None else None, out_boundary=own_boundary)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
@@ -298,6 +322,9 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
+        except NotAvailable:
+            upstream.close()
+            raise
         response = Response(body, status=200)
         if small:
             response.headers["Content-Length"] = str(len(body[0]))

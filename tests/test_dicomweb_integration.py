@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 
 import pydicom
+import requests
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -255,3 +256,51 @@ def test_dw11_cors(dw):
     assert "Access-Control-Allow-Origin" not in stranger.headers
     metadata = client.get("/fhir/metadata", headers={"Origin": "https://anyone.example"})
     assert metadata.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.fixture(scope="module")
+def jpeg_ls(dw):
+    """pydicom's JPEG-LS Lossless MR, re-identified under the DW patient, stored; its frame's bytes."""
+    from pydicom.encaps import generate_frames
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    ds.PatientID = PATIENT
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = dw["study"], pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    buffer = __import__("io").BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert devpacs.store_file(dw["orthanc"].url, buffer.getvalue()) is not None
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    return f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1", frame
+
+
+def test_jpeg_ls_is_served_as_stored_and_never_transcoded(dw, jpeg_ls):
+    """Orthanc 1.10's JPEG-LS encoder can abort the PACS: image/jls is only ever the stored bitstream."""
+    path, frame = jpeg_ls
+    single = get(dw, path, accept="image/jls")
+    assert single.status_code == 200
+    assert single.headers["Content-Type"] == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
+    assert single.data == frame
+    multi = get(dw, path, accept='multipart/related; type="image/jls"')
+    [(headers, body)] = parse_by_boundary(multi.data, multi.headers["Content-Type"])
+    assert headers["content-type"] == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80" and body == frame
+    uncompressed = f"studies/{dw['study']}/series/{dw['series']}/instances/{dw['instances'][1]}/frames/1"
+    refused = get(dw, uncompressed, accept="image/jls")
+    assert refused.status_code == 406 and "not stored as image/jls" in refused.get_json()["message"]
+    fallback = get(dw, uncompressed, accept='multipart/related; type="image/jls", '
+                                            'multipart/related; type="application/octet-stream"; q=0.5')
+    assert fallback.status_code == 200
+    [(headers, _)] = parse_by_boundary(fallback.data, fallback.headers["Content-Type"])
+    assert headers["content-type"].startswith("application/octet-stream")
+    assert requests.get(f"{dw['orthanc'].url}/system", timeout=10).status_code == 200  # the PACS is still there
+
+
+def test_an_image_type_as_stored_is_that_type_or_406(dw):
+    """``type="image/jpeg"; transfer-syntax=*`` (DW-5: 406, never 400)."""
+    jpeg = dw["jpeg"]
+    path = f"studies/{jpeg.StudyInstanceUID}/series/{jpeg.SeriesInstanceUID}/instances/{jpeg.SOPInstanceUID}/frames/1"
+    stored = get(dw, path, accept='multipart/related; type="image/jpeg"; transfer-syntax=*', tok=dw["jpeg_token"])
+    assert stored.status_code == 200
+    [(headers, body)] = parse_by_boundary(stored.data, stored.headers["Content-Type"])
+    assert headers["content-type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.70" and b"\xff\xc3" in body
+    uncompressed = f"studies/{dw['study']}/series/{dw['series']}/instances/{dw['instances'][1]}/frames/1"
+    assert get(dw, uncompressed, accept='multipart/related; type="image/jpeg"; transfer-syntax=*').status_code == 406

@@ -31,8 +31,9 @@ def test_field_case_dw3_quoting_does_not_matter(accept):
     ("frames", 'multipart/related; type="image/jpeg"',
      'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50', False),
     ("frames", "image/jp2", 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90', True),
-    ("frames", 'multipart/related; type="image/jpeg"; transfer-syntax=*',
-     'multipart/related; type="image/jpeg"; transfer-syntax=*', False),
+    # As stored: the PACS is asked for the stored pixel data, the type is checked on the answer.
+    ("frames", 'multipart/related; type="image/jpeg"; transfer-syntax=*', OCTET_ANY, False),
+    ("frames", "image/jls", OCTET_ANY, True),
     ("rendered", "image/png", "image/png", False),
     ("rendered", "*/*", "image/jpeg", False),
     ("json", "application/dicom+json", "application/dicom+json", False),
@@ -68,3 +69,10 @@ def test_q_values_order_the_choice():
 def test_parse_media_type_splits_only_outside_quotes():
     assert parse_media_type('multipart/related; type="image/jpeg; transfer-syntax=1.2"; boundary=x') == (
         "multipart/related", {"type": "image/jpeg; transfer-syntax=1.2", "boundary": "x"})
+
+
+def test_as_stored_choices_name_the_type_to_check():
+    from fhir_facade.negotiation import choices
+    jls, octet = choices("frames", 'image/jls, multipart/related; type="application/octet-stream"; q=0.5', frames=1)
+    assert (jls.stored_type, jls.transfer_syntax, jls.unwrap) == ("image/jls", "1.2.840.10008.1.2.4.80", True)
+    assert octet.stored_type is None and octet.upstream_accept == 'multipart/related; type="application/octet-stream"'
