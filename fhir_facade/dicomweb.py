@@ -237,7 +237,6 @@ def study_resource(rest: str):
     # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
     frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
     options = _negotiate_all(kind, frames=len(frame_numbers))
-    choice = options[0]
     path = "studies/" + "/".join(segments)
     if kind == "json":
         if resource == "qido":

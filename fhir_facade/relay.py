@@ -149,11 +149,12 @@ def _check_stored(headers, choice: Choice) -> None:
 
 
 def upstream_failure(upstream, choice: Choice | None) -> Response:
-    """Answer a PACS error status without relaying its body (it may name the PACS)."""
+    """Answer a PACS error status without relaying its body (it may name the PACS).
+
+    A refused transcoding never gets here: :func:`relay` raises :class:`NotAvailable` for it.
+    """
     status = upstream.status_code
     upstream.close()
-    if _transcode_refused(status, choice):
-        return error_response(406, _not_available(choice))
     if status in (404, 410):
         return error_response(status, "not found")
     if choice is not None and not (choice.multipart or choice.unwrap) and status == 400:

@@ -42,6 +42,12 @@ INSTANCE_QUERIES = ("metadata", "qido")
 log = logging.getLogger(__name__)
 
 
+def _of_patient(rows: list[dict], study: dict) -> list[dict]:
+    """The rows (series, instances) of *study*'s patient; a row that names no PatientID is kept."""
+    patient_id = dj.text(study, "PatientID")
+    return [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
+
+
 def include(fields: Sequence[str]) -> list[tuple[str, str]]:
     """``includefield`` query parameters (PS3.18 Section 8.3.4.3) for DICOM keywords, as tags."""
     return [("includefield", dj.TAGS[name]) for name in fields]
@@ -262,13 +268,10 @@ class StudyRepository:
         do not add up to the study's NumberOfStudyRelatedInstances, the instance-level
         QIDO-RS query, which answers for both, is asked instead.
         """
-        patient_id = dj.text(study, "PatientID")
-        rows = self._instances_of(study, stamp, self.instance_query)
-        own = [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
+        own = _of_patient(self._instances_of(study, stamp, self.instance_query), study)
         expected = dj.integer(study, "NumberOfStudyRelatedInstances")
         if self.instance_query == "metadata" and expected is not None and len(own) != expected:
-            rows = self._instances_of(study, stamp, "qido")
-            own = [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
+            own = _of_patient(self._instances_of(study, stamp, "qido"), study)
         return own
 
     def _resource(self, study: dict, with_instances: bool) -> dict:
@@ -283,8 +286,7 @@ class StudyRepository:
         instances = self._own_instances(study, stamp) if with_instances else []
         # A PACS can file one StudyInstanceUID under two patients (Orthanc does); the series
         # and instances of the study's other patients never enter this patient's resource.
-        patient_id = dj.text(study, "PatientID")
-        series = [row for row in series if dj.text(row, "PatientID") in (None, patient_id)]
+        series = _of_patient(series, study)
         resource = mapping.imaging_study(study, series, instances, self.ctx)
         with self._lock:
             self._resources[key] = ((fingerprint,), resource)
