@@ -43,6 +43,8 @@ TAGS = {
     "NumberOfStudyRelatedInstances": "00201208",
     "NumberOfSeriesRelatedInstances": "00201209",
     "NumberOfFrames": "00280008",
+    "Rows": "00280010",
+    "BitsAllocated": "00280100",
     "LocalNamespaceEntityID": "00400031",
     "UniversalEntityID": "00400032",
     "ReasonForPerformedProcedureCodeSequence": "00401012",

@@ -242,15 +242,63 @@ def study_resource(rest: str):
         if resource == "qido":
             params = normalize_includefield(params, qido_level(path))
         return json_answer(path, params)
+    merge = False
+    if resource == "bulkdata" and segments[6].lower() == PIXEL_DATA:
+        frames_path = _pixel_data_frames(study_uid, segments[2], segments[4])
+        if frames_path is not None:
+            # One part of every frame, uncompressed little endian (not "*": as stored may
+            # be compressed fragments or Big Endian, which octet-stream bulk data is not).
+            path, merge = frames_path, True
+            options = [choice for choice in options if choice.transfer_syntax != "*"]
+            if not options:
+                raise DicomwebError(406, "Pixel Data bulk data is served in Explicit VR Little Endian only")
     explain = None
     if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
     for choice in options[:-1]:
         try:
-            return relay(path, params, choice, explain)
+            return relay(path, params, choice, explain, merge=merge)
         except NotAvailable:
             continue  # the next representation the client accepts
-    return relay(path, params, options[-1], explain)
+    return relay(path, params, options[-1], explain, merge=merge)
+
+
+#: The Pixel Data (7FE0,0010) bulk data path segment, lower case.
+PIXEL_DATA = "7fe00010"
+
+#: Most frame numbers put in one PACS request (Orthanc 1.10 refuses a URL of 20,000).
+MAX_FRAME_LIST = 1000
+
+
+def _pixel_data_frames(study_uid: str, series_uid: str, sop_uid: str) -> str | None:
+    """The PACS frames path that makes up an instance's Pixel Data bulk data, if it should.
+
+    ``application/octet-stream`` bulk data is uncompressed and little endian (PS3.18
+    Section 8.7.3.5.2), while a PACS sends Pixel Data as stored: compressed fragments, or
+    Big Endian bytes (Orthanc does both). All of the instance's frames, asked for in Explicit
+    VR Little Endian and sent as one part, are the value as it should be. An instance of
+    more than :data:`MAX_FRAME_LIST` frames, or of single-bit frames (which need not end on
+    a byte boundary), keeps the PACS's own bulk data.
+
+    Returns
+    -------
+    str or None
+        ``studies/.../frames/1,2,...,N``, or ``None`` for the PACS's bulk data.
+
+    Raises
+    ------
+    DicomwebError
+        404 when the instance is missing or has no pixel data.
+    """
+    info = get_lookups().instance(study_uid, series_uid, sop_uid)
+    if info is None:
+        raise DicomwebError(404, "instance not found")
+    if not info.has_pixels:
+        raise DicomwebError(404, "the instance has no pixel data")
+    if info.number_of_frames > MAX_FRAME_LIST or info.bits_allocated == 1:
+        return None
+    frames = ",".join(str(n) for n in range(1, info.number_of_frames + 1))
+    return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/frames/{frames}"
 
 
 def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_numbers: list[int]) -> None:

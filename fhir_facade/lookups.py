@@ -29,11 +29,14 @@ class InstanceInfo:
     has_pixels : bool
         Rows (0028,0010) is present, i.e. the instance is an image (PS3.3 C.7.6.3).
     sop_class_uid : str or None
+    bits_allocated : int or None
+        BitsAllocated (0028,0100), ``None`` when the PACS does not say.
     """
 
     number_of_frames: int
     has_pixels: bool
     sop_class_uid: str | None
+    bits_allocated: int | None = None
 
 
 class Lookups:
@@ -81,21 +84,22 @@ class Lookups:
         return owners
 
     def instance(self, study_uid: str, series_uid: str, sop_uid: str) -> InstanceInfo | None:
-        """Frames and pixel presence of one instance, or ``None`` if the PACS does not have it."""
+        """Frames, pixel presence and BitsAllocated of one instance, or ``None`` if the PACS does not have it."""
         key = (study_uid, series_uid, sop_uid)
         with self._lock:
             info = self._instances.get(key)
         if info is None:
             rows = self.pacs.qido(f"studies/{study_uid}/series/{series_uid}/instances", [
                 ("SOPInstanceUID", sop_uid), ("includefield", dj.TAGS["NumberOfFrames"]),
-                ("includefield", "00280010")])
+                ("includefield", dj.TAGS["Rows"]), ("includefield", dj.TAGS["BitsAllocated"])])
             rows = [r for r in rows if dj.text(r, "SOPInstanceUID") == sop_uid]
             if not rows:
                 return None
-            has_pixels = "00280010" in rows[0] and bool(rows[0]["00280010"].get("Value"))
+            has_pixels = dj.first(rows[0], "Rows") is not None
             frames = dj.integer(rows[0], "NumberOfFrames")
             info = InstanceInfo(number_of_frames=(frames or 1) if has_pixels else 0, has_pixels=has_pixels,
-                                sop_class_uid=dj.text(rows[0], "SOPClassUID"))
+                                sop_class_uid=dj.text(rows[0], "SOPClassUID"),
+                                bits_allocated=dj.integer(rows[0], "BitsAllocated"))
             with self._lock:
                 self._instances[key] = info
         return info

@@ -139,7 +139,8 @@ def _source(body: Iterable[bytes] | Reader) -> Reader:
 
 def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: HeaderRewriter,
             peek: Callable[[Headers], bool] = lambda headers: False,
-            direct: Callable[[int], Iterable[bytes]] | None = None, out_boundary: str | None = None) -> Iterator[bytes]:
+            direct: Callable[[int], Iterable[bytes]] | None = None, out_boundary: str | None = None,
+            merge: bool = False) -> Iterator[bytes]:
     """Re-emit a multipart body with each part's headers passed through *rewrite_headers*.
 
     Parameters
@@ -166,6 +167,10 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
         the answer unambiguous even when the upstream boundary is a fixed word that a part
         body happens to hold (field case DW-1); part bodies are counted by their
         Content-Length then, not searched.
+    merge : bool
+        Re-emit one part: the first part's headers, then every part's body in order
+        (the frames of an instance as one Pixel Data value). *rewrite_headers* should
+        drop the first part's Content-Length then.
 
     Yields
     ------
@@ -180,7 +185,8 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     """
     dash_boundary = b"--" + (out_boundary or boundary).encode("latin-1")
     separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
-    for kind, value in _events(_source(body), boundary, peek, direct):
+    events = _events(_source(body), boundary, peek, direct)
+    for kind, value in _merged(events) if merge else events:
         if kind == "part":
             headers, start = value
             yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
@@ -193,14 +199,30 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
             yield b"\r\n" + dash_boundary + b"--\r\n"
 
 
+def _merged(events):
+    """The events of one part: the first part's headers, then every part's body, in order."""
+    first = True
+    for kind, value in events:
+        if kind == "part":
+            if first:
+                first = False
+                yield kind, value
+            elif value[1]:
+                yield "body", value[1]
+        elif kind != "next":
+            yield kind, value
+
+
 def unwrap(body: Iterable[bytes] | Reader, boundary: str,
-           peek: Callable[[Headers], bool] = lambda headers: False) -> tuple[Headers, bytes, Iterator[bytes]]:
+           peek: Callable[[Headers], bool] = lambda headers: False,
+           merge: bool = False) -> tuple[Headers, bytes, Iterator[bytes]]:
     """Return the headers, the start and a body iterator of the first part of a multipart body.
 
     *body* is chunks or a ``read(n)`` callable, as for :func:`rewrite`. The start holds the
     part's first :data:`META_PEEK_BYTES` bytes when *peek* asks for them (else ``b""``); the
     iterator yields the whole body, start included. Parts after the first are read and
-    dropped (the upstream connection is drained).
+    dropped (the upstream connection is drained), or with *merge* their bodies follow the
+    first one's (the first part's Content-Length no longer holds then).
 
     Raises
     ------
@@ -208,6 +230,8 @@ def unwrap(body: Iterable[bytes] | Reader, boundary: str,
         If the body holds no part.
     """
     events = _events(_source(body), boundary, peek)
+    if merge:
+        events = _merged(events)
     for kind, value in events:
         if kind == "part":
             headers, start = value

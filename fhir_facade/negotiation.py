@@ -221,8 +221,15 @@ def choices(kind: str, accept: str | None, frames: int = 0) -> list[Choice]:
     """
     found: list[Choice] = []
     for choice in _candidates(kind, accept, frames):
-        if choice not in found:
-            found.append(choice)
+        alternatives = [choice]
+        if choice.part_type == "application/octet-stream" and choice.transfer_syntax == "*":
+            # Uncompressed frames as stored may be Big Endian or Deflated, which a frame
+            # cannot be sent as: Explicit VR Little Endian is the uncompressed form "*"
+            # also admits (PS3.18 Section 8.7.3.5.2), asked for when the PACS refuses.
+            alternatives.append(_multipart("application/octet-stream", None, unwrap=choice.unwrap))
+        for alternative in alternatives:
+            if alternative not in found:
+                found.append(alternative)
     return found
 
 

@@ -124,11 +124,22 @@ def _known_syntax(choice: Choice) -> str | None:
 
 
 def _transcode_refused(status: int, choice: Choice | None) -> bool:
-    """Whether a PACS error means it could not transcode to the syntax asked for (or to the
-    default, Explicit VR Little Endian, PS3.18 Section 8.7.3.5.2): not available, never
-    mislabelled bytes."""
-    return (choice is not None and (choice.multipart or choice.unwrap) and choice.transfer_syntax != "*"
-            and status in (400, 415, 500, 501))
+    """Whether a PACS error means it could not produce the pixel data or instances asked for.
+
+    That is a transcoding to the syntax asked for (or to the default, Explicit VR Little
+    Endian, PS3.18 Section 8.7.3.5.2), or frames as stored that cannot be frames as they
+    are (Orthanc answers 500 for Big Endian and Deflated ones): not available, never
+    mislabelled bytes. Whole instances as stored (``application/dicom`` with ``*``) need
+    no transcoding, so a PACS error there stays an error.
+    """
+    return (choice is not None and (choice.multipart or choice.unwrap) and status in (400, 415, 500, 501)
+            and (choice.transfer_syntax != "*" or choice.part_type != "application/dicom"))
+
+
+def _without_length(rewrite):
+    """*rewrite*, dropping the Content-Length of the part (which merged parts outgrow)."""
+    return lambda headers, body_start: [(name, value) for name, value in rewrite(headers, body_start)
+                                        if name.lower() != "content-length"]
 
 
 def _not_available(choice: Choice) -> str:
@@ -243,10 +254,11 @@ def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def relay(path: str, params: list[tuple[str, str]], choice: Choice,
-           explain: Callable[[], None] | None = None) -> Response:
+          explain: Callable[[], None] | None = None, merge: bool = False) -> Response:
     """Stream the PACS answer to *path* in the representation *choice* names.
 
     *explain*, when given, runs if the PACS answers an error, and may raise a more exact one.
+    With *merge*, the parts of the PACS answer become one part (frames as one Pixel Data value).
     """
     upstream = get_pacs().get(path, params=params, headers={"Accept": choice.upstream_accept,
                                                              "Accept-Encoding": "identity"}, stream=True)
@@ -284,7 +296,8 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     if choice.unwrap:
         try:
             part, start, body = multipart.unwrap(
-                source, boundary, peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
+                source, boundary, peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
+                merge=merge)
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
@@ -298,7 +311,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
-        if multipart.header(part, "Content-Length"):
+        if multipart.header(part, "Content-Length") and not merge:
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
         known = _known_syntax(choice)
@@ -306,10 +319,13 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         splicer = None if small else zerocopy.splicer_for(upstream, request.environ, get_pacs().timeout)
         # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
         own_boundary = f"facade-{secrets.token_hex(16)}"
-        body = multipart.rewrite(source, boundary,
-                                 part_header_rewriter(get_pacs().base_url, _public_base(), known, choice),
+        rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
+        if merge:
+            rewriter = _without_length(rewriter)
+        body = multipart.rewrite(source, boundary, rewriter,
                                  peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
-                                 direct=splicer.body if splicer is not None else None, out_boundary=own_boundary)
+                                 direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
+                                 merge=merge)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"

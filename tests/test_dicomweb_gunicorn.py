@@ -264,3 +264,29 @@ def test_zero_copy_can_be_switched_off(served):
     finally:
         _stop(process)
     assert "spliced" not in log_path.read_text()
+
+
+def test_pixel_data_bulk_data_of_a_large_big_endian_instance_is_spliced_as_one_little_endian_part(served, orthanc):
+    """bulk/7fe00010 is every frame in one part: merged parts through the splicer stay byte-exact."""
+    from pydicom.uid import ExplicitVRBigEndian
+    count = 12  # 12 x 384 x 400 x 2 bytes = 3.5 MiB: streamed, not read whole
+    ds = samples.make_instance(transfer_syntax=ExplicitVRBigEndian, PatientID=PATIENT, NumberOfFrames=count,
+                               Rows=ROWS, Columns=COLUMNS, Modality="OT")
+    assert devpacs.store_file(orthanc.url, devpacs.to_part10(ds)) is not None
+    expected = b"".join(samples._pattern_frame(ROWS, COLUMNS, 1, 16, i) for i in range(count))
+    before = len(spliced_lines(served))
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+    conn.request("GET", f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+                        f"{ds.SOPInstanceUID}/bulk/7fe00010",
+                 headers={"Authorization": f"Bearer {served['token']}",
+                          "Accept": 'multipart/related; type="application/octet-stream"'})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+    [(part_headers, data)] = parse_by_boundary(body, response.getheader("Content-Type"))
+    assert sha(data) == sha(expected)
+    assert part_headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert "content-length" not in part_headers
+    lines = spliced_lines(served)[before:]
+    assert len(lines) == 1 and lines[0].endswith(f"in {count} part bodies")

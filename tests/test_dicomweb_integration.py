@@ -304,3 +304,66 @@ def test_an_image_type_as_stored_is_that_type_or_406(dw):
     assert headers["content-type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.70" and b"\xff\xc3" in body
     uncompressed = f"studies/{dw['study']}/series/{dw['series']}/instances/{dw['instances'][1]}/frames/1"
     assert get(dw, uncompressed, accept='multipart/related; type="image/jpeg"; transfer-syntax=*').status_code == 406
+
+
+@pytest.fixture(scope="module")
+def stored_forms(dw):
+    """Multi-frame 16-bit instances stored Big Endian, Deflated and RLE; their frames, little endian."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, RLELossless
+    found = {}
+    for name, syntax, count in (("big endian", ExplicitVRBigEndian, 3), ("deflated", DeflatedExplicitVRLittleEndian, 2),
+                                ("rle", RLELossless, 4)):
+        ds = samples.make_instance(transfer_syntax=syntax, PatientID=PATIENT, StudyInstanceUID=dw["study"],
+                                   NumberOfFrames=count, Rows=6, Columns=10, Modality="OT")
+        assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(ds)) is not None
+        frames = [samples._pattern_frame(6, 10, 1, 16, i) for i in range(count)]
+        found[name] = (f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}", frames)
+    return found
+
+
+@pytest.mark.parametrize("form", ["big endian", "deflated"])
+@pytest.mark.parametrize("accept", ['multipart/related; type="application/octet-stream"; transfer-syntax=*',
+                                    "application/octet-stream; transfer-syntax=*", "*/*"])
+def test_frames_as_stored_of_big_endian_and_deflated_instances_are_little_endian(dw, stored_forms, form, accept):
+    """DW-9 (never a 5xx): Orthanc cannot send these frames as stored; "*" admits Explicit VR Little Endian."""
+    path, frames = stored_forms[form]
+    response = get(dw, f"{path}/frames/2", accept=accept)
+    assert response.status_code == 200
+    if response.headers["Content-Type"].startswith("multipart/"):
+        [(headers, body)] = parse_by_boundary(response.data, response.headers["Content-Type"])
+        content_type = headers["content-type"]
+    else:
+        body, content_type = response.data, response.headers["Content-Type"]
+    assert content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert body == frames[1]
+    assert frames[1] != samples._byteswap(frames[1], 16)  # the test tells the byte orders apart
+
+
+@pytest.mark.parametrize("form", ["big endian", "deflated", "rle"])
+def test_pixel_data_bulk_data_is_every_frame_uncompressed_little_endian(dw, stored_forms, form):
+    """octet-stream bulk data is Explicit VR Little Endian: not Orthanc's Big Endian bytes or RLE fragments."""
+    path, frames = stored_forms[form]
+    multi = get(dw, f"{path}/bulk/7FE00010", accept='multipart/related; type="application/octet-stream"')
+    assert multi.status_code == 200
+    [(headers, body)] = parse_by_boundary(multi.data, multi.headers["Content-Type"])
+    assert body == b"".join(frames)
+    assert headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert "content-length" not in headers or int(headers["content-length"]) == len(body)
+    single = get(dw, f"{path}/bulk/7fe00010", accept="application/octet-stream")
+    assert single.status_code == 200 and single.data == b"".join(frames)
+    assert int(single.headers.get("Content-Length", len(single.data))) == len(single.data)
+
+
+def test_pixel_data_bulk_data_the_pacs_cannot_decode_is_406(dw):
+    """A JPEG 2000 instance (Orthanc 1.10 has no decoder): 406, not the stored fragments as octet-stream."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    ds.PatientID = PATIENT
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = dw["study"], pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    buffer = __import__("io").BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert devpacs.store_file(dw["orthanc"].url, buffer.getvalue()) is not None
+    path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    assert get(dw, f"{path}/bulk/7fe00010", accept="application/octet-stream").status_code == 406
+    stored = get(dw, f"{path}/frames/1", accept='multipart/related; type="image/jp2"; transfer-syntax=*')
+    assert stored.status_code == 200  # the frames as stored remain the way to the compressed bitstream

@@ -126,3 +126,18 @@ def test_unwrap_peeks_at_the_start_when_asked():
     headers, start, body = unwrap(io.BytesIO(body_of([data, b"second"])).read, "b0undary", peek=lambda h: True)
     assert start == data[:4096] and transfer_syntax_of(start) == "1.2.840.10008.1.2.1"
     assert b"".join(body) == data
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "delimiter-search"])
+@pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
+def test_merge_makes_one_part_of_every_body_in_order(size, with_length):
+    """The frames of an instance as one Pixel Data value: first part's headers, all bodies, no delimiters."""
+    body = body_of(TRICKY, headers=with_length)
+    drop = lambda h, s: [(n, v) for n, v in h if n != "Content-Length"]  # noqa: E731
+    out = b"".join(rewrite(chunked(body, size), "b0undary", drop, peek=lambda h: True, merge=True,
+                           out_boundary="own"))
+    header = b"Content-Type: application/dicom\r\n" if with_length else b""
+    assert out == b"--own\r\n" + header + b"\r\n" + b"".join(TRICKY) + b"\r\n--own--\r\n"
+    headers, start, merged = unwrap(chunked(body, size), "b0undary", peek=lambda h: True, merge=True)
+    assert b"".join(merged) == b"".join(TRICKY)
+    assert start == TRICKY[0][:len(start)]

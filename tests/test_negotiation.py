@@ -1,7 +1,7 @@
 """Tests for DICOMweb content negotiation (fhir_facade.negotiation, PS3.18 Section 8.7)."""
 import pytest
 
-from fhir_facade.negotiation import NotAcceptable, choose, media_ranges, parse_media_type
+from fhir_facade.negotiation import NotAcceptable, choices, choose, media_ranges, parse_media_type
 
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -76,3 +76,13 @@ def test_as_stored_choices_name_the_type_to_check():
     jls, octet = choices("frames", 'image/jls, multipart/related; type="application/octet-stream"; q=0.5', frames=1)
     assert (jls.stored_type, jls.transfer_syntax, jls.unwrap) == ("image/jls", "1.2.840.10008.1.2.4.80", True)
     assert octet.stored_type is None and octet.upstream_accept == 'multipart/related; type="application/octet-stream"'
+
+
+def test_octet_stream_as_stored_falls_back_to_explicit_vr_little_endian():
+    """Big Endian or Deflated frames cannot be sent as stored; "*" admits the uncompressed default next."""
+    found = choices("frames", 'multipart/related; type="application/octet-stream"; transfer-syntax=*', frames=1)
+    assert [(c.upstream_accept, c.transfer_syntax) for c in found] == [
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=*', "*"),
+        ('multipart/related; type="application/octet-stream"', None)]
+    [stored, native] = choices("frames", "application/octet-stream; transfer-syntax=*", frames=1)
+    assert stored.unwrap and native.unwrap and native.transfer_syntax is None
