@@ -151,6 +151,22 @@ def read_imaging_study(study_id: str):
     return fhir_response(bundle.shape(studies.imaging_studies(found[:1], with_instances)[0], shape))
 
 
+def _one_per_study_uid(found: list[dict]) -> list[dict]:
+    """One study-level answer per StudyInstanceUID (the PACS's first), the ImagingStudy id.
+
+    A PACS may file one UID under two patients (Orthanc does); without a patient to
+    choose by, the first answer stands for it, as on read.
+    """
+    seen: set = set()
+    kept = []
+    for ds in found:
+        uid = dj.text(ds, "StudyInstanceUID")
+        if uid not in seen:
+            seen.add(uid)
+            kept.append(ds)
+    return kept
+
+
 def _study_sort_key(ds: dict) -> tuple:
     return (dj.text(ds, "StudyDate") or "", dj.text(ds, "StudyTime") or "", dj.text(ds, "StudyInstanceUID") or "")
 
@@ -178,6 +194,7 @@ def search_imaging_study():
         found = studies.find_studies(search.qido, with_series=not search.summary_count)
     if search.patient is not None:
         found = [ds for ds in found if to_fhir_id(dj.text(ds, "PatientID")) == search.patient]
+    found = _one_per_study_uid(found)
     for keep in search.study_filters:
         found = [ds for ds in found if keep(ds)]
     # Stable order for paging: newest first, then by UID (FHIR R4 §3.1.1.4.2 leaves it to the server).

@@ -171,8 +171,9 @@ class StudyRepository:
         Returns
         -------
         list of dict
-            Study-level DICOM JSON, one per StudyInstanceUID (a new list; the datasets are
-            shared: read-only).
+            Study-level DICOM JSON, one per StudyInstanceUID and PatientID (a new list;
+            the datasets are shared: read-only). A UID the PACS files under two patients
+            comes once for each.
         """
         key = tuple(sorted(params))
         if self._queries is not None:
@@ -194,13 +195,13 @@ class StudyRepository:
                 series.cancel()
             raise
         # A PACS may file one StudyInstanceUID under two patients and answer it twice
-        # (Orthanc does); one ImagingStudy per UID, the first answer wins.
+        # (Orthanc does): both answers are kept, each is that patient's study.
         seen: set = set()
         studies = []
         for ds in answer:
-            uid = dj.text(ds, "StudyInstanceUID")
-            if uid and uid not in seen:
-                seen.add(uid)
+            key = self._key(ds)
+            if key[0] and key not in seen:
+                seen.add(key)
                 studies.append(ds)
         self.remember(studies)
         if series is not None:

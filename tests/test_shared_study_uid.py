@@ -84,3 +84,23 @@ def test_each_patient_gets_its_own_demographics(shared, first, then):
         [included] = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
         for resource in (read, searched, included):
             assert (resource["id"], resource["name"][0]["family"], resource["birthDate"]) == (patient, family, birth)
+
+
+def test_a_system_token_finds_both_patients_and_the_study_once(shared):
+    """Patient search keeps both owners of the UID; ImagingStudy search has one resource per id."""
+    app = make_app(shared["tmp"].mktemp("system"), FACADE_PACS_URL=shared["orthanc"].dicomweb_url)
+    client = app.test_client()
+    headers = bearer(token(app, scope="system/Patient.rs system/ImagingStudy.rs", patient=None))
+    for patient, (name, _) in NAMES.items():
+        bundle = client.get(f"/fhir/Patient?family={name.split('^')[0]}", headers=headers).get_json()
+        assert [e["resource"]["id"] for e in bundle["entry"]] == [patient]
+    everyone = {e["resource"]["id"] for e in client.get("/fhir/Patient?_count=1000", headers=headers)
+                .get_json()["entry"]}
+    assert {"SHARE-A", "SHARE-B"} <= everyone
+    studies = [e["resource"]["id"] for e in client.get("/fhir/ImagingStudy?_count=1000", headers=headers)
+               .get_json()["entry"]]
+    assert studies.count(shared["study"]) == 1 and len(studies) == len(set(studies))
+    for patient in NAMES:
+        [study] = [e["resource"] for e in client.get(f"/fhir/ImagingStudy?patient={patient}",
+                                                      headers=headers).get_json()["entry"]]
+        assert [s["uid"] for s in study["series"]] == [shared["series"][patient]]
