@@ -214,10 +214,12 @@ def search_all():
     compartment = grant.compartment("ImagingStudy", "s")
     if compartment is not None:
         patient_id = to_patient_id(compartment)
-        if patient_id is None:  # the one-way form: its PatientID when this worker has seen it
+        if patient_id is None:  # the one-way form: its PatientID, if the PACS holds it at all
             patient_id = get_studies().resolve_hashed(compartment)
+            if patient_id is None:
+                return Response("[]", status=200, mimetype="application/dicom+json")
         params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
-        params.append(("PatientID", patient_id if patient_id is not None else ""))
+        params.append(("PatientID", patient_id))
         params.append(("includefield", dj.TAGS["PatientID"]))
     level = qido_level(request.path)  # the route: studies, series or instances
     return json_answer(level, normalize_includefield(params, level), patient_filter=compartment)

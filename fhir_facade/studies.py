@@ -109,6 +109,8 @@ class StudyRepository:
         self._queries: TTLCache | None = TTLCache(256, query_ttl) if query_ttl > 0 else None
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
+        #: one-way Patient ids the PACS was searched for in vain
+        self._unresolved: TTLCache = TTLCache(cache_size, ttl)
         #: one-way Patient ids known to be in the database (a failed save is tried again)
         self._recorded: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
         #: (uid, PatientID) -> study dataset with the patient module from instance metadata
@@ -139,16 +141,36 @@ class StudyRepository:
                 self._recorded.update(new)
 
     def resolve_hashed(self, fhir_id: str) -> str | None:
-        """Return the PatientID behind a one-way Patient id seen before (here or by any worker), else ``None``."""
+        """Return the PatientID behind a one-way Patient id (patient_ids rule 3), else ``None``.
+
+        Looked up among the ids seen before, here or by any worker (the database); an id
+        never seen anywhere (a token issued before the database was reset) is looked for
+        once in the PACS's study list, which records every one-way id it holds. An id
+        that is nowhere is not looked for again within the cache time.
+
+        Raises
+        ------
+        PacsError
+            If the PACS fails while an unseen id is looked for.
+        """
+        if not fhir_id.startswith("dcm-h."):
+            return None
         with self._lock:
             found = self._hashed.get(fhir_id)
-        if found is None and self.aliases is not None and fhir_id.startswith("dcm-h."):
+            missing = fhir_id in self._unresolved
+        if found is None and self.aliases is not None:
             found = self.aliases.get(fhir_id)
             if found is not None and to_fhir_id(found) == fhir_id:
                 with self._lock:
                     self._hashed[fhir_id] = found
             else:
                 found = None
+        if found is None and not missing:
+            self.remember(self.pacs.qido("studies", include(("PatientID",))))
+            with self._lock:
+                found = self._hashed.get(fhir_id)
+                if found is None:
+                    self._unresolved[fhir_id] = True
         return found
 
     # -- queries ----------------------------------------------------------------

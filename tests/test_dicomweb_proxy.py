@@ -112,29 +112,34 @@ def test_qido_studies_is_limited_to_the_token_patient(fake_app, rsps):
     assert "PatientID=P1" in sent and "PatientID=P2" not in sent
 
 
-def test_qido_for_a_one_way_patient_id_asks_for_its_patient_id_once_seen(fake_app, rsps):
+def test_qido_for_a_one_way_patient_id_looks_it_up_once_then_asks_for_its_patient_id(fake_app, rsps):
     from urllib.parse import parse_qsl, urlsplit
 
     from fhir_facade.patient_ids import to_fhir_id
-    from fhir_facade.studies import get_studies
     patient_id = "WARD3-BED4-" * 6 + "/X"  # rule 3 of the Patient id: only the one-way form is an id
     fhir_id = to_fhir_id(patient_id)
     assert fhir_id.startswith("dcm-h.")
     rows = [ds(StudyInstanceUID=STUDY, PatientID=patient_id), ds(StudyInstanceUID="1.2.9", PatientID="P2")]
     rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=rows)
-    client, headers = fake_app.test_client(), bearer(token(fake_app, patient=fhir_id))
+    client = fake_app.test_client()
 
-    def asked_patient_id():
-        return dict(parse_qsl(urlsplit(rsps.calls[-1].request.url).query, keep_blank_values=True))["PatientID"]
+    def asked():
+        return [dict(parse_qsl(urlsplit(call.request.url).query, keep_blank_values=True)).get("PatientID")
+                for call in rsps.calls]
 
-    # Not seen yet by this worker: the query is broad and the answer filtered.
-    body = client.get("/dicomweb/studies", headers=headers).get_json()
-    assert [r["0020000D"]["Value"][0] for r in body] == [STUDY] and asked_patient_id() == ""
-    with fake_app.app_context():
-        get_studies().remember(rows)
-    body = client.get("/dicomweb/studies", headers=headers).get_json()
-    assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
-    assert asked_patient_id() == patient_id
+    # Never seen: one look through the PACS's studies finds it; then its own PatientID is asked for.
+    headers = bearer(token(fake_app, patient=fhir_id))
+    for _ in range(2):
+        body = client.get("/dicomweb/studies", headers=headers).get_json()
+        assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
+    assert asked() == [None, patient_id, patient_id]
+    # An id the PACS does not hold: one look, an empty answer, and no look again within the cache time.
+    rsps.calls.reset()
+    nobody = bearer(token(fake_app, patient=to_fhir_id("NOBODY-" * 10)))
+    for _ in range(2):
+        response = client.get("/dicomweb/studies", headers=nobody)
+        assert response.status_code == 200 and response.get_json() == []
+    assert asked() == [None]
 
 
 def test_pacs_status_passes_through(fake_app, rsps):

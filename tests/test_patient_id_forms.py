@@ -55,6 +55,18 @@ def test_a_one_way_patient_id_with_a_comma_is_found_once_seen(forms):
     assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][LONG_COMMA]]
 
 
+def test_a_one_way_patient_id_never_seen_is_found_in_the_pacs(forms):
+    """A token whose one-way id no worker ever saw (a database reset): read, search and QIDO-RS find it."""
+    app = make_app(forms["tmp"].mktemp("unseen"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    fhir_id = to_fhir_id(LONG_COMMA)
+    client, headers = app.test_client(), bearer(token(app, patient=fhir_id))
+    assert client.get(f"/fhir/Patient/{fhir_id}", headers=headers).get_json()["identifier"][0]["value"] == LONG_COMMA
+    bundle = client.get(f"/fhir/ImagingStudy?patient={fhir_id}", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [forms["studies"][LONG_COMMA]]
+    rows = client.get("/dicomweb/studies", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in rows] == [forms["studies"][LONG_COMMA]]
+
+
 def test_a_one_way_patient_id_seen_by_one_worker_is_resolved_by_another(forms):
     """Two apps on one database stand for two gunicorn workers (or a restart)."""
     shared_db = forms["tmp"].mktemp("workers")
