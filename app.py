@@ -58,6 +58,14 @@ class _QuietRequestHandler(WSGIRequestHandler):
     def log_request(self, code="-", size="-"):
         pass
 
+    def parse_request(self) -> bool:
+        """Answer an HTTP/1.0 request as HTTP/1.0: werkzeug would chunk a streamed body for
+        it, an encoding HTTP/1.0 does not have (RFC 9112 Section 7.1)."""
+        parsed = super().parse_request()
+        if parsed and self.request_version == "HTTP/1.0":
+            self.protocol_version = "HTTP/1.0"  # this connection's handler only
+        return parsed
+
 
 if __name__ == "__main__":
     _app = create_app()

@@ -1,6 +1,7 @@
 """Logs without identifiers, no Host-built redirects, RFC 6750 challenges on 403, Vary: Origin."""
 import logging
 
+import pytest
 import responses
 
 from dicom_json_builders import ds
@@ -130,3 +131,39 @@ def test_head_and_preflight_are_logged_complete_and_timed(fake_app, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "facade.access"]
     assert len(lines) == 2 and all(line.endswith("ms") for line in lines), lines
     assert lines[0].startswith("HEAD /dicomweb/studies/<path:rest> 200 ")
+
+
+@pytest.mark.parametrize("version, chunked", [("HTTP/1.0", False), ("HTTP/1.1", True)])
+def test_the_dev_server_answers_http_1_0_without_chunks(version, chunked):
+    """``python app.py``: a streamed body for an HTTP/1.0 client is sent unframed, not chunked."""
+    import socket
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from app import _QuietRequestHandler
+
+    def streamed(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return iter([b"first ", b"second"])
+
+    server = make_server("127.0.0.1", 0, streamed, threaded=True, request_handler=_QuietRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        answers = []
+        for _ in range(2):  # an HTTP/1.1 connection after: the handler class is unchanged
+            with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as sock:
+                sock.sendall(f"GET /x {version}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            answers.append(data)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    for answer in answers:
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(f"{version} 200".encode())
+        assert (b"transfer-encoding: chunked" in head.lower()) is chunked
+        assert body == (b"6\r\nfirst \r\n6\r\nsecond\r\n0\r\n\r\n" if chunked else b"first second")
