@@ -258,19 +258,24 @@ def test_dw11_cors(dw):
     assert metadata.headers["Access-Control-Allow-Origin"] == "*"
 
 
-@pytest.fixture(scope="module")
-def jpeg_ls(dw):
-    """pydicom's JPEG-LS Lossless MR, re-identified under the DW patient, stored; its frame's bytes."""
-    from pydicom.encaps import generate_frames
-    ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+def store_test_file(dw, name: str) -> tuple[pydicom.Dataset, str]:
+    """One of pydicom's test files, re-identified into the DW patient's study and stored; its instance path."""
+    ds = pydicom.dcmread(get_testdata_file(name))
     ds.PatientID = PATIENT
     ds.StudyInstanceUID, ds.SeriesInstanceUID = dw["study"], pydicom.uid.generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     buffer = __import__("io").BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     assert devpacs.store_file(dw["orthanc"].url, buffer.getvalue()) is not None
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    return f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1", frame
+    return ds, f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+@pytest.fixture(scope="module")
+def jpeg_ls(dw):
+    """pydicom's JPEG-LS Lossless MR, re-identified under the DW patient, stored; its frame's bytes."""
+    from pydicom.encaps import generate_frames
+    ds, path = store_test_file(dw, "MR_small_jpeg_ls_lossless.dcm")
+    return f"{path}/frames/1", next(generate_frames(ds.PixelData, number_of_frames=1))
 
 
 def test_jpeg_ls_is_served_as_stored_and_never_transcoded(dw, jpeg_ls):
@@ -356,14 +361,7 @@ def test_pixel_data_bulk_data_is_every_frame_uncompressed_little_endian(dw, stor
 
 def test_pixel_data_bulk_data_the_pacs_cannot_decode_is_406(dw):
     """A JPEG 2000 instance (Orthanc 1.10 has no decoder): 406, not the stored fragments as octet-stream."""
-    ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
-    ds.PatientID = PATIENT
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = dw["study"], pydicom.uid.generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    buffer = __import__("io").BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    assert devpacs.store_file(dw["orthanc"].url, buffer.getvalue()) is not None
-    path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    _, path = store_test_file(dw, "MR_small_jp2klossless.dcm")
     assert get(dw, f"{path}/bulk/7fe00010", accept="application/octet-stream").status_code == 406
     stored = get(dw, f"{path}/frames/1", accept='multipart/related; type="image/jp2"; transfer-syntax=*')
     assert stored.status_code == 200  # the frames as stored remain the way to the compressed bitstream
