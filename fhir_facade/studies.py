@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,6 +47,12 @@ def _of_patient(rows: list[dict], study: dict) -> list[dict]:
     """The rows (series, instances) of *study*'s patient; a row that names no PatientID is kept."""
     patient_id = dj.text(study, "PatientID")
     return [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
+
+
+#: Least seconds between two reads of the PACS's study list for unseen one-way Patient ids.
+SCAN_INTERVAL = 60.0
+#: Studies asked for per QIDO-RS page of that list.
+SCAN_PAGE = 1000
 
 
 def include(fields: Sequence[str]) -> list[tuple[str, str]]:
@@ -109,8 +116,9 @@ class StudyRepository:
         self._queries: TTLCache | None = TTLCache(256, query_ttl) if query_ttl > 0 else None
         #: one-way Patient ids (patient_ids rule 3) seen so far -> PatientID
         self._hashed: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
-        #: one-way Patient ids the PACS was searched for in vain
-        self._unresolved: TTLCache = TTLCache(cache_size, ttl)
+        #: when the PACS's study list was last read for one-way ids (monotonic seconds)
+        self._scanned_at = -SCAN_INTERVAL
+        self._scan_lock = threading.Lock()
         #: one-way Patient ids known to be in the database (a failed save is tried again)
         self._recorded: TTLCache = TTLCache(cache_size, max(ttl, 3600.0))
         #: (uid, PatientID) -> study dataset with the patient module from instance metadata
@@ -143,21 +151,33 @@ class StudyRepository:
     def resolve_hashed(self, fhir_id: str) -> str | None:
         """Return the PatientID behind a one-way Patient id (patient_ids rule 3), else ``None``.
 
-        Looked up among the ids seen before, here or by any worker (the database); an id
-        never seen anywhere (a token issued before the database was reset) is looked for
-        once in the PACS's study list, which records every one-way id it holds. An id
-        that is nowhere is not looked for again within the cache time.
+        Looked up among the ids seen before, here or by any worker (the database). An id
+        seen nowhere (a token issued before the database was reset) is looked for in the
+        PACS's whole study list, which records every one-way id the PACS holds: one list at
+        a time, and at most once per :data:`SCAN_INTERVAL` seconds, so unknown ids, however
+        many, cost at most one list per interval.
 
         Raises
         ------
         PacsError
-            If the PACS fails while an unseen id is looked for.
+            If the PACS fails while the study list is read.
         """
         if not fhir_id.startswith("dcm-h."):
             return None
+        found = self._known_hashed(fhir_id)
+        if found is not None:
+            return found
+        with self._scan_lock:  # one list at a time; who waited finds what it recorded
+            found = self._known_hashed(fhir_id)
+            if found is None and time.monotonic() - self._scanned_at >= SCAN_INTERVAL:
+                self._scan_patient_ids()
+                self._scanned_at = time.monotonic()
+                found = self._known_hashed(fhir_id)
+        return found
+
+    def _known_hashed(self, fhir_id: str) -> str | None:
         with self._lock:
             found = self._hashed.get(fhir_id)
-            missing = fhir_id in self._unresolved
         if found is None and self.aliases is not None:
             found = self.aliases.get(fhir_id)
             if found is not None and to_fhir_id(found) == fhir_id:
@@ -165,13 +185,20 @@ class StudyRepository:
                     self._hashed[fhir_id] = found
             else:
                 found = None
-        if found is None and not missing:
-            self.remember(self.pacs.qido("studies", include(("PatientID",))))
-            with self._lock:
-                found = self._hashed.get(fhir_id)
-                if found is None:
-                    self._unresolved[fhir_id] = True
         return found
+
+    def _scan_patient_ids(self) -> None:
+        """Read the PACS's study list page by page (PS3.18 Section 8.3.4.4) and remember its one-way ids."""
+        offset, seen = 0, set()
+        while True:
+            page = self.pacs.qido("studies", include(("PatientID",)) + [("limit", str(SCAN_PAGE)),
+                                                                          ("offset", str(offset))])
+            keys = {self._key(ds) for ds in page} - seen
+            self.remember(page)
+            if len(page) < SCAN_PAGE or not keys:  # the end, or a PACS that ignores offset
+                return
+            seen |= keys
+            offset += len(page)
 
     # -- queries ----------------------------------------------------------------
 

@@ -132,14 +132,32 @@ def test_qido_for_a_one_way_patient_id_looks_it_up_once_then_asks_for_its_patien
     for _ in range(2):
         body = client.get("/dicomweb/studies", headers=headers).get_json()
         assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
-    assert asked() == [None, patient_id, patient_id]
-    # An id the PACS does not hold: one look, an empty answer, and no look again within the cache time.
+    assert asked() == [None, patient_id, patient_id]  # None: the study list, read once
+    # Ids the PACS does not hold, however many: an empty answer, and no new look at the
+    # study list within SCAN_INTERVAL of the last one (it recorded every one-way id there is).
     rsps.calls.reset()
-    nobody = bearer(token(fake_app, patient=to_fhir_id("NOBODY-" * 10)))
-    for _ in range(2):
+    for n in range(5):
+        nobody = bearer(token(fake_app, patient=to_fhir_id(f"NOBODY-{n}-" * 10)))
         response = client.get("/dicomweb/studies", headers=nobody)
         assert response.status_code == 200 and response.get_json() == []
-    assert asked() == [None]
+    assert asked() == []
+
+
+def test_the_study_list_is_read_page_by_page_for_unseen_one_way_ids(fake_app, rsps, monkeypatch):
+    from urllib.parse import parse_qsl, urlsplit
+
+    from fhir_facade import studies
+    from fhir_facade.patient_ids import to_fhir_id
+    monkeypatch.setattr(studies, "SCAN_PAGE", 2)
+    patient_id = "PAGE3-" * 12
+    pages = [[ds(StudyInstanceUID="1.2.1", PatientID="P1"), ds(StudyInstanceUID="1.2.2", PatientID="P2")],
+             [ds(StudyInstanceUID="1.2.3", PatientID="P3"), ds(StudyInstanceUID="1.2.4", PatientID=patient_id)],
+             [ds(StudyInstanceUID="1.2.5", PatientID="P5")]]
+    for page in pages:
+        rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=page)
+    with fake_app.app_context():
+        assert studies.get_studies().resolve_hashed(to_fhir_id(patient_id)) == patient_id
+    assert [dict(parse_qsl(urlsplit(c.request.url).query))["offset"] for c in rsps.calls] == ["0", "2", "4"]
 
 
 def test_pacs_status_passes_through(fake_app, rsps):
@@ -261,3 +279,23 @@ def test_a_pacs_that_breaks_off_before_the_first_part_gets_a_502_not_a_broken_20
         **bearer(token(fake_app)), "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert response.status_code == 502
     assert "malformed multipart" in response.get_json()["message"]
+
+
+def test_concurrent_unseen_one_way_ids_read_the_study_list_once(fake_app, rsps):
+    import threading
+
+    from fhir_facade.patient_ids import to_fhir_id
+    from fhir_facade.studies import get_studies
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])
+    results = []
+
+    def resolve(n: int) -> None:
+        with fake_app.app_context():
+            results.append(get_studies().resolve_hashed(to_fhir_id(f"UNSEEN-{n}-" * 8)))
+
+    threads = [threading.Thread(target=resolve, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [None] * 8 and len(rsps.calls) == 1
