@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, request
 
@@ -15,7 +16,7 @@ from smart import authz
 
 from . import dicom_json as dj
 from .lookups import UnknownStudy, check_study_access, get_lookups
-from .negotiation import Choice, choices
+from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from .pacs import PacsError
 from .patient_ids import to_patient_id
 from .relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
@@ -244,25 +245,40 @@ def study_resource(rest: str):
         if resource == "qido":
             params = normalize_includefield(params, qido_level(path))
         return json_answer(path, params)
-    merge = False
     if resource == "bulkdata" and segments[6].lower() == PIXEL_DATA:
-        frames_path = _pixel_data_frames(study_uid, segments[2], segments[4])
-        if frames_path is not None:
-            # One part of every frame, uncompressed little endian (not "*": as stored may
-            # be compressed fragments or Big Endian, which octet-stream bulk data is not).
-            path, merge = frames_path, True
-            options = [choice for choice in options if choice.transfer_syntax != "*"]
-            if not options:
-                raise DicomwebError(406, "Pixel Data bulk data is served in Explicit VR Little Endian only")
+        return _pixel_data(study_uid, segments, path, params, options)
     explain = None
     if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
-    for choice in options[:-1]:
+    # A frame or rendering refused is refused for the whole instance: remembered per instance.
+    return _first_available("/".join(segments[:5]) if len(segments) >= 5 else path, path, params, options, explain)
+
+
+def _first_available(key: str, path: str, params: list[tuple[str, str]], options: list[Choice],
+                     explain: Callable[[], None] | None = None, **how) -> Response:
+    """Relay the first of *options* the PACS can produce for *path* (PS3.18 Section 8.7.1).
+
+    A representation the PACS refused for the resource *key* within the cache time is not
+    asked for again (a Big Endian instance's frames as stored would cost a failed request
+    each time); the last option is always tried, for its 406.
+
+    Raises
+    ------
+    NotAvailable
+        If the PACS can produce none of them (406).
+    """
+    lookups = get_lookups()
+    untried = [choice for choice in options if not lookups.refused(key, choice)] or options[-1:]
+    for choice in untried[:-1]:
         try:
-            return relay(path, params, choice, explain, merge=merge)
+            return relay(path, params, choice, explain, **how)
         except NotAvailable:
-            continue  # the next representation the client accepts
-    return relay(path, params, options[-1], explain, merge=merge)
+            lookups.note_refused(key, choice)
+    try:
+        return relay(path, params, untried[-1], explain, **how)
+    except NotAvailable:
+        lookups.note_refused(key, untried[-1])
+        raise
 
 
 #: The Pixel Data (7FE0,0010) bulk data path segment, lower case.
@@ -272,35 +288,46 @@ PIXEL_DATA = "7fe00010"
 MAX_FRAME_LIST = 1000
 
 
-def _pixel_data_frames(study_uid: str, series_uid: str, sop_uid: str) -> str | None:
-    """The PACS frames path that makes up an instance's Pixel Data bulk data, if it should.
+def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tuple[str, str]],
+                options: list[Choice]) -> Response:
+    """Pixel Data bulk data, uncompressed and little endian as ``application/octet-stream`` is.
 
-    ``application/octet-stream`` bulk data is uncompressed and little endian (PS3.18
-    Section 8.7.3.5.2), while a PACS sends Pixel Data as stored: compressed fragments, or
-    Big Endian bytes (Orthanc does both). All of the instance's frames, asked for in Explicit
-    VR Little Endian and sent as one part, are the value as it should be. An instance of
-    more than :data:`MAX_FRAME_LIST` frames, or of single-bit frames (which need not end on
-    a byte boundary), keeps the PACS's own bulk data.
-
-    Returns
-    -------
-    str or None
-        ``studies/.../frames/1,2,...,N``, or ``None`` for the PACS's bulk data.
+    Octet-stream bulk data is uncompressed, Explicit VR Little Endian (PS3.18 Section
+    8.7.3.5.2), while a PACS sends Pixel Data as stored: Orthanc sends the fragments of
+    compressed Pixel Data (an empty Basic Offset Table first) as octet-stream parts. So the
+    instance's frames are asked for in Explicit VR Little Endian and sent as one part. When
+    that cannot be (over :data:`MAX_FRAME_LIST` frames, single-bit frames that need not end
+    on a byte boundary, frames the PACS cannot cut or decode), the PACS's own value is
+    relayed if it is one uncompressed part; a first part that is a Basic Offset Table
+    (empty, or 4 bytes per frame) means compressed Pixel Data: 406.
 
     Raises
     ------
     DicomwebError
-        404 when the instance is missing or has no pixel data.
+        404 when the instance is missing or has no pixel data; 406 when the Pixel Data
+        cannot be had uncompressed.
     """
+    series_uid, sop_uid = segments[2], segments[4]
     info = get_lookups().instance(study_uid, series_uid, sop_uid)
     if info is None:
         raise DicomwebError(404, "instance not found")
     if not info.has_pixels:
         raise DicomwebError(404, "the instance has no pixel data")
-    if info.number_of_frames > MAX_FRAME_LIST or info.bits_allocated == 1:
-        return None
-    frames = ",".join(str(n) for n in range(1, info.number_of_frames + 1))
-    return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/frames/{frames}"
+    key = "/".join(segments[:5])
+    # Not "*" (frames as stored may be compressed): choices() put Explicit VR Little Endian after it.
+    as_frames = [choice for choice in options if choice.transfer_syntax != "*"
+                 and not get_lookups().refused(f"{key}/frames", choice)]
+    if as_frames and info.number_of_frames <= MAX_FRAME_LIST and info.bits_allocated != 1:
+        frames = ",".join(str(n) for n in range(1, info.number_of_frames + 1))
+        try:
+            return _first_available(f"{key}/frames", f"studies/{study_uid}/series/{series_uid}/instances/"
+                                    f"{sop_uid}/frames/{frames}", params, as_frames, merge=True)
+        except NotAvailable:
+            pass  # the PACS's own value, if it is uncompressed
+    native = [choice for choice in options if choice.transfer_syntax in (None, "*", EXPLICIT_VR_LITTLE_ENDIAN)]
+    if not native:
+        raise DicomwebError(406, "Pixel Data bulk data is available in Explicit VR Little Endian only")
+    return _first_available(key, path, params, native, native_frames=info.number_of_frames)
 
 
 def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_numbers: list[int]) -> None:

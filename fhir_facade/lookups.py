@@ -56,6 +56,8 @@ class Lookups:
         self._lock = threading.Lock()
         self._owners: TTLCache = TTLCache(size, ttl)
         self._instances: TTLCache = TTLCache(size, ttl)
+        #: (resource, representation) pairs the PACS could not produce
+        self._refused: TTLCache = TTLCache(size, ttl)
 
     def patients_of_study(self, study_uid: str) -> frozenset[str]:
         """FHIR Patient ids of every patient holding a study with this UID.
@@ -97,12 +99,25 @@ class Lookups:
                 return None
             has_pixels = dj.first(rows[0], "Rows") is not None
             frames = dj.integer(rows[0], "NumberOfFrames")
-            info = InstanceInfo(number_of_frames=(frames or 1) if has_pixels else 0, has_pixels=has_pixels,
+            # A missing, zero or negative NumberOfFrames on an image means one frame.
+            info = InstanceInfo(number_of_frames=max(frames or 1, 1) if has_pixels else 0, has_pixels=has_pixels,
                                 sop_class_uid=dj.text(rows[0], "SOPClassUID"),
                                 bits_allocated=dj.integer(rows[0], "BitsAllocated"))
             with self._lock:
                 self._instances[key] = info
         return info
+
+
+    def refused(self, resource: str, choice) -> bool:
+        """Whether the PACS could not produce *choice* (a :class:`~fhir_facade.negotiation.Choice`)
+        for *resource* (a path) within the cache time."""
+        with self._lock:
+            return (resource, choice) in self._refused
+
+    def note_refused(self, resource: str, choice) -> None:
+        """Remember that the PACS could not produce *choice* for *resource*."""
+        with self._lock:
+            self._refused[(resource, choice)] = True
 
 
 def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy") -> None:

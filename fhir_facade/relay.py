@@ -84,9 +84,9 @@ def part_header_rewriter(pacs_base: str, public_base: str, known_syntax: str | N
 
     It points Content-Location at the facade and names the transfer syntax of DICOM parts
     (PS3.18 Section 8.7.3.5.2): *known_syntax* when the request fixed it, else the one in
-    the part's File Meta Information. With a *choice* that serves a type as stored only, a
-    part of another type raises :class:`NotAvailable`. It needs no app context, so it can
-    run while the response streams.
+    the part's File Meta Information. With a *choice*, a part other than it asked for
+    raises :class:`NotAvailable` (see :func:`_check_stored`). It needs no app context, so it
+    can run while the response streams.
     """
     def rewrite(headers, body_start):
         if choice is not None:
@@ -136,10 +136,18 @@ def _transcode_refused(status: int, choice: Choice | None) -> bool:
             and (choice.transfer_syntax != "*" or choice.part_type != "application/dicom"))
 
 
-def _without_length(rewrite):
-    """*rewrite*, dropping the Content-Length of the part (which merged parts outgrow)."""
+def _merged_part(rewrite):
+    """*rewrite*, dropping the Content-Length and Content-Location of the first of parts merged into one."""
     return lambda headers, body_start: [(name, value) for name, value in rewrite(headers, body_start)
-                                        if name.lower() != "content-length"]
+                                        if name.lower() not in ("content-length", "content-location")]
+
+
+def _checked(rewrite, check):
+    """*rewrite*, running *check* on each part's headers first."""
+    def checked(headers, body_start):
+        check(headers)
+        return rewrite(headers, body_start)
+    return checked
 
 
 def _not_available(choice: Choice) -> str:
@@ -150,13 +158,39 @@ def _not_available(choice: Choice) -> str:
 
 
 def _check_stored(headers, choice: Choice) -> None:
-    """For a :attr:`Choice.stored_type` answer: the part is of that type (and syntax), or not available."""
-    if choice.stored_type is None:
-        return
+    """The part is what *choice* asked for, or not available.
+
+    For a :attr:`Choice.stored_type` answer, the part is of that type (and syntax). A pixel
+    data part that names a transfer syntax names the one asked for: a PACS may send another
+    than the one asked for (Orthanc sends Explicit VR Little Endian for Big Endian).
+    """
     media, params = parse_media_type(multipart.header(headers, "Content-Type") or "")
-    if media != choice.stored_type or (choice.transfer_syntax not in (None, "*")
-                                       and params.get("transfer-syntax") != choice.transfer_syntax):
+    asked = choice.transfer_syntax not in (None, "*")
+    if choice.stored_type is not None:
+        if media != choice.stored_type or (asked and params.get("transfer-syntax") != choice.transfer_syntax):
+            raise NotAvailable(_not_available(choice))
+    elif (asked and media != "application/dicom" and "transfer-syntax" in params
+          and params["transfer-syntax"] != choice.transfer_syntax):
         raise NotAvailable(_not_available(choice))
+
+
+def _one_uncompressed_part(frames: int):
+    """A check of each part's headers: Pixel Data as one uncompressed part, else not available.
+
+    The first part of encapsulated Pixel Data is its Basic Offset Table, empty or 4 bytes per
+    frame (PS3.5 Section A.4), which uncompressed Pixel Data of *frames* frames never is
+    long; a second part means fragments.
+    """
+    seen = []
+
+    def check(headers) -> None:
+        if seen:
+            raise multipart.MultipartError("the Pixel Data came in more than one part")
+        seen.append(True)
+        length = multipart.header(headers, "Content-Length")
+        if length is not None and length.strip() in ("0", str(4 * frames)):
+            raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
+    return check
 
 
 def upstream_failure(upstream, choice: Choice | None) -> Response:
@@ -254,11 +288,14 @@ def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def relay(path: str, params: list[tuple[str, str]], choice: Choice,
-          explain: Callable[[], None] | None = None, merge: bool = False) -> Response:
+          explain: Callable[[], None] | None = None, merge: bool = False,
+          native_frames: int | None = None) -> Response:
     """Stream the PACS answer to *path* in the representation *choice* names.
 
     *explain*, when given, runs if the PACS answers an error, and may raise a more exact one.
-    With *merge*, the parts of the PACS answer become one part (frames as one Pixel Data value).
+    With *merge*, the parts of the PACS answer become one part (frames as one Pixel Data
+    value). With *native_frames*, the answer is Pixel Data of that many frames that must be
+    one uncompressed part (see :func:`_one_uncompressed_part`).
     """
     upstream = get_pacs().get(path, params=params, headers={"Accept": choice.upstream_accept,
                                                              "Accept-Encoding": "identity"}, stream=True)
@@ -303,6 +340,8 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         try:
             _check_stored(part, choice)
+            if native_frames is not None:
+                _one_uncompressed_part(native_frames)(part)
         except NotAvailable:
             upstream.close()
             raise
@@ -321,7 +360,9 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         own_boundary = f"facade-{secrets.token_hex(16)}"
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
         if merge:
-            rewriter = _without_length(rewriter)
+            rewriter = _merged_part(rewriter)
+        if native_frames is not None:
+            rewriter = _checked(rewriter, _one_uncompressed_part(native_frames))
         body = multipart.rewrite(source, boundary, rewriter,
                                  peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
                                  direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,

@@ -365,3 +365,47 @@ def test_pixel_data_bulk_data_the_pacs_cannot_decode_is_406(dw):
     assert get(dw, f"{path}/bulk/7fe00010", accept="application/octet-stream").status_code == 406
     stored = get(dw, f"{path}/frames/1", accept='multipart/related; type="image/jp2"; transfer-syntax=*')
     assert stored.status_code == 200  # the frames as stored remain the way to the compressed bitstream
+
+
+def test_uncompressed_pixel_data_the_pacs_cannot_cut_into_frames_is_its_own_value(dw):
+    """YBR_FULL_422 uncompressed: Orthanc refuses its frames; the stored value is the right answer (review M1)."""
+    ds, path = store_test_file(dw, "SC_ybr_full_422_uncompressed.dcm")
+    response = get(dw, f"{path}/bulk/7fe00010", accept="application/octet-stream")
+    assert response.status_code == 200 and response.data == ds.PixelData
+
+
+def test_compressed_pixel_data_of_more_frames_than_one_request_holds_is_406(dw):
+    """Over MAX_FRAME_LIST frames the PACS's own value is relayed only when uncompressed (review M2)."""
+    from pydicom.uid import RLELossless
+    ds = samples.make_instance(transfer_syntax=RLELossless, PatientID=PATIENT, StudyInstanceUID=dw["study"],
+                               NumberOfFrames=1001, Rows=2, Columns=3, Modality="OT")
+    assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(ds)) is not None
+    path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/bulk/7fe00010"
+    for accept in ("application/octet-stream", 'multipart/related; type="application/octet-stream"'):
+        assert get(dw, path, accept=accept).status_code == 406
+    native = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=dw["study"], NumberOfFrames=1001,
+                                   Rows=2, Columns=3, Modality="OT")
+    assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(native)) is not None
+    path = f"studies/{dw['study']}/series/{native.SeriesInstanceUID}/instances/{native.SOPInstanceUID}/bulk/7fe00010"
+    whole = get(dw, path, accept="application/octet-stream")
+    assert whole.status_code == 200 and whole.data == native.PixelData
+
+
+def test_a_negative_number_of_frames_is_one_frame_not_a_server_error(dw):
+    ds = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=dw["study"], Modality="OT")
+    ds.NumberOfFrames = "-2"
+    assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(ds)) is not None
+    path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    response = get(dw, f"{path}/bulk/7fe00010", accept="application/octet-stream")
+    assert response.status_code < 500 and (response.status_code != 200 or response.data == ds.PixelData)
+    assert get(dw, f"{path}/frames/2", accept="application/octet-stream").status_code < 500
+
+
+def test_merged_pixel_data_names_no_single_frame_and_an_explicit_other_syntax_is_406(dw, stored_forms):
+    path, frames = stored_forms["big endian"]
+    multi = get(dw, f"{path}/bulk/7fe00010", accept='multipart/related; type="application/octet-stream"')
+    [(headers, body)] = parse_by_boundary(multi.data, multi.headers["Content-Type"])
+    assert body == b"".join(frames) and "content-location" not in headers  # review L3
+    big_endian = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.2'
+    assert get(dw, f"{path}/bulk/7fe00010", accept=big_endian).status_code == 406  # review L5
+    assert get(dw, f"{path}/frames/1", accept=big_endian).status_code == 406

@@ -299,3 +299,28 @@ def test_concurrent_unseen_one_way_ids_read_the_study_list_once(fake_app, rsps):
     for thread in threads:
         thread.join()
     assert results == [None] * 8 and len(rsps.calls) == 1
+
+
+def test_a_representation_the_pacs_refused_is_not_asked_for_again_for_that_instance(fake_app, rsps):
+    """Big Endian frames as stored: Orthanc answers 500 each time; the facade asks once per cache time."""
+    frames = f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames"
+    rsps.add(responses.GET, re.compile(re.escape(frames) + "/[0-9]+"), status=500, match=[
+        responses.matchers.header_matcher({"Accept": 'multipart/related; type="application/octet-stream"; '
+                                                     'transfer-syntax=*'})])
+    frame = b"\x01\x02" * 32
+    rsps.add(responses.GET, re.compile(re.escape(frames) + "/[0-9]+"), content_type=(
+        'multipart/related; type="application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"; boundary=b'),
+        body=b"--b\r\nContent-Type: application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n" + frame
+        + b"\r\n--b--\r\n")
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
+             json=[{**ds(StudyInstanceUID=STUDY, SOPInstanceUID=SOP), "00280010": {"vr": "US", "Value": [8]},
+                    "00280008": {"vr": "IS", "Value": [3]}}])
+    client, headers = fake_app.test_client(), {**bearer(token(fake_app)),
+                                               "Accept": "application/octet-stream; transfer-syntax=*"}
+    for n in (1, 2, 3):
+        response = client.get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/{n}", headers=headers)
+        assert response.status_code == 200 and response.data == frame
+        assert response.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    accepts = [c.request.headers["Accept"] for c in rsps.calls if "/frames/" in c.request.url]
+    assert accepts == ['multipart/related; type="application/octet-stream"; transfer-syntax=*'] + \
+        ['multipart/related; type="application/octet-stream"'] * 3
