@@ -18,7 +18,7 @@ from . import dicom_json as dj
 from .lookups import UnknownStudy, check_study_access, get_lookups
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from .pacs import PacsError
-from .patient_ids import to_patient_id
+from .patient_ids import InvalidPatientId, to_patient_id
 from .relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
                     rewrite_urls)
 from .search_params import is_uid
@@ -214,7 +214,10 @@ def search_all():
     _negotiate("json")
     compartment = grant.compartment("ImagingStudy", "s")
     if compartment is not None:
-        patient_id = to_patient_id(compartment)
+        try:
+            patient_id = to_patient_id(compartment)
+        except InvalidPatientId:  # a token for an id no PatientID has (one issued by an older rule)
+            return Response("[]", status=200, mimetype="application/dicom+json")
         if patient_id is None:  # the one-way form: its PatientID, if the PACS holds it at all
             patient_id = get_studies().resolve_hashed(compartment)
             if patient_id is None:

@@ -7,9 +7,11 @@ Rule
 2. Every other PatientID — empty, with spaces, ``/``, ``+``, ``_``, non-ASCII characters,
    longer than 64 characters, or starting with ``dcm-`` — maps to ``dcm-`` followed by its
    UTF-8 bytes where ``A-Z a-z 0-9 -`` stay as they are and every other byte becomes ``.``
-   plus two upper-case hex digits (so ``.`` itself is ``.2E``). The empty PatientID (type 2
-   in DICOM, present but empty) becomes ``dcm-``: all studies without a PatientID belong to
-   one Patient whose id is ``dcm-``.
+   plus two upper-case hex digits (so ``.`` itself is ``.2E``). A leading ``h`` that an
+   escape follows is escaped too (``.68``): ``dcm-h.`` begins rule 3's ids only, so no
+   PatientID's id is another's one-way id. The empty PatientID (type 2 in DICOM, present
+   but empty) becomes ``dcm-``: all studies without a PatientID belong to one Patient whose
+   id is ``dcm-``.
 3. If the result of rule 2 would be longer than 64 characters the id is
    ``dcm-h.`` + the first 32 hex digits of the SHA-256 of the UTF-8 PatientID. That form is
    one-way; :func:`to_patient_id` answers ``None`` for it and the caller resolves it by
@@ -60,6 +62,8 @@ def to_fhir_id(patient_id: str | None) -> str:
     if FHIR_ID.fullmatch(value) and not value.startswith(PREFIX):
         return value
     encoded = PREFIX + "".join(chr(b) if b in _KEEP else f".{b:02X}" for b in value.encode("utf-8"))
+    if encoded.startswith(HASH_PREFIX):  # reserved for rule 3: "h" then an escape
+        encoded = PREFIX + ".68" + encoded[len(PREFIX) + 1:]
     if len(encoded) <= 64:
         return encoded
     return hashed_id(value)

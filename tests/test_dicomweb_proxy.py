@@ -324,3 +324,9 @@ def test_a_representation_the_pacs_refused_is_not_asked_for_again_for_that_insta
     accepts = [c.request.headers["Accept"] for c in rsps.calls if "/frames/" in c.request.url]
     assert accepts == ['multipart/related; type="application/octet-stream"; transfer-syntax=*'] + \
         ['multipart/related; type="application/octet-stream"'] * 3
+
+
+def test_a_token_for_a_patient_id_no_patient_id_has_gets_an_empty_qido_answer(fake_app, rsps):
+    """dcm-h.5F2024... was issued for h_2024 by an older rule; it reads as a malformed one-way id."""
+    response = fake_app.test_client().get("/dicomweb/studies", headers=bearer(token(fake_app, patient="dcm-h.5F2024")))
+    assert response.status_code == 200 and response.get_json() == []

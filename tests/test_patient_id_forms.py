@@ -105,3 +105,30 @@ def test_one_way_ids_are_recorded_once_the_table_exists(forms, caplog):
     with app.app_context(), get_database().engine.connect() as conn:
         recorded = conn.execute(select(PatientAlias.patient_id)).scalars().all()
     assert recorded == [LONG_COMMA]
+
+
+def test_a_patient_id_made_to_look_like_a_one_way_id_reads_only_its_own_studies(forms):
+    """Rule 2 wrote "h" + escaped byte + 30 hex as dcm-h.<32 hex>: another patient's one-way id."""
+    def first_byte(patient_id: str) -> int:
+        return int(to_fhir_id(patient_id)[6:8], 16)
+
+    # A victim whose one-way id starts with the hex of an ASCII byte that rule 2 escapes.
+    victim = next(v for v in (f"VICTIM {n:06d} " + "é" * 10 for n in range(10000))
+                  if first_byte(v) < 0x80 and not chr(first_byte(v)).isalnum() and chr(first_byte(v)) != "-")
+    victim_id = to_fhir_id(victim)
+    attacker = "h" + chr(int(victim_id[6:8], 16)) + victim_id[8:]
+    studies = {}
+    for patient in (victim, attacker):
+        ds = samples.make_instance(PatientID=patient, StudyInstanceUID=pydicom.uid.generate_uid(), Modality="OT")
+        devpacs.store_dataset(forms["orthanc"].url, ds)
+        studies[patient] = str(ds.StudyInstanceUID)
+    app = make_app(forms["tmp"].mktemp("forged"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    client, attacker_id = app.test_client(), to_fhir_id(attacker)
+    assert attacker_id != victim_id
+    headers = bearer(token(app, patient=attacker_id))
+    bundle = client.get(f"/fhir/ImagingStudy?patient={attacker_id}", headers=headers).get_json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [studies[attacker]]
+    assert client.get(f"/fhir/ImagingStudy?patient={victim_id}", headers=headers).status_code == 403
+    assert client.get(f"/dicomweb/studies/{studies[victim]}", headers=headers).status_code == 403
+    rows = client.get("/dicomweb/studies", headers=headers).get_json()
+    assert [r["0020000D"]["Value"][0] for r in rows] == [studies[attacker]]

@@ -23,6 +23,9 @@ def test_valid_fhir_ids_map_to_themselves(patient_id):
     ("dcm-x", "dcm-dcm-x"),
     ("dcm-", "dcm-dcm-"),
     ("x.y z", "dcm-x.2Ey.20z"),
+    ("h_2024_0042", "dcm-.68.5F2024.5F0042"),  # never dcm-h. (the one-way form), which it read as
+    ("h 2850f8259585eb7a3b3ca1ac90e8e0", "dcm-.68.202850f8259585eb7a3b3ca1ac90e8e0"),
+    ("hx y", "dcm-hx.20y"),
 ])
 def test_other_patient_ids_are_escaped_reversibly(patient_id, expected):
     assert to_fhir_id(patient_id) == expected
@@ -49,3 +52,17 @@ def test_too_long_escapes_become_a_one_way_hash():
 def test_ids_this_server_never_issues_are_refused(bad):
     with pytest.raises(InvalidPatientId):
         to_patient_id(bad)
+
+
+def test_no_patient_id_gets_another_patient_ids_one_way_id():
+    """Rule 2 never writes dcm-h.: a PatientID chosen to look like a hash cannot take a patient's id."""
+    victim = "VICTIM^LONG/PATIENT ID FROM HOSPITAL A 000247 WITH MANY ESCAPED CHARS"
+    one_way = to_fhir_id(victim)
+    assert one_way.startswith("dcm-h.") and to_patient_id(one_way) is None
+    forged = "h" + chr(int(one_way[6:8], 16)) + one_way[8:]
+    assert to_fhir_id(forged) != one_way and to_patient_id(to_fhir_id(forged)) == forged
+    for byte in range(1, 128):
+        patient_id = "h" + chr(byte) + "0" * 30
+        fhir_id = to_fhir_id(patient_id)
+        assert not fhir_id.startswith("dcm-h.") or fhir_id == hashed_id(patient_id)
+        assert to_patient_id(fhir_id) in (patient_id, None)
