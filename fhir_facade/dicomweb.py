@@ -15,7 +15,8 @@ from flask import Blueprint, Response, current_app, request
 from smart import authz
 
 from . import dicom_json as dj
-from .lookups import UnknownStudy, check_study_access, get_lookups
+from . import multipart
+from .lookups import InstanceInfo, UnknownStudy, check_study_access, get_lookups
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from .pacs import PacsError
 from .patient_ids import InvalidPatientId, to_patient_id
@@ -253,8 +254,9 @@ def study_resource(rest: str):
     explain = None
     if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
-    # A frame or rendering refused is refused for the whole instance: remembered per instance.
-    return _first_available("/".join(segments[:5]) if len(segments) >= 5 else path, path, params, options, explain)
+    # A frame or rendering refused is refused for the whole instance: remembered per instance
+    # and resource (frames, rendered), as the PACS is asked for it.
+    return _first_available("/".join(segments[:6]) if len(segments) >= 6 else path, path, params, options, explain)
 
 
 def _first_available(key: str, path: str, params: list[tuple[str, str]], options: list[Choice],
@@ -316,7 +318,7 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
         raise DicomwebError(404, "instance not found")
     if not info.has_pixels:
         raise DicomwebError(404, "the instance has no pixel data")
-    key = "/".join(segments[:5])
+    key = "/".join(segments[:5])  # the instance
     # Not "*" (frames as stored may be compressed): choices() put Explicit VR Little Endian after it.
     as_frames = [choice for choice in options if choice.transfer_syntax != "*"
                  and not get_lookups().refused(f"{key}/frames", choice)]
@@ -330,7 +332,36 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
     native = [choice for choice in options if choice.transfer_syntax in (None, "*", EXPLICIT_VR_LITTLE_ENDIAN)]
     if not native:
         raise DicomwebError(406, "Pixel Data bulk data is available in Explicit VR Little Endian only")
-    return _first_available(key, path, params, native, native_frames=info.number_of_frames)
+    return _first_available(f"{key}/bulk", path, params, native, single=_uncompressed(info))
+
+
+def _uncompressed(info: InstanceInfo) -> Callable[[multipart.Headers, bytes], None]:
+    """A check that a PACS's Pixel Data part is the uncompressed value, for :func:`relay`.
+
+    Encapsulated Pixel Data starts with its Basic Offset Table, empty or 4 bytes per frame
+    (PS3.5 Section A.4): a first part that long, unless it is as long as the uncompressed
+    value (Rows x Columns x SamplesPerPixel x BitsAllocated per frame, PS3.5 Section 8.1.1),
+    means fragments. Its length is the part's Content-Length, or its peeked start when
+    that is all of it.
+
+    Raises
+    ------
+    NotAvailable
+        From the check, for compressed Pixel Data.
+    """
+    expected = info.pixel_data_bytes
+
+    def check(headers: multipart.Headers, start: bytes) -> None:
+        declared = multipart.header(headers, "Content-Length")
+        if declared is not None and declared.strip().isdigit():
+            length = int(declared)
+        elif len(start) < multipart.META_PEEK_BYTES:
+            length = len(start)
+        else:
+            return
+        if length in (0, 4 * info.number_of_frames) and expected not in (length, length - 1):
+            raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
+    return check
 
 
 def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_numbers: list[int]) -> None:

@@ -14,6 +14,10 @@ from .pacs import PacsClient
 from .patient_ids import to_fhir_id
 
 
+#: Refusals of one representation for one resource after which it is not asked for again.
+REFUSALS = 2
+
+
 class UnknownStudy(LookupError):
     """The PACS holds no study with this StudyInstanceUID."""
 
@@ -31,12 +35,25 @@ class InstanceInfo:
     sop_class_uid : str or None
     bits_allocated : int or None
         BitsAllocated (0028,0100), ``None`` when the PACS does not say.
+    rows, columns, samples_per_pixel : int or None
+        Rows (0028,0010), Columns (0028,0011), SamplesPerPixel (0028,0002).
     """
 
     number_of_frames: int
     has_pixels: bool
     sop_class_uid: str | None
     bits_allocated: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    samples_per_pixel: int | None = None
+
+    @property
+    def pixel_data_bytes(self) -> int | None:
+        """Bytes of the uncompressed Pixel Data value without padding (PS3.5 Section 8.1.1), if known."""
+        if None in (self.rows, self.columns, self.bits_allocated):
+            return None
+        bits = self.rows * self.columns * (self.samples_per_pixel or 1) * self.bits_allocated * self.number_of_frames
+        return (bits + 7) // 8
 
 
 class Lookups:
@@ -93,7 +110,8 @@ class Lookups:
         if info is None:
             rows = self.pacs.qido(f"studies/{study_uid}/series/{series_uid}/instances", [
                 ("SOPInstanceUID", sop_uid), ("includefield", dj.TAGS["NumberOfFrames"]),
-                ("includefield", dj.TAGS["Rows"]), ("includefield", dj.TAGS["BitsAllocated"])])
+                ("includefield", dj.TAGS["Rows"]), ("includefield", dj.TAGS["Columns"]),
+                ("includefield", dj.TAGS["SamplesPerPixel"]), ("includefield", dj.TAGS["BitsAllocated"])])
             rows = [r for r in rows if dj.text(r, "SOPInstanceUID") == sop_uid]
             if not rows:
                 return None
@@ -102,7 +120,9 @@ class Lookups:
             # A missing, zero or negative NumberOfFrames on an image means one frame.
             info = InstanceInfo(number_of_frames=max(frames or 1, 1) if has_pixels else 0, has_pixels=has_pixels,
                                 sop_class_uid=dj.text(rows[0], "SOPClassUID"),
-                                bits_allocated=dj.integer(rows[0], "BitsAllocated"))
+                                bits_allocated=dj.integer(rows[0], "BitsAllocated"),
+                                rows=dj.integer(rows[0], "Rows"), columns=dj.integer(rows[0], "Columns"),
+                                samples_per_pixel=dj.integer(rows[0], "SamplesPerPixel"))
             with self._lock:
                 self._instances[key] = info
         return info
@@ -110,14 +130,14 @@ class Lookups:
 
     def refused(self, resource: str, choice) -> bool:
         """Whether the PACS could not produce *choice* (a :class:`~fhir_facade.negotiation.Choice`)
-        for *resource* (a path) within the cache time."""
+        for *resource* (a path) twice within the cache time: once may have been a passing failure."""
         with self._lock:
-            return (resource, choice) in self._refused
+            return self._refused.get((resource, choice), 0) >= REFUSALS
 
     def note_refused(self, resource: str, choice) -> None:
-        """Remember that the PACS could not produce *choice* for *resource*."""
+        """Count that the PACS could not produce *choice* for *resource*."""
         with self._lock:
-            self._refused[(resource, choice)] = True
+            self._refused[(resource, choice)] = self._refused.get((resource, choice), 0) + 1
 
 
 def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy") -> None:

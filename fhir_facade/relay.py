@@ -142,12 +142,21 @@ def _merged_part(rewrite):
                                         if name.lower() not in ("content-length", "content-location")]
 
 
-def _checked(rewrite, check):
-    """*rewrite*, running *check* on each part's headers first."""
+def _only_part(rewrite, check):
+    """*rewrite* for an answer of one part: *check* ``(headers, body_start)`` runs on it; a second part is an error."""
+    seen = []
+
     def checked(headers, body_start):
-        check(headers)
+        if seen:
+            raise multipart.MultipartError("the answer came in more than one part")
+        seen.append(True)
+        check(headers, body_start)
         return rewrite(headers, body_start)
     return checked
+
+
+def _always(headers) -> bool:
+    return True
 
 
 def _not_available(choice: Choice) -> str:
@@ -172,25 +181,6 @@ def _check_stored(headers, choice: Choice) -> None:
     elif (asked and media != "application/dicom" and "transfer-syntax" in params
           and params["transfer-syntax"] != choice.transfer_syntax):
         raise NotAvailable(_not_available(choice))
-
-
-def _one_uncompressed_part(frames: int):
-    """A check of each part's headers: Pixel Data as one uncompressed part, else not available.
-
-    The first part of encapsulated Pixel Data is its Basic Offset Table, empty or 4 bytes per
-    frame (PS3.5 Section A.4), which uncompressed Pixel Data of *frames* frames never is
-    long; a second part means fragments.
-    """
-    seen = []
-
-    def check(headers) -> None:
-        if seen:
-            raise multipart.MultipartError("the Pixel Data came in more than one part")
-        seen.append(True)
-        length = multipart.header(headers, "Content-Length")
-        if length is not None and length.strip() in ("0", str(4 * frames)):
-            raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
-    return check
 
 
 def upstream_failure(upstream, choice: Choice | None) -> Response:
@@ -289,13 +279,15 @@ def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 def relay(path: str, params: list[tuple[str, str]], choice: Choice,
           explain: Callable[[], None] | None = None, merge: bool = False,
-          native_frames: int | None = None) -> Response:
+          single: Callable[[multipart.Headers, bytes], None] | None = None) -> Response:
     """Stream the PACS answer to *path* in the representation *choice* names.
 
     *explain*, when given, runs if the PACS answers an error, and may raise a more exact one.
     With *merge*, the parts of the PACS answer become one part (frames as one Pixel Data
-    value). With *native_frames*, the answer is Pixel Data of that many frames that must be
-    one uncompressed part (see :func:`_one_uncompressed_part`).
+    value). With *single*, the answer must be one part: *single* ``(headers, body_start)``
+    runs on it first (*body_start*: its first :data:`multipart.META_PEEK_BYTES` bytes, or
+    all of it when shorter) and may raise :class:`NotAvailable`; a second part breaks the
+    answer off.
     """
     upstream = get_pacs().get(path, params=params, headers={"Accept": choice.upstream_accept,
                                                              "Accept-Encoding": "identity"}, stream=True)
@@ -333,15 +325,15 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     if choice.unwrap:
         try:
             part, start, body = multipart.unwrap(
-                source, boundary, peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
-                merge=merge)
+                source, boundary, merge=merge,
+                peek=_always if single else _needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         try:
             _check_stored(part, choice)
-            if native_frames is not None:
-                _one_uncompressed_part(native_frames)(part)
+            if single is not None:
+                single(part, start)
         except NotAvailable:
             upstream.close()
             raise
@@ -361,11 +353,11 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
         if merge:
             rewriter = _merged_part(rewriter)
-        if native_frames is not None:
-            rewriter = _checked(rewriter, _one_uncompressed_part(native_frames))
+        if single is not None:
+            rewriter = _only_part(rewriter, single)
         body = multipart.rewrite(source, boundary, rewriter,
-                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
-                                 direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
+                                 peek=_always if single else _needs_transfer_syntax if choice.transfer_syntax == "*"
+                                 else _never, direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
                                  merge=merge)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'

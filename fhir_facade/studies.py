@@ -155,7 +155,8 @@ class StudyRepository:
         seen nowhere (a token issued before the database was reset) is looked for in the
         PACS's whole study list, which records every one-way id the PACS holds: one list at
         a time, and at most once per :data:`SCAN_INTERVAL` seconds, so unknown ids, however
-        many, cost at most one list per interval.
+        many, cost at most one list per interval (a patient stored since the last list is
+        found by the next one).
 
         Raises
         ------
@@ -195,7 +196,9 @@ class StudyRepository:
                                                                           ("offset", str(offset))])
             keys = {self._key(ds) for ds in page} - seen
             self.remember(page)
-            if len(page) < SCAN_PAGE or not keys:  # the end, or a PACS that ignores offset
+            # Only an empty page ends the list: a PACS may cap its answers below the limit
+            # asked for (Orthanc's LimitFindResults); one that ignores offset repeats itself.
+            if not keys:
                 return
             seen |= keys
             offset += len(page)

@@ -132,7 +132,7 @@ def test_qido_for_a_one_way_patient_id_looks_it_up_once_then_asks_for_its_patien
     for _ in range(2):
         body = client.get("/dicomweb/studies", headers=headers).get_json()
         assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
-    assert asked() == [None, patient_id, patient_id]  # None: the study list, read once
+    assert asked() == [None, None, patient_id, patient_id]  # None: the study list, to its first repeated page
     # Ids the PACS does not hold, however many: an empty answer, and no new look at the
     # study list within SCAN_INTERVAL of the last one (it recorded every one-way id there is).
     rsps.calls.reset()
@@ -152,12 +152,12 @@ def test_the_study_list_is_read_page_by_page_for_unseen_one_way_ids(fake_app, rs
     patient_id = "PAGE3-" * 12
     pages = [[ds(StudyInstanceUID="1.2.1", PatientID="P1"), ds(StudyInstanceUID="1.2.2", PatientID="P2")],
              [ds(StudyInstanceUID="1.2.3", PatientID="P3"), ds(StudyInstanceUID="1.2.4", PatientID=patient_id)],
-             [ds(StudyInstanceUID="1.2.5", PatientID="P5")]]
+             [ds(StudyInstanceUID="1.2.5", PatientID="P5")], []]  # a short page is not the end (a capped PACS)
     for page in pages:
         rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=page)
     with fake_app.app_context():
         assert studies.get_studies().resolve_hashed(to_fhir_id(patient_id)) == patient_id
-    assert [dict(parse_qsl(urlsplit(c.request.url).query))["offset"] for c in rsps.calls] == ["0", "2", "4"]
+    assert [dict(parse_qsl(urlsplit(c.request.url).query))["offset"] for c in rsps.calls] == ["0", "2", "4", "5"]
 
 
 def test_pacs_status_passes_through(fake_app, rsps):
@@ -287,6 +287,7 @@ def test_concurrent_unseen_one_way_ids_read_the_study_list_once(fake_app, rsps):
     from fhir_facade.patient_ids import to_fhir_id
     from fhir_facade.studies import get_studies
     rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=[])
     results = []
 
     def resolve(n: int) -> None:
@@ -298,35 +299,72 @@ def test_concurrent_unseen_one_way_ids_read_the_study_list_once(fake_app, rsps):
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [None] * 8 and len(rsps.calls) == 1
+    assert results == [None] * 8 and len(rsps.calls) == 2  # one list: a page, then the empty page that ends it
 
 
 def test_a_representation_the_pacs_refused_is_not_asked_for_again_for_that_instance(fake_app, rsps):
-    """Big Endian frames as stored: Orthanc answers 500 each time; the facade asks once per cache time."""
+    """Big Endian frames as stored: Orthanc answers 500 each time; the facade stops asking."""
     frames = f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames"
-    rsps.add(responses.GET, re.compile(re.escape(frames) + "/[0-9]+"), status=500, match=[
-        responses.matchers.header_matcher({"Accept": 'multipart/related; type="application/octet-stream"; '
-                                                     'transfer-syntax=*'})])
     frame = b"\x01\x02" * 32
-    rsps.add(responses.GET, re.compile(re.escape(frames) + "/[0-9]+"), content_type=(
-        'multipart/related; type="application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"; boundary=b'),
-        body=b"--b\r\nContent-Type: application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n" + frame
-        + b"\r\n--b--\r\n")
+
+    def pacs(request):
+        if request.headers["Accept"].endswith("transfer-syntax=*"):
+            return 500, {}, b"{}"
+        syntax = "transfer-syntax=1.2.840.10008.1.2.1"
+        return 200, {"Content-Type": f'multipart/related; type="application/octet-stream; {syntax}"; boundary=b'}, \
+            b"--b\r\nContent-Type: application/octet-stream; " + syntax.encode() + b"\r\n\r\n" + frame \
+            + b"\r\n--b--\r\n"
+
+    rsps.add_callback(responses.GET, re.compile(re.escape(frames) + "/[0-9]+"), callback=pacs)
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
              json=[{**ds(StudyInstanceUID=STUDY, SOPInstanceUID=SOP), "00280010": {"vr": "US", "Value": [8]},
                     "00280008": {"vr": "IS", "Value": [3]}}])
     client, headers = fake_app.test_client(), {**bearer(token(fake_app)),
                                                "Accept": "application/octet-stream; transfer-syntax=*"}
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 1):
         response = client.get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/{n}", headers=headers)
         assert response.status_code == 200 and response.data == frame
         assert response.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
     accepts = [c.request.headers["Accept"] for c in rsps.calls if "/frames/" in c.request.url]
-    assert accepts == ['multipart/related; type="application/octet-stream"; transfer-syntax=*'] + \
-        ['multipart/related; type="application/octet-stream"'] * 3
+    stored, native = ('multipart/related; type="application/octet-stream"; transfer-syntax=*',
+                      'multipart/related; type="application/octet-stream"')
+    # Refused twice (once may be a passing failure): then not asked for again.
+    assert accepts == [stored, native, stored, native, native, native]
+
+
+def test_a_passing_pacs_failure_is_not_taken_for_a_refusal(fake_app, rsps):
+    frames = f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1"
+    rsps.add(responses.GET, frames, status=500)
+    frame = b"\x01\x02" * 32
+    rsps.add(responses.GET, frames, content_type='multipart/related; type="application/octet-stream"; boundary=b',
+             body=b"--b\r\nContent-Type: application/octet-stream\r\n\r\n" + frame + b"\r\n--b--\r\n")
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
+             json=[{**ds(StudyInstanceUID=STUDY, SOPInstanceUID=SOP), "00280010": {"vr": "US", "Value": [8]}}])
+    client, headers = fake_app.test_client(), {**bearer(token(fake_app)), "Accept": "application/octet-stream"}
+    path = f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1"
+    assert client.get(path, headers=headers).status_code == 406  # the PACS failed: nothing else to try
+    second = client.get(path, headers=headers)
+    assert second.status_code == 200 and second.data == frame
 
 
 def test_a_token_for_a_patient_id_no_patient_id_has_gets_an_empty_qido_answer(fake_app, rsps):
     """dcm-h.5F2024... was issued for h_2024 by an older rule; it reads as a malformed one-way id."""
     response = fake_app.test_client().get("/dicomweb/studies", headers=bearer(token(fake_app, patient="dcm-h.5F2024")))
     assert response.status_code == 200 and response.get_json() == []
+
+
+@pytest.mark.parametrize("accept", ["application/octet-stream", 'multipart/related; type="application/octet-stream"'])
+def test_compressed_pixel_data_without_part_lengths_is_406(fake_app, rsps, accept):
+    """A PACS that cannot decompress and sends its fragments, parts without Content-Length (DW-2 allows that)."""
+    instance = f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+    rsps.add(responses.GET, f"{instance}/frames/1,2", status=500)
+    rsps.add(responses.GET, f"{instance}/bulk/7fe00010", content_type='multipart/related; boundary=b', body=(
+        b"--b\r\nContent-Type: application/octet-stream\r\n\r\n\r\n"  # the empty Basic Offset Table
+        b"--b\r\nContent-Type: application/octet-stream\r\n\r\n\xff\xd8 a JPEG fragment\r\n--b--\r\n"))
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
+             json=[{**ds(StudyInstanceUID=STUDY, SOPInstanceUID=SOP), "00280010": {"vr": "US", "Value": [8]},
+                    "00280011": {"vr": "US", "Value": [8]}, "00280100": {"vr": "US", "Value": [8]},
+                    "00280008": {"vr": "IS", "Value": [2]}}])
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/bulk/7fe00010",
+                                          headers={**bearer(token(fake_app)), "Accept": accept})
+    assert response.status_code == 406 and "compressed" in response.get_json()["message"]
