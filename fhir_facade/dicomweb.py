@@ -256,7 +256,20 @@ def study_resource(rest: str):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
     # A frame or rendering refused is refused for the whole instance: remembered per instance
     # and resource (frames, rendered), as the PACS is asked for it.
-    return _first_available("/".join(segments[:6]) if len(segments) >= 6 else path, path, params, options, explain)
+    key = "/".join(segments[:6]) if len(segments) >= 6 else path
+    response = _first_available(key, path, params, options, explain)
+    if segments[-1] == "thumbnail" and response.status_code == 404:
+        # A PACS without thumbnails (Orthanc 1.10): the rendered resource in a small viewport,
+        # the client's if it names one (PS3.18 Section 8.3.5.1.3).
+        response.close()
+        if not any(name.lower() == "viewport" for name, _ in params):
+            params = params + [("viewport", THUMBNAIL_VIEWPORT)]
+        return _first_available(f"{key}/rendered", path[:-len("thumbnail")] + "rendered", params, options, explain)
+    return response
+
+
+#: The viewport (width,height in pixels) of a thumbnail made from the rendered resource.
+THUMBNAIL_VIEWPORT = "128,128"
 
 
 def _first_available(key: str, path: str, params: list[tuple[str, str]], options: list[Choice],

@@ -427,3 +427,27 @@ def test_uncompressed_pixel_data_as_long_as_an_offset_table_is_not_taken_for_fra
     path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/bulk/7fe00010"
     response = get(dw, path, accept="application/octet-stream")
     assert response.status_code == 200 and response.data == ds.PixelData and len(ds.PixelData) == 4 * 1001
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_thumbnails_are_small_renderings_when_the_pacs_has_none(dw):
+    """Orthanc 1.10 has no thumbnail resource: the facade answers with the rendered one in a 128-pixel viewport."""
+    ds = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=dw["study"], Rows=300, Columns=256,
+                               NumberOfFrames=2, Modality="OT")
+    assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(ds)) is not None
+    instance = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    assert png_size(get(dw, f"{instance}/rendered", accept="image/png").data) == (256, 300)
+    for path in (f"{instance}/thumbnail", f"{instance}/frames/2/thumbnail"):
+        width, height = png_size(get(dw, path, accept="image/png").data)
+        assert max(width, height) <= 128 and width > 0
+        assert get(dw, path, accept="image/jpeg").data[:2] == b"\xff\xd8"
+    width, height = png_size(get(dw, f"{instance}/thumbnail?viewport=40,40", accept="image/png").data)
+    assert max(width, height) <= 40
+    series, sop = dw["sr"]
+    assert get(dw, f"studies/{dw['study']}/series/{series}/instances/{sop}/thumbnail",
+               accept="image/jpeg").status_code == 404
+    assert get(dw, f"{instance}/frames/3/thumbnail", accept="image/jpeg").status_code == 404
