@@ -102,6 +102,8 @@ def classify(segments: list[str]) -> tuple[str, str]:
         elif previous == "frames":
             if not _FRAMES.fullmatch(segment) or any(int(n) < 1 for n in segment.split(",")):
                 raise DicomwebError(400, f"{segment!r} is not a list of frame numbers (1-based)")
+            if segment.count(",") >= MAX_FRAME_LIST:
+                raise DicomwebError(400, f"at most {MAX_FRAME_LIST} frame numbers in one request")
             shape.append("framelist")
         elif previous in ("bulkdata", "bulk"):
             if not _TAG_PATH.fullmatch("/".join(segments[i:])):
@@ -117,6 +119,19 @@ def classify(segments: list[str]) -> tuple[str, str]:
     return found
 
 
+#: Largest rendered width or height (pixels) asked of the PACS: a viewport of 20,000 x 20,000
+#: made Orthanc render 400 megapixels, and 0 made it drop the connection.
+MAX_VIEWPORT = 4096
+_VIEWPORT = re.compile(r"([0-9]+),([0-9]+)(,-?[0-9]+(\.[0-9]+)?){0,4}")
+
+
+def _viewport_ok(value: str) -> bool:
+    """A PS3.18 Section 8.3.5.1.3 viewport ``vw,vh[,sx,sy,sw,sh]`` of a size the facade relays."""
+    match = _VIEWPORT.fullmatch(value)
+    return bool(match) and value.count(",") in (1, 5) and all(
+        1 <= int(n) <= MAX_VIEWPORT for n in match.group(1, 2))
+
+
 def _query() -> list[tuple[str, str]]:
     params = []
     for name, value in request.args.items(multi=True):
@@ -124,7 +139,12 @@ def _query() -> list[tuple[str, str]]:
             continue
         if name.lower() in ("limit", "offset") and not value.isdigit():
             raise DicomwebError(400, f"{name} must be a non-negative integer")
-        if name.lower() in RESERVED_QUERY or QIDO_PARAMS_RE.fullmatch(name):
+        if name.lower() == "viewport" and not _viewport_ok(value):
+            raise DicomwebError(400, f"viewport must be width,height (1 to {MAX_VIEWPORT} pixels) "
+                                     "and optionally a source rectangle sx,sy,sw,sh")
+        if name.lower() in RESERVED_QUERY:
+            params.append((name.lower(), value))  # as PS3.18 spells them, which is what a PACS matches
+        elif QIDO_PARAMS_RE.fullmatch(name):
             params.append((name, value))
         else:
             raise DicomwebError(400, f"invalid query parameter {name!r}")
@@ -254,9 +274,12 @@ def study_resource(rest: str):
     explain = None
     if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
-    # A frame or rendering refused is refused for the whole instance: remembered per instance
-    # and resource (frames, rendered), as the PACS is asked for it.
-    key = "/".join(segments[:6]) if len(segments) >= 6 else path
+    # A representation the PACS refused for one frame (or a whole study, series, instance) is
+    # remembered for the instance (or that resource): only for requests with nothing of the
+    # client's in them that could make the PACS fail instead (a frame list, a parameter).
+    key = None
+    if not params and (len(frame_numbers) == 1 or len(segments) <= 5):
+        key = "/".join(segments[:6])
     response = _first_available(key, path, params, options, explain)
     if segments[-1] == "thumbnail" and response.status_code == 404:
         # A PACS without thumbnails (Orthanc 1.10): the rendered resource in a small viewport,
@@ -264,7 +287,7 @@ def study_resource(rest: str):
         response.close()
         if not any(name.lower() == "viewport" for name, _ in params):
             params = params + [("viewport", THUMBNAIL_VIEWPORT)]
-        return _first_available(f"{key}/rendered", path[:-len("thumbnail")] + "rendered", params, options, explain)
+        return _first_available(None, path[:-len("thumbnail")] + "rendered", params, options, explain)
     return response
 
 
@@ -272,13 +295,13 @@ def study_resource(rest: str):
 THUMBNAIL_VIEWPORT = "128,128"
 
 
-def _first_available(key: str, path: str, params: list[tuple[str, str]], options: list[Choice],
+def _first_available(key: str | None, path: str, params: list[tuple[str, str]], options: list[Choice],
                      explain: Callable[[], None] | None = None, **how) -> Response:
     """Relay the first of *options* the PACS can produce for *path* (PS3.18 Section 8.7.1).
 
-    A representation the PACS refused for the resource *key* within the cache time is not
-    asked for again (a Big Endian instance's frames as stored would cost a failed request
-    each time); the last option is always tried, for its 406.
+    A representation the PACS refused for the resource *key* (``None``: remember nothing)
+    within the cache time is not asked for again (a Big Endian instance's frames as stored
+    would cost a failed request each time); the last option is always tried, for its 406.
 
     Raises
     ------
@@ -286,17 +309,16 @@ def _first_available(key: str, path: str, params: list[tuple[str, str]], options
         If the PACS can produce none of them (406).
     """
     lookups = get_lookups()
-    untried = [choice for choice in options if not lookups.refused(key, choice)] or options[-1:]
-    for choice in untried[:-1]:
+    untried = [choice for choice in options if key is None or not lookups.refused(key, choice)] or options[-1:]
+    for n, choice in enumerate(untried):
         try:
             return relay(path, params, choice, explain, **how)
         except NotAvailable:
-            lookups.note_refused(key, choice)
-    try:
-        return relay(path, params, untried[-1], explain, **how)
-    except NotAvailable:
-        lookups.note_refused(key, untried[-1])
-        raise
+            if key is not None:
+                lookups.note_refused(key, choice)
+            if n == len(untried) - 1:
+                raise
+    raise AssertionError("no representation to try")  # options is never empty
 
 
 #: The Pixel Data (7FE0,0010) bulk data path segment, lower case.
@@ -333,37 +355,38 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
         raise DicomwebError(404, "the instance has no pixel data")
     key = "/".join(segments[:5])  # the instance
     # Not "*" (frames as stored may be compressed): choices() put Explicit VR Little Endian after it.
+    # Bulk data takes no query parameters (PS3.18 Section 10.4.1.1.5): none reach the PACS,
+    # so nothing of the client's can make it fail and be remembered as a refusal.
     as_frames = [choice for choice in options if choice.transfer_syntax != "*"
-                 and not get_lookups().refused(f"{key}/frames", choice)]
+                 and not get_lookups().refused(f"{key}/pixeldata", choice)]
     if as_frames and info.number_of_frames <= MAX_FRAME_LIST and info.bits_allocated != 1:
         frames = ",".join(str(n) for n in range(1, info.number_of_frames + 1))
         try:
-            return _first_available(f"{key}/frames", f"studies/{study_uid}/series/{series_uid}/instances/"
-                                    f"{sop_uid}/frames/{frames}", params, as_frames, merge=True)
+            return _first_available(f"{key}/pixeldata", f"studies/{study_uid}/series/{series_uid}/instances/"
+                                    f"{sop_uid}/frames/{frames}", [], as_frames, merge=True)
         except NotAvailable:
             pass  # the PACS's own value, if it is uncompressed
     native = [choice for choice in options if choice.transfer_syntax in (None, "*", EXPLICIT_VR_LITTLE_ENDIAN)]
     if not native:
         raise DicomwebError(406, "Pixel Data bulk data is available in Explicit VR Little Endian only")
-    return _first_available(f"{key}/bulk", path, params, native, single=_uncompressed(info))
+    return _first_available(f"{key}/bulk", path, [], native, single=_uncompressed(info))
 
 
 def _uncompressed(info: InstanceInfo) -> Callable[[multipart.Headers, bytes], None]:
     """A check that a PACS's Pixel Data part is the uncompressed value, for :func:`relay`.
 
     Encapsulated Pixel Data starts with its Basic Offset Table, empty or 4 bytes per frame
-    (PS3.5 Section A.4): a first part that long, unless it is as long as the uncompressed
-    value (Rows x Columns x SamplesPerPixel x BitsAllocated per frame, PS3.5 Section 8.1.1),
-    means fragments. Its length is the part's Content-Length, or its peeked start when
-    that is all of it.
+    (PS3.5 Section A.4), then fragments. :func:`relay` reads an answer of up to
+    :data:`~fhir_facade.relay.SMALL_ANSWER` bytes whole and refuses one of more than one
+    part; in a longer answer, a first part that long (its Content-Length, or its peeked
+    start when that is all of it) is an offset table, as uncompressed Pixel Data that short
+    would have made a small answer.
 
     Raises
     ------
     NotAvailable
         From the check, for compressed Pixel Data.
     """
-    expected = info.pixel_data_bytes
-
     def check(headers: multipart.Headers, start: bytes) -> None:
         declared = multipart.header(headers, "Content-Length")
         if declared is not None and declared.strip().isdigit():
@@ -372,7 +395,7 @@ def _uncompressed(info: InstanceInfo) -> Callable[[multipart.Headers, bytes], No
             length = len(start)
         else:
             return
-        if length in (0, 4 * info.number_of_frames) and expected not in (length, length - 1):
+        if length in (0, 4 * info.number_of_frames):
             raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
     return check
 

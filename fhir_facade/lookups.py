@@ -35,25 +35,12 @@ class InstanceInfo:
     sop_class_uid : str or None
     bits_allocated : int or None
         BitsAllocated (0028,0100), ``None`` when the PACS does not say.
-    rows, columns, samples_per_pixel : int or None
-        Rows (0028,0010), Columns (0028,0011), SamplesPerPixel (0028,0002).
     """
 
     number_of_frames: int
     has_pixels: bool
     sop_class_uid: str | None
     bits_allocated: int | None = None
-    rows: int | None = None
-    columns: int | None = None
-    samples_per_pixel: int | None = None
-
-    @property
-    def pixel_data_bytes(self) -> int | None:
-        """Bytes of the uncompressed Pixel Data value without padding (PS3.5 Section 8.1.1), if known."""
-        if None in (self.rows, self.columns, self.bits_allocated):
-            return None
-        bits = self.rows * self.columns * (self.samples_per_pixel or 1) * self.bits_allocated * self.number_of_frames
-        return (bits + 7) // 8
 
 
 class Lookups:
@@ -110,8 +97,7 @@ class Lookups:
         if info is None:
             rows = self.pacs.qido(f"studies/{study_uid}/series/{series_uid}/instances", [
                 ("SOPInstanceUID", sop_uid), ("includefield", dj.TAGS["NumberOfFrames"]),
-                ("includefield", dj.TAGS["Rows"]), ("includefield", dj.TAGS["Columns"]),
-                ("includefield", dj.TAGS["SamplesPerPixel"]), ("includefield", dj.TAGS["BitsAllocated"])])
+                ("includefield", dj.TAGS["Rows"]), ("includefield", dj.TAGS["BitsAllocated"])])
             rows = [r for r in rows if dj.text(r, "SOPInstanceUID") == sop_uid]
             if not rows:
                 return None
@@ -120,9 +106,7 @@ class Lookups:
             # A missing, zero or negative NumberOfFrames on an image means one frame.
             info = InstanceInfo(number_of_frames=max(frames or 1, 1) if has_pixels else 0, has_pixels=has_pixels,
                                 sop_class_uid=dj.text(rows[0], "SOPClassUID"),
-                                bits_allocated=dj.integer(rows[0], "BitsAllocated"),
-                                rows=dj.integer(rows[0], "Rows"), columns=dj.integer(rows[0], "Columns"),
-                                samples_per_pixel=dj.integer(rows[0], "SamplesPerPixel"))
+                                bits_allocated=dj.integer(rows[0], "BitsAllocated"))
             with self._lock:
                 self._instances[key] = info
         return info

@@ -268,6 +268,29 @@ def _reader(upstream) -> multipart.Reader:
     return read
 
 
+def _read_ahead(read: multipart.Reader, size: int) -> tuple[bytes, multipart.Reader]:
+    """Up to *size* bytes from *read* (fewer only at its end), and *read* itself."""
+    pieces, have = [], 0
+    while have < size:
+        data = read(size - have)
+        if not data:
+            break
+        pieces.append(data)
+        have += len(data)
+    return b"".join(pieces), read
+
+
+def _part_count(data: bytes, boundary: str) -> int:
+    """Parts in the whole multipart body *data*; a malformed one counts as none."""
+    seen = []
+    try:
+        for _ in multipart.rewrite(io.BytesIO(data).read, boundary, lambda headers, start: seen.append(1) or headers):
+            pass
+    except multipart.MultipartError:
+        return 0
+    return len(seen)
+
+
 def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """*chunks* with its first item already produced (errors in it raise here, not mid-answer)."""
     try:
@@ -322,6 +345,21 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     small = _is_small(upstream)
     splicer = None
     source = io.BytesIO(_read_whole(upstream)).read if small else _reader(upstream)
+    if single is not None:
+        # One part only: an answer that ends within SMALL_ANSWER bytes is read whole and its
+        # parts counted before anything is sent; a longer one has its first part checked.
+        if not small:
+            head, upstream_read = _read_ahead(source, SMALL_ANSWER)
+            if len(head) < SMALL_ANSWER:
+                small, source = True, io.BytesIO(head).read
+            else:
+                source = multipart.chunk_reader(itertools.chain([head], iter(lambda: upstream_read(CHUNK), b"")))
+        if small:
+            data = source(-1)
+            if _part_count(data, boundary) != 1:
+                upstream.close()
+                raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
+            source, single = io.BytesIO(data).read, None
     if choice.unwrap:
         try:
             part, start, body = multipart.unwrap(
@@ -347,7 +385,9 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     else:
         known = _known_syntax(choice)
         # A large answer's part bodies go from socket to socket in the kernel where the server allows it.
-        splicer = None if small else zerocopy.splicer_for(upstream, request.environ, get_pacs().timeout)
+        # (Not after a read-ahead: the bytes it holds come before the socket's.)
+        splicer = None if small or single is not None else zerocopy.splicer_for(upstream, request.environ,
+                                                                                 get_pacs().timeout)
         # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
         own_boundary = f"facade-{secrets.token_hex(16)}"
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)

@@ -51,8 +51,9 @@ def _of_patient(rows: list[dict], study: dict) -> list[dict]:
 
 #: Least seconds between two reads of the PACS's study list for unseen one-way Patient ids.
 SCAN_INTERVAL = 60.0
-#: Studies asked for per QIDO-RS page of that list.
+#: Studies asked for per QIDO-RS page of that list, and most pages read.
 SCAN_PAGE = 1000
+SCAN_PAGES = 1000
 
 
 def include(fields: Sequence[str]) -> list[tuple[str, str]]:
@@ -171,8 +172,10 @@ class StudyRepository:
         with self._scan_lock:  # one list at a time; who waited finds what it recorded
             found = self._known_hashed(fhir_id)
             if found is None and time.monotonic() - self._scanned_at >= SCAN_INTERVAL:
-                self._scan_patient_ids()
-                self._scanned_at = time.monotonic()
+                try:
+                    self._scan_patient_ids()
+                finally:  # a failed list is not read again at once either
+                    self._scanned_at = time.monotonic()
                 found = self._known_hashed(fhir_id)
         return found
 
@@ -191,7 +194,7 @@ class StudyRepository:
     def _scan_patient_ids(self) -> None:
         """Read the PACS's study list page by page (PS3.18 Section 8.3.4.4) and remember its one-way ids."""
         offset, seen = 0, set()
-        while True:
+        for _ in range(SCAN_PAGES):  # bounded, whatever the PACS answers
             page = self.pacs.qido("studies", include(("PatientID",)) + [("limit", str(SCAN_PAGE)),
                                                                           ("offset", str(offset))])
             keys = {self._key(ds) for ds in page} - seen

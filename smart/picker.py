@@ -136,10 +136,13 @@ def describe_patient(fhir_id: str | None) -> PatientChoice | None:
     the PACS fails: the page then shows the bare id."""
     from fhir_facade import dicom_json as dj
     from fhir_facade.pacs import PacsError
-    from fhir_facade.patient_ids import to_patient_id
+    from fhir_facade.patient_ids import InvalidPatientId, to_patient_id
     from fhir_facade.studies import get_studies
 
-    patient_id = to_patient_id(fhir_id) if fhir_id else None
+    try:
+        patient_id = to_patient_id(fhir_id) if fhir_id else None
+    except InvalidPatientId:  # an id no PatientID has (recorded under an older rule)
+        return None
     if patient_id is None:
         return None
     try:

@@ -451,3 +451,29 @@ def test_thumbnails_are_small_renderings_when_the_pacs_has_none(dw):
     assert get(dw, f"studies/{dw['study']}/series/{series}/instances/{sop}/thumbnail",
                accept="image/jpeg").status_code == 404
     assert get(dw, f"{instance}/frames/3/thumbnail", accept="image/jpeg").status_code == 404
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_an_offset_table_as_long_as_the_pixels_is_never_served_as_them(dw, frames):
+    """2x2 8-bit JPEG 2000 Orthanc cannot decode: its 4-byte-per-frame offset table is not the pixels (review)."""
+    from pydicom.uid import JPEG2000Lossless
+    ds = samples.make_instance(transfer_syntax=JPEG2000Lossless, PatientID=PATIENT, StudyInstanceUID=dw["study"],
+                               Rows=2, Columns=2, BitsAllocated=8, BitsStored=8, HighBit=7, Modality="OT",
+                               NumberOfFrames=frames if frames > 1 else None,
+                               frames=[b"\xff\x4f\xff\x51NOTREALLYJ2K"] * frames)
+    assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(ds)) is not None
+    path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/bulk/7fe00010"
+    for accept in ("application/octet-stream", 'multipart/related; type="application/octet-stream"'):
+        assert get(dw, path, accept=accept).status_code == 406
+
+
+def test_frame_lists_and_viewports_are_bounded(dw):
+    series, sop = dw["multiframe"]
+    instance = f"studies/{dw['study']}/series/{series}/instances/{sop}"
+    accept = 'multipart/related; type="application/octet-stream"'
+    assert get(dw, f"{instance}/frames/" + ",".join(["1"] * 1001), accept=accept).status_code == 400
+    assert get(dw, f"{instance}/frames/" + ",".join(["1"] * 1000), accept=accept).status_code == 200
+    for viewport in ("20000,20000", "0,0", "10", "a,b", "10,10,1"):
+        assert get(dw, f"{instance}/rendered?viewport={viewport}", accept="image/png").status_code == 400, viewport
+    small = get(dw, f"{instance}/thumbnail?VIEWPORT=12,12", accept="image/png")
+    assert small.status_code == 200 and max(png_size(small.data)) <= 12

@@ -368,3 +368,19 @@ def test_compressed_pixel_data_without_part_lengths_is_406(fake_app, rsps, accep
     response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/bulk/7fe00010",
                                           headers={**bearer(token(fake_app)), "Accept": accept})
     assert response.status_code == 406 and "compressed" in response.get_json()["message"]
+
+
+def test_a_failed_study_list_is_not_read_again_at_once(fake_app, rsps):
+    from fhir_facade.patient_ids import to_fhir_id
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies", status=500)
+    client = fake_app.test_client()
+    for n in range(3):
+        headers = bearer(token(fake_app, patient=to_fhir_id(f"FAILING-{n}-" * 8)))
+        assert client.get("/dicomweb/studies", headers=headers).status_code in (200, 502)
+    assert len(rsps.calls) == 1
+
+
+def test_the_picker_shows_an_id_no_patient_id_has_as_unknown(fake_app):
+    from smart.picker import describe_patient
+    with fake_app.test_request_context():
+        assert describe_patient("dcm-h.5F2024.5F0042") is None
