@@ -122,14 +122,13 @@ def classify(segments: list[str]) -> tuple[str, str]:
 #: Largest rendered width or height (pixels) asked of the PACS: a viewport of 20,000 x 20,000
 #: made Orthanc render 400 megapixels, and 0 made it drop the connection.
 MAX_VIEWPORT = 4096
-_VIEWPORT = re.compile(r"([0-9]+),([0-9]+)(,-?[0-9]+(\.[0-9]+)?){0,4}")
+_VIEWPORT = re.compile(r"([0-9]+),([0-9]+)((,(-?[0-9]+(\.[0-9]+)?)?){4})?")
 
 
 def _viewport_ok(value: str) -> bool:
-    """A PS3.18 Section 8.3.5.1.3 viewport ``vw,vh[,sx,sy,sw,sh]`` of a size the facade relays."""
+    """A PS3.18 Section 8.3.5.1.3 viewport ``vw,vh[,[sx],[sy],[sw],[sh]]`` of a size the facade relays."""
     match = _VIEWPORT.fullmatch(value)
-    return bool(match) and value.count(",") in (1, 5) and all(
-        1 <= int(n) <= MAX_VIEWPORT for n in match.group(1, 2))
+    return bool(match) and all(1 <= int(n) <= MAX_VIEWPORT for n in match.group(1, 2))
 
 
 def _query() -> list[tuple[str, str]]:
