@@ -15,8 +15,7 @@ from flask import Blueprint, Response, current_app, request
 from smart import authz
 
 from . import dicom_json as dj
-from . import multipart
-from .lookups import InstanceInfo, UnknownStudy, check_study_access, get_lookups
+from .lookups import UnknownStudy, check_study_access, get_lookups
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from .pacs import PacsError
 from .patient_ids import InvalidPatientId, to_patient_id
@@ -77,7 +76,7 @@ RESOURCE_PATHS = {
     ("series", "uid", "instances", "uid", "bulkdata", "tag"): ("bulkdata", "bulkdata"),
     ("series", "uid", "instances", "uid", "bulk", "tag"): ("bulkdata", "bulkdata"),
 }
-_FRAMES = re.compile(r"[0-9]+(,[0-9]+)*")
+_FRAMES = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")
 _TAG_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*")
 
 
@@ -122,7 +121,7 @@ def classify(segments: list[str]) -> tuple[str, str]:
 #: Largest rendered width or height (pixels) asked of the PACS: a viewport of 20,000 x 20,000
 #: made Orthanc render 400 megapixels, and 0 made it drop the connection.
 MAX_VIEWPORT = 4096
-_VIEWPORT = re.compile(r"([0-9]+),([0-9]+)((,(-?[0-9]+(\.[0-9]+)?)?){4})?")
+_VIEWPORT = re.compile(r"([0-9]{1,9}),([0-9]{1,9})((,(-?[0-9]{1,9}(\.[0-9]{1,9})?)?){4})?")
 
 
 def _viewport_ok(value: str) -> bool:
@@ -337,8 +336,8 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
     instance's frames are asked for in Explicit VR Little Endian and sent as one part. When
     that cannot be (over :data:`MAX_FRAME_LIST` frames, single-bit frames that need not end
     on a byte boundary, frames the PACS cannot cut or decode), the PACS's own value is
-    relayed if it is one uncompressed part; a first part that is a Basic Offset Table
-    (empty, or 4 bytes per frame) means compressed Pixel Data: 406.
+    relayed if it is one part; a Basic Offset Table and fragments (PS3.5 Section A.4) are
+    several: 406 (see :func:`~fhir_facade.relay.relay` ``single``).
 
     Raises
     ------
@@ -368,35 +367,7 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
     native = [choice for choice in options if choice.transfer_syntax in (None, "*", EXPLICIT_VR_LITTLE_ENDIAN)]
     if not native:
         raise DicomwebError(406, "Pixel Data bulk data is available in Explicit VR Little Endian only")
-    return _first_available(f"{key}/bulk", path, [], native, single=_uncompressed(info))
-
-
-def _uncompressed(info: InstanceInfo) -> Callable[[multipart.Headers, bytes], None]:
-    """A check that a PACS's Pixel Data part is the uncompressed value, for :func:`relay`.
-
-    Encapsulated Pixel Data starts with its Basic Offset Table, empty or 4 bytes per frame
-    (PS3.5 Section A.4), then fragments. :func:`relay` reads an answer of up to
-    :data:`~fhir_facade.relay.SMALL_ANSWER` bytes whole and refuses one of more than one
-    part; in a longer answer, a first part that long (its Content-Length, or its peeked
-    start when that is all of it) is an offset table, as uncompressed Pixel Data that short
-    would have made a small answer.
-
-    Raises
-    ------
-    NotAvailable
-        From the check, for compressed Pixel Data.
-    """
-    def check(headers: multipart.Headers, start: bytes) -> None:
-        declared = multipart.header(headers, "Content-Length")
-        if declared is not None and declared.strip().isdigit():
-            length = int(declared)
-        elif len(start) < multipart.META_PEEK_BYTES:
-            length = len(start)
-        else:
-            return
-        if length in (0, 4 * info.number_of_frames):
-            raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
-    return check
+    return _first_available(f"{key}/bulk", path, [], native, single=True)
 
 
 def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_numbers: list[int]) -> None:

@@ -142,21 +142,16 @@ def _merged_part(rewrite):
                                         if name.lower() not in ("content-length", "content-location")]
 
 
-def _only_part(rewrite, check):
-    """*rewrite* for an answer of one part: *check* ``(headers, body_start)`` runs on it; a second part is an error."""
+def _only_part(rewrite):
+    """*rewrite* for an answer of one part: a second part is an error."""
     seen = []
 
     def checked(headers, body_start):
         if seen:
             raise multipart.MultipartError("the answer came in more than one part")
         seen.append(True)
-        check(headers, body_start)
         return rewrite(headers, body_start)
     return checked
-
-
-def _always(headers) -> bool:
-    return True
 
 
 def _not_available(choice: Choice) -> str:
@@ -280,14 +275,14 @@ def _read_ahead(read: multipart.Reader, size: int) -> tuple[bytes, multipart.Rea
     return b"".join(pieces), read
 
 
-def _part_count(data: bytes, boundary: str) -> int:
-    """Parts in the whole multipart body *data*; a malformed one counts as none."""
+def _parts_started(head: bytes, boundary: str) -> int:
+    """Parts that start in *head*, the beginning of a multipart body (all of it, or cut anywhere)."""
     seen = []
     try:
-        for _ in multipart.rewrite(io.BytesIO(data).read, boundary, lambda headers, start: seen.append(1) or headers):
+        for _ in multipart.rewrite(io.BytesIO(head).read, boundary, lambda headers, start: seen.append(1) or headers):
             pass
     except multipart.MultipartError:
-        return 0
+        pass  # cut short: the parts seen so far
     return len(seen)
 
 
@@ -302,15 +297,16 @@ def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 def relay(path: str, params: list[tuple[str, str]], choice: Choice,
           explain: Callable[[], None] | None = None, merge: bool = False,
-          single: Callable[[multipart.Headers, bytes], None] | None = None) -> Response:
+          single: bool = False) -> Response:
     """Stream the PACS answer to *path* in the representation *choice* names.
 
     *explain*, when given, runs if the PACS answers an error, and may raise a more exact one.
     With *merge*, the parts of the PACS answer become one part (frames as one Pixel Data
-    value). With *single*, the answer must be one part: *single* ``(headers, body_start)``
-    runs on it first (*body_start*: its first :data:`multipart.META_PEEK_BYTES` bytes, or
-    all of it when shorter) and may raise :class:`NotAvailable`; a second part breaks the
-    answer off.
+    value). With *single*, the answer must be one part, else :class:`NotAvailable`: its
+    first :data:`SMALL_ANSWER` bytes are read before anything is sent, and a second part
+    that starts within them (or at all, in a shorter answer) is refused; one that starts
+    later breaks the answer off. Encapsulated Pixel Data is an offset table and fragments:
+    its second part always starts within them.
     """
     upstream = get_pacs().get(path, params=params, headers={"Accept": choice.upstream_accept,
                                                              "Accept-Encoding": "identity"}, stream=True)
@@ -345,33 +341,25 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     small = _is_small(upstream)
     splicer = None
     source = io.BytesIO(_read_whole(upstream)).read if small else _reader(upstream)
-    if single is not None:
-        # One part only: an answer that ends within SMALL_ANSWER bytes is read whole and its
-        # parts counted before anything is sent; a longer one has its first part checked.
-        if not small:
-            head, upstream_read = _read_ahead(source, SMALL_ANSWER)
-            if len(head) < SMALL_ANSWER:
-                small, source = True, io.BytesIO(head).read
-            else:
-                source = multipart.chunk_reader(itertools.chain([head], iter(lambda: upstream_read(CHUNK), b"")))
-        if small:
-            data = source(-1)
-            if _part_count(data, boundary) != 1:
-                upstream.close()
-                raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
-            source, single = io.BytesIO(data).read, None
+    if single:
+        head, upstream_read = _read_ahead(source, SMALL_ANSWER)
+        if _parts_started(head, boundary) != 1:
+            upstream.close()
+            raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
+        if small or len(head) < SMALL_ANSWER:
+            small, source = True, io.BytesIO(head).read
+        else:
+            source = multipart.chunk_reader(itertools.chain([head], iter(lambda: upstream_read(CHUNK), b"")))
     if choice.unwrap:
         try:
             part, start, body = multipart.unwrap(
                 source, boundary, merge=merge,
-                peek=_always if single else _needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
+                peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         try:
             _check_stored(part, choice)
-            if single is not None:
-                single(part, start)
         except NotAvailable:
             upstream.close()
             raise
@@ -386,18 +374,17 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         known = _known_syntax(choice)
         # A large answer's part bodies go from socket to socket in the kernel where the server allows it.
         # (Not after a read-ahead: the bytes it holds come before the socket's.)
-        splicer = None if small or single is not None else zerocopy.splicer_for(upstream, request.environ,
-                                                                                 get_pacs().timeout)
+        splicer = None if small or single else zerocopy.splicer_for(upstream, request.environ, get_pacs().timeout)
         # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
         own_boundary = f"facade-{secrets.token_hex(16)}"
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
         if merge:
             rewriter = _merged_part(rewriter)
-        if single is not None:
-            rewriter = _only_part(rewriter, single)
+        if single:
+            rewriter = _only_part(rewriter)
         body = multipart.rewrite(source, boundary, rewriter,
-                                 peek=_always if single else _needs_transfer_syntax if choice.transfer_syntax == "*"
-                                 else _never, direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
+                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
+                                 direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
                                  merge=merge)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'

@@ -477,3 +477,26 @@ def test_frame_lists_and_viewports_are_bounded(dw):
         assert get(dw, f"{instance}/rendered?viewport={viewport}", accept="image/png").status_code == 400, viewport
     small = get(dw, f"{instance}/thumbnail?VIEWPORT=12,12", accept="image/png")
     assert small.status_code == 200 and max(png_size(small.data)) <= 12
+
+
+def test_pixel_data_over_a_mebibyte_is_one_part_or_406(dw):
+    """Over 1 MiB the parts are not all read first: an offset table not matching NumberOfFrames was
+    served as the pixels (review), and uncompressed 4-byte frames were taken for one."""
+    from pydicom.uid import JPEG2000Lossless
+    fragment = bytes(range(256)) * 2048  # 512 KiB
+    compressed = samples.make_instance(transfer_syntax=JPEG2000Lossless, PatientID=PATIENT,
+                                       StudyInstanceUID=dw["study"], Rows=1024, Columns=1024, Modality="OT",
+                                       frames=[fragment] * 3)  # one frame said, three fragments with an offset table
+    native = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=dw["study"], NumberOfFrames=262145,
+                                   Rows=2, Columns=2, BitsAllocated=8, BitsStored=8, HighBit=7, Modality="OT")
+    for ds in (compressed, native):
+        assert devpacs.store_file(dw["orthanc"].url, devpacs.to_part10(ds)) is not None
+    for ds, status in ((compressed, 406), (native, 200)):
+        path = f"studies/{dw['study']}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/bulk/7fe00010"
+        for accept in ("application/octet-stream", 'multipart/related; type="application/octet-stream"'):
+            response = get(dw, path, accept=accept)
+            assert response.status_code == status, accept
+            if status == 200:
+                body = response.data if accept == "application/octet-stream" else \
+                    parse_by_boundary(response.data, response.headers["Content-Type"])[0][1]
+                assert sha(body) == sha(ds.PixelData)

@@ -384,3 +384,13 @@ def test_the_picker_shows_an_id_no_patient_id_has_as_unknown(fake_app):
     from smart.picker import describe_patient
     with fake_app.test_request_context():
         assert describe_patient("dcm-h.5F2024.5F0042") is None
+
+
+@pytest.mark.parametrize("path", [
+    f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1," + "9" * 4400,
+    f"studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?viewport=1," + "9" * 4400,
+])
+def test_numbers_too_long_for_int_are_400(fake_app, rsps, path):
+    response = fake_app.test_client().get(f"/dicomweb/{path}", headers={**bearer(token(fake_app)),
+                                                                        "Accept": "image/jpeg, */*"})
+    assert response.status_code == 400
