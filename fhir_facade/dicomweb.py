@@ -283,7 +283,7 @@ def study_resource(rest: str):
         # A PACS without thumbnails (Orthanc 1.10): the rendered resource in a small viewport,
         # the client's if it names one (PS3.18 Section 8.3.5.1.3).
         response.close()
-        if not any(name.lower() == "viewport" for name, _ in params):
+        if not any(name == "viewport" for name, _ in params):  # _query() wrote it in lower case
             params = params + [("viewport", THUMBNAIL_VIEWPORT)]
         return _first_available(None, path[:-len("thumbnail")] + "rendered", params, options, explain)
     return response
@@ -346,7 +346,8 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
         cannot be had uncompressed.
     """
     series_uid, sop_uid = segments[2], segments[4]
-    info = get_lookups().instance(study_uid, series_uid, sop_uid)
+    lookups = get_lookups()
+    info = lookups.instance(study_uid, series_uid, sop_uid)
     if info is None:
         raise DicomwebError(404, "instance not found")
     if not info.has_pixels:
@@ -356,7 +357,7 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
     # Bulk data takes no query parameters (PS3.18 Section 10.4.1.1.5): none reach the PACS,
     # so nothing of the client's can make it fail and be remembered as a refusal.
     as_frames = [choice for choice in options if choice.transfer_syntax != "*"
-                 and not get_lookups().refused(f"{key}/pixeldata", choice)]
+                 and not lookups.refused(f"{key}/pixeldata", choice)]
     if as_frames and info.number_of_frames <= MAX_FRAME_LIST and info.bits_allocated != 1:
         frames = ",".join(str(n) for n in range(1, info.number_of_frames + 1))
         try:

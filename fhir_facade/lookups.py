@@ -111,7 +111,6 @@ class Lookups:
                 self._instances[key] = info
         return info
 
-
     def refused(self, resource: str, choice) -> bool:
         """Whether the PACS could not produce *choice* (a :class:`~fhir_facade.negotiation.Choice`)
         for *resource* (a path) twice within the cache time: once may have been a passing failure."""

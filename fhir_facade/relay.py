@@ -263,8 +263,8 @@ def _reader(upstream) -> multipart.Reader:
     return read
 
 
-def _read_ahead(read: multipart.Reader, size: int) -> tuple[bytes, multipart.Reader]:
-    """Up to *size* bytes from *read* (fewer only at its end), and *read* itself."""
+def _read_ahead(read: multipart.Reader, size: int) -> bytes:
+    """Up to *size* bytes from *read* (fewer only at its end)."""
     pieces, have = [], 0
     while have < size:
         data = read(size - have)
@@ -272,7 +272,7 @@ def _read_ahead(read: multipart.Reader, size: int) -> tuple[bytes, multipart.Rea
             break
         pieces.append(data)
         have += len(data)
-    return b"".join(pieces), read
+    return b"".join(pieces)
 
 
 def _parts_started(head: bytes, boundary: str) -> int:
@@ -342,7 +342,8 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     splicer = None
     source = io.BytesIO(_read_whole(upstream)).read if small else _reader(upstream)
     if single:
-        head, upstream_read = _read_ahead(source, SMALL_ANSWER)
+        upstream_read = source  # the lambda below must not see *source* reassigned
+        head = _read_ahead(upstream_read, SMALL_ANSWER)
         if _parts_started(head, boundary) != 1:
             upstream.close()
             raise NotAvailable("the Pixel Data is compressed and the PACS cannot decompress it")
