@@ -44,26 +44,31 @@ DEFAULT_TRANSFER_SYNTAX = {
 }
 
 
+#: A quoted string from its opening quote: escaped characters, up to the closing quote or the end.
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
+
+
 def _split_quoted(text: str, separator: str) -> list[str]:
+    """Split *text* at *separator* outside quoted strings (RFC 9110 Section 5.6.4).
+
+    A backslash inside a quoted string escapes the next character; an unclosed quote runs
+    to the end. Found with ``str.find`` and one regular expression per quoted string: media
+    types are parsed several times a request, and a loop over characters cost ~0.1 ms.
+    """
     if '"' not in text:
         return text.split(separator)
-    parts, current, quoted, escaped = [], [], False, False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\" and quoted:
-            current.append(char)
-            escaped = True
-        elif char == '"':
-            current.append(char)
-            quoted = not quoted
-        elif char == separator and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
+    parts, start, position = [], 0, 0
+    while True:
+        separator_at = text.find(separator, position)
+        quote_at = text.find('"', position, len(text) if separator_at < 0 else separator_at)
+        if quote_at >= 0:
+            position = _QUOTED.match(text, quote_at).end()
+            continue
+        if separator_at < 0:
+            break
+        parts.append(text[start:separator_at])
+        start = position = separator_at + 1
+    parts.append(text[start:])
     return parts
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import email.parser
 import http.client
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: Media type of QIDO-RS and metadata answers (PS3.18 Section 8.7.3.5.1).
 DICOM_JSON = "application/dicom+json"
+#: An HTTP field name (RFC 9110 Section 5.1: a token).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class PacsError(Exception):
@@ -176,11 +179,16 @@ class PacsClient:
         # A prepared request sent straight through the pooled adapter: the Session's cookie,
         # hook, redirect and environment machinery costs ~0.25 ms a request and does nothing
         # for a PACS (redirects are not followed; credentials come from our configuration).
+        # Only the steps a GET without a body or cookies needs are run: an empty cookie jar
+        # and its header cost another ~0.05 ms.
         request = requests.PreparedRequest()
         try:
             query = query_string(params)
             url = f"{self.url(path)}?{query}" if query else self.url(path)
-            request.prepare(method="GET", url=url, headers=headers, auth=self.session.auth)
+            request.prepare_method("GET")
+            request.prepare_url(url, None)
+            request.prepare_headers(headers)
+            request.prepare_auth(self.session.auth, url)
             return self.adapter.send(request, stream=stream, timeout=self.timeout)
         except requests.Timeout as exc:
             log.warning("PACS timeout")
@@ -273,11 +281,22 @@ def _parse_headers(fp, _class=http.client.HTTPMessage):
     The standard version hands the header block to a full MIME parser, which compiles a
     regular expression for the boundary of every ``multipart/related`` answer; PACS use a
     fresh random boundary per answer, so that costs ~0.5 ms a response. Parsing headers only
-    gives the same ``HTTPMessage``.
+    gives the same ``HTTPMessage``. Plain ``name: value`` lines, which is what PACS send,
+    are stored as the parser would store them (name as sent, value without the leading
+    blanks and the line end) without going through it; any other line (folded, without a
+    colon, not ASCII) leaves the whole block to the parser, so errors and defects are its.
     """
-    headers = http.client._read_headers(fp)
-    text = b"".join(headers).decode("iso-8859-1")
-    return email.parser.Parser(_class=_class).parsestr(text, headersonly=True)
+    lines = http.client._read_headers(fp)
+    message = _class()
+    for line in lines:
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not line.isascii() or line[:1] in (b" ", b"\t") or not _TOKEN.fullmatch(name):
+            text = b"".join(lines).decode("iso-8859-1")
+            return email.parser.Parser(_class=_class).parsestr(text, headersonly=True)
+        message.set_raw(name.decode("ascii"), value.lstrip(b" \t").rstrip(b"\r\n").decode("ascii"))
+    return message
 
 
 def init_app(app: Flask) -> None:

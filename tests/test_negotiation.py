@@ -71,6 +71,47 @@ def test_parse_media_type_splits_only_outside_quotes():
         "multipart/related", {"type": "image/jpeg; transfer-syntax=1.2", "boundary": "x"})
 
 
+def _split_by_characters(text, separator):
+    """Reference: the character-by-character reading of RFC 9110 quoted strings."""
+    parts, current, quoted, escaped = [], "", False, False
+    for char in text:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\" and quoted:
+            current, escaped = current + char, True
+        elif char == '"':
+            current, quoted = current + char, not quoted
+        elif char == separator and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
+@pytest.mark.parametrize("text, pieces", [
+    ('a; b="x;y"; c', ["a", ' b="x;y"', " c"]),
+    ('a; b="x\\";y"; c', ["a", ' b="x\\";y"', " c"]),  # escaped quote stays inside
+    ('a; b="unclosed; c', ["a", ' b="unclosed; c']),
+    ('a; b="ends in \\', ["a", ' b="ends in \\']),
+    ('a\\;b', ["a\\", "b"]),  # a backslash escapes only inside quotes
+    ('"";;""', ['""', "", '""']),
+])
+def test_split_quoted_cases(text, pieces):
+    from fhir_facade.negotiation import _split_quoted
+    assert _split_quoted(text, ";") == pieces == _split_by_characters(text, ";")
+
+
+def test_split_quoted_agrees_with_the_character_reading_on_random_text():
+    import random
+    from fhir_facade.negotiation import _split_quoted
+    rng = random.Random(5)
+    for _ in range(20000):
+        text = "".join(rng.choice('ab;,"\\ =\n') for _ in range(rng.randrange(0, 24)))
+        for separator in ";,":
+            assert _split_quoted(text, separator) == _split_by_characters(text, separator), text
+
+
 def test_as_stored_choices_name_the_type_to_check():
     from fhir_facade.negotiation import choices
     jls, octet = choices("frames", 'image/jls, multipart/related; type="application/octet-stream"; q=0.5', frames=1)

@@ -115,3 +115,36 @@ def test_failures_are_shared_through_the_database(app, users, tmp_path):
                         "FACADE_PUBLIC_URL": app.config["FACADE_PUBLIC_URL"]})
     assert refused(attempt(other, "alice", "correct horse"))
     other.extensions["smart_db"].engine.dispose()
+
+
+def test_requests_without_a_session_cookie_get_an_empty_session_without_the_key(app, monkeypatch):
+    """FHIR and DICOMweb requests carry no cookie: no signing serializer is built for them."""
+    from flask.sessions import SecureCookieSession
+
+    interface = app.session_interface
+
+    def refuse(_app):
+        raise AssertionError("signing serializer built for a request without a session cookie")
+
+    with app.test_request_context("/fhir/metadata"):
+        monkeypatch.setattr(interface, "get_signing_serializer", refuse)
+        from flask import request
+        session = interface.open_session(app, request)
+    assert type(session) is SecureCookieSession and dict(session) == {} and not session.modified
+
+
+def test_a_forged_session_cookie_opens_an_empty_session(app):
+    from flask import request
+    name = app.config["SESSION_COOKIE_NAME"]
+    with app.test_request_context("/smart/authorize", headers={"Cookie": f"{name}=eyJ1c2VyX2lkIjoxfQ.forged.sig"}):
+        session = app.session_interface.open_session(app, request)
+    assert dict(session) == {}
+
+
+def test_a_signed_session_cookie_is_read_back(app):
+    from flask import request
+    interface = app.session_interface
+    with app.test_request_context("/"):
+        cookie = interface.get_signing_serializer(app).dumps({"user_id": 7})
+    with app.test_request_context("/", headers={"Cookie": f"{app.config['SESSION_COOKIE_NAME']}={cookie}"}):
+        assert interface.open_session(app, request)["user_id"] == 7
