@@ -15,6 +15,9 @@ threads = int(os.environ.get("FACADE_THREADS", 16))
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
+# Longest request line accepted (bytes; gunicorn's maximum, its default is 4094): WADO-RS frame
+# lists (up to fhir_facade.dicomweb.MAX_FRAME_LIST numbers) and QIDO-RS queries live in the URL.
+limit_request_line = 8190
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which a
 # second instance on the machine would take over; give it a path of its own to use gunicornc.
 if os.environ.get("FACADE_CONTROL_SOCKET"):

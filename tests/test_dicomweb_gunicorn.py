@@ -290,3 +290,28 @@ def test_pixel_data_bulk_data_of_a_large_big_endian_instance_is_spliced_as_one_l
     assert "content-length" not in part_headers
     lines = spliced_lines(served)[before:]
     assert len(lines) == 1 and lines[0].endswith(f"in {count} part bodies")
+
+
+def test_a_frame_list_of_the_facades_full_length_fits_the_request_line(served):
+    """1000 frame numbers (the facade's cap) make a request line over gunicorn's default 4094 bytes."""
+    sop = sorted(served["stored"])[0]
+    frames = ",".join(["0001"] * 1000)
+    path = f"{served['path']}/series/{served['series']}/instances/{sop}/frames/{frames}"
+    assert 4094 < len(f"GET {path} HTTP/1.1") <= 8190
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=60)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {served['token']}",
+                                       "Accept": 'multipart/related; type="application/octet-stream"'})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 200, body[:300]
+    parts = parse_by_boundary(body, response.getheader("Content-Type"))
+    assert len(parts) == 1000 and {sha(data) for _, data in parts} == {sha(parts[0][1])}
+    assert len(parts[0][1]) == ROWS * COLUMNS * 2
+
+    too_long = path.replace(frames, ",".join(["000000001"] * 1000))
+    assert len(f"GET {too_long} HTTP/1.1") > 8190
+    conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=60)
+    conn.request("GET", too_long, headers={"Authorization": f"Bearer {served['token']}"})
+    assert conn.getresponse().status == 414  # URI Too Long (RFC 9110 Section 15.5.15), from gunicorn
+    conn.close()
