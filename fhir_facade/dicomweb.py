@@ -308,15 +308,15 @@ def _first_available(key: str | None, path: str, params: list[tuple[str, str]], 
     """
     lookups = get_lookups()
     untried = [choice for choice in options if key is None or not lookups.refused(key, choice)] or options[-1:]
-    for n, choice in enumerate(untried):
+    refusal = None
+    for choice in untried:
         try:
             return relay(path, params, choice, explain, **how)
-        except NotAvailable:
+        except NotAvailable as exc:
+            refusal = exc
             if key is not None:
                 lookups.note_refused(key, choice)
-            if n == len(untried) - 1:
-                raise
-    raise AssertionError("no representation to try")  # options is never empty
+    raise refusal  # the last option's 406
 
 
 #: The Pixel Data (7FE0,0010) bulk data path segment, lower case.
