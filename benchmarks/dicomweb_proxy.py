@@ -25,6 +25,10 @@ against the same Orthanc, facade vs direct (issue 5, "Must show"):
 (d) resident memory of the facade (sum over the gunicorn master and workers, from /proc)
     while a slow-ish client streams ~1 GB (the study 7 times); aim growth <= 64 MB.
 
+For (a) and (b) it also reports the CPU time (user + kernel, from /proc) that the PACS, the
+facade and the benchmark's client spend per request, direct and through the facade: on two
+shared cores the timings move with whatever else runs, and these show what each party costs.
+
 (a) and (b) are measured a second time with the PACS on a CPU of its own (Linux CPU
 affinity: Orthanc on the first CPU, the facade and the benchmark's clients on the others),
 a model of the PACS on its own host, where the facade does not take CPU time from it. The
@@ -45,8 +49,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +75,7 @@ READ_SIZE = 1024 * 1024
 #: Slow-ish client of (d): reads this many bytes, then sleeps SLOW_PAUSE seconds.
 SLOW_READ, SLOW_PAUSE = 256 * 1024, 0.002
 AIMS = {"a": 0.95, "b": 2.0, "d": 64.0}
+T = TypeVar("T")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -275,7 +282,54 @@ class Facade:
 
 # --- measurements -------------------------------------------------------------------------
 
-def whole_study(direct: Target, facade: Target, study: Study, repeat: int) -> dict:
+def _cpu_ms(pid: int) -> float:
+    """User + kernel CPU time of process *pid*, all its threads, in ms (/proc/<pid>/stat, clock ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU time each party spends per request, by side (direct or through the facade).
+
+    The PACS and the facade are read from /proc before and after each request (outside its
+    timing), the benchmark's own client from ``time.process_time``. Requests run one at a
+    time, so what a process spent in between belongs to that request. /proc counts in clock
+    ticks (10 ms), so one frame request reads 0 or 10 ms; summed over many, the mean holds.
+    """
+
+    PARTIES = ("pacs", "facade", "client")
+
+    def __init__(self, pacs_pid: int, facade_pids: list[int]):
+        self.pids = {"pacs": [pacs_pid], "facade": facade_pids}
+        self.spent = {side: dict.fromkeys(self.PARTIES, 0.0) for side in ("direct", "facade")}
+        self.requests = {"direct": 0, "facade": 0}
+
+    def _now(self) -> dict[str, float]:
+        now = {party: sum(_cpu_ms(pid) for pid in pids) for party, pids in self.pids.items()}
+        now["client"] = time.process_time() * 1000
+        return now
+
+    def measure(self, side: str, request: Callable[[], T]) -> T:
+        """Run *request* (one request on *side*) and add what each party spent on it."""
+        before = self._now()
+        result = request()
+        after = self._now()
+        for party in self.PARTIES:
+            self.spent[side][party] += after[party] - before[party]
+        self.requests[side] += 1
+        return result
+
+    def per_request(self) -> dict[str, dict[str, float]]:
+        """Mean CPU ms per request: ``{side: {party: ms}}``."""
+        return {side: {party: spent / max(self.requests[side], 1) for party, spent in parties.items()}
+                for side, parties in self.spent.items()}
+
+
+def whole_study(direct: Target, facade: Target, study: Study, repeat: int,
+                meter: CpuMeter | None = None) -> dict:
     """(a) Whole-study retrieval, alternating sides; median MB/s each way."""
     path = f"studies/{study.study_uid}"
     # Byte check (untimed) and warm-up: same part bodies both ways.
@@ -294,9 +348,13 @@ def whole_study(direct: Target, facade: Target, study: Study, repeat: int) -> di
     for i in range(repeat):
         for target in ((direct, facade) if i % 2 == 0 else (facade, direct)):
             conn = target.connect()
-            started = time.perf_counter()
-            status, size, _ = target.get(conn, path, STUDY_ACCEPT)
-            elapsed = time.perf_counter() - started
+
+            def timed(target=target, conn=conn):
+                started = time.perf_counter()
+                status, size, _ = target.get(conn, path, STUDY_ACCEPT)
+                return status, size, time.perf_counter() - started
+
+            status, size, elapsed = meter.measure(target.name, timed) if meter else timed()
             conn.close()
             if status != 200:
                 raise RuntimeError(f"{target.name}: whole study answered {status}")
@@ -307,6 +365,7 @@ def whole_study(direct: Target, facade: Target, study: Study, repeat: int) -> di
     result["paired"] = statistics.median(f / d for d, f in zip(speeds["direct"], speeds["facade"]))
     result["size_mb"] = sizes["facade"] / 1e6
     result["runs"] = speeds
+    result["cpu"] = meter.per_request() if meter else None
     return result
 
 
@@ -353,7 +412,8 @@ def _frame_once(target: Target, conn, index: int, study: Study) -> float:
     return elapsed
 
 
-def single_frames(direct: Target, facade: Target, study: Study) -> dict:
+def single_frames(direct: Target, facade: Target, study: Study,
+                  meters: Callable[[], CpuMeter] | None = None) -> dict:
     """(b) FRAME_REQUESTS frames in sequence, facade and direct interleaved (who goes first
     alternates), each side on its own keep-alive connection; two passes (cold, warm)."""
     conns = {"direct": direct.connect(), "facade": facade.connect()}
@@ -362,14 +422,17 @@ def single_frames(direct: Target, facade: Target, study: Study) -> dict:
     result = {}
     for phase in ("cold", "warm"):
         times: dict[str, list[float]] = {"direct": [], "facade": []}
+        meter = meters() if meters else None
         for i in range(FRAME_REQUESTS):
             for target in ((direct, facade) if i % 2 == 0 else (facade, direct)):
-                times[target.name].append(_frame_once(target, conns[target.name], i, study))
+                once = lambda target=target, i=i: _frame_once(target, conns[target.name], i, study)  # noqa: E731
+                times[target.name].append(meter.measure(target.name, once) if meter else once())
         d, f = statistics.median(times["direct"]), statistics.median(times["facade"])
         paired = statistics.median(b - a for a, b in zip(times["direct"], times["facade"]))
         result[phase] = {"direct": d, "facade": f, "added": f - d, "paired": paired,
                          "p90_direct": statistics.quantiles(times["direct"], n=10)[-1],
-                         "p90_facade": statistics.quantiles(times["facade"], n=10)[-1]}
+                         "p90_facade": statistics.quantiles(times["facade"], n=10)[-1],
+                         "cpu": meter.per_request() if meter else None}
     for conn in conns.values():
         conn.close()
     return result
@@ -462,6 +525,24 @@ def _rows_a_b(a: dict, b: dict, label: str, judged: bool, phases=("cold", "warm"
     return rows
 
 
+def _cpu_lines(a: dict, b: dict, pinned: tuple[dict, dict] | None) -> str:
+    """CPU ms per request of each party, direct and through the facade (user + kernel)."""
+    lines = ["\nCPU ms per request (user + kernel):  direct: PACS / client  |  through the facade: PACS / facade / client"]
+    figures = [("(a) whole study", a["cpu"], 0), ("(b) frame, cold", b["cold"]["cpu"], 2),
+               ("(b) frame, warm", b["warm"]["cpu"], 2)]
+    if pinned is not None:
+        figures += [("(a) whole study, PACS on its own CPU", pinned[0]["cpu"], 0),
+                    ("(b) frame, warm, PACS on its own CPU", pinned[1]["warm"]["cpu"], 2)]
+    width = max(len(label) for label, _, _ in figures)
+    for label, cpu, digits in figures:
+        if cpu is None:
+            continue
+        d, f = cpu["direct"], cpu["facade"]
+        lines.append(f"{label.ljust(width)}  direct: {d['pacs']:.{digits}f} / {d['client']:.{digits}f}  |  "
+                     f"facade: {f['pacs']:.{digits}f} / {f['facade']:.{digits}f} / {f['client']:.{digits}f}")
+    return "\n".join(lines)
+
+
 def report(a: dict, b: dict, c: dict, d: dict, seconds: float, pinned: tuple[dict, dict] | None = None) -> bool:
     rows = [("figure", "direct", "facade", "facade vs direct", "aim", "")]
     rows += _rows_a_b(a, b, "", judged=True)
@@ -487,6 +568,7 @@ def report(a: dict, b: dict, c: dict, d: dict, seconds: float, pinned: tuple[dic
             print(f"\n(a) runs MB/s{label}: direct {[round(v) for v in x['runs']['direct']]}, "
                   f"facade {[round(v) for v in x['runs']['facade']]}", end="")
     print()
+    print(_cpu_lines(a, b, pinned))
     for side in ("direct", "facade"):
         for message in c[side]["messages"]:
             print(f"(c) {side} error: {message}")
@@ -517,16 +599,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"Orthanc at {pacs.url}", flush=True)
                 direct = Target("direct", pacs.dicomweb_url)
                 through = Target("facade", facade.url + "/dicomweb", {"Authorization": f"Bearer {token}"})
+                meter = lambda: CpuMeter(pacs.process.pid, facade.pids())  # noqa: E731
                 print("(a) whole study ...", flush=True)
-                a = whole_study(direct, through, study, repeat)
+                a = whole_study(direct, through, study, repeat, meter())
                 print("(b) single frames ...", flush=True)
-                b = single_frames(direct, through, study)
+                b = single_frames(direct, through, study, meter)
                 pinned = None
                 own_cpu = PacsOnItsOwnCpu(pacs.process.pid, facade)
                 if not args.no_pin and own_cpu.possible:
                     print("(a), (b) again with the PACS on a CPU of its own ...", flush=True)
                     with own_cpu:
-                        pinned = (whole_study(direct, through, study, repeat), single_frames(direct, through, study))
+                        pinned = (whole_study(direct, through, study, repeat, meter()), single_frames(direct, through, study, meter))
                 print(f"(c) {CLIENTS} concurrent clients, {seconds:.0f} s each way ...", flush=True)
                 c = {"direct": concurrent_frames(direct, study, seconds),
                      "facade": concurrent_frames(through, study, seconds)}
