@@ -57,14 +57,17 @@ def _split_quoted(text: str, separator: str) -> list[str]:
     """
     if '"' not in text:
         return text.split(separator)
-    parts, start, position = [], 0, 0
+    parts, start, position, separator_at = [], 0, 0, -1
     while True:
-        separator_at = text.find(separator, position)
-        quote_at = text.find('"', position, len(text) if separator_at < 0 else separator_at)
+        if separator_at < position:  # else the one found before is still the next (linear time)
+            separator_at = text.find(separator, position)
+            if separator_at < 0:
+                separator_at = len(text)
+        quote_at = text.find('"', position, separator_at)
         if quote_at >= 0:
             position = _QUOTED.match(text, quote_at).end()
             continue
-        if separator_at < 0:
+        if separator_at == len(text):
             break
         parts.append(text[start:separator_at])
         start = position = separator_at + 1

@@ -284,7 +284,8 @@ def _parse_headers(fp, _class=http.client.HTTPMessage):
     gives the same ``HTTPMessage``. Plain ``name: value`` lines, which is what PACS send,
     are stored as the parser would store them (name as sent, value without the leading
     blanks and the line end) without going through it; any other line (folded, without a
-    colon, not ASCII) leaves the whole block to the parser, so errors and defects are its.
+    colon, not ASCII, with a carriage return that does not end it, which the parser reads as
+    a line end) leaves the whole block to the parser, so errors and defects are its.
     """
     lines = http.client._read_headers(fp)
     message = _class()
@@ -292,10 +293,12 @@ def _parse_headers(fp, _class=http.client.HTTPMessage):
         if line in (b"\r\n", b"\n", b""):
             break
         name, colon, value = line.partition(b":")
-        if not colon or not name or not line.isascii() or line[:1] in (b" ", b"\t") or not _TOKEN.fullmatch(name):
+        if (not colon or not name or not line.isascii() or line[:1] in (b" ", b"\t")
+                or line.count(b"\r") > line.endswith(b"\r\n") or not _TOKEN.fullmatch(name)):
             text = b"".join(lines).decode("iso-8859-1")
             return email.parser.Parser(_class=_class).parsestr(text, headersonly=True)
         message.set_raw(name.decode("ascii"), value.lstrip(b" \t").rstrip(b"\r\n").decode("ascii"))
+    message.set_payload("")  # as the parser leaves it: no body read
     return message
 
 
