@@ -5,12 +5,14 @@ import email.parser
 import http.client
 import logging
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 import requests
 from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,36 @@ def query_string(params: Sequence[tuple[str, str]] | Mapping | None) -> str:
                     for name, value in items)
 
 
+class _PacsRetry(Retry):
+    """The PACS client's retry policy: as configured, except that a read timeout is final.
+
+    ``read=1`` is there for a pooled connection the PACS closed meanwhile; a PACS that
+    accepted the request and then said nothing for the whole timeout would otherwise get it
+    a second time, and the client its 504 after twice the configured time.
+    """
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error behind a requests/urllib3 error (its ``reason``, args or cause chain)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)), None)
+        if inner is None:
+            inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            return exc
+        exc = inner
+    return exc
+
+
 class PacsClient:
     """DICOMweb client for the PACS behind the facade.
 
@@ -138,9 +170,9 @@ class PacsClient:
             self.session.auth = (username, password or "")
         # Idempotent GETs are retried on overload answers (PS3.18 Section 8.6.2 lists 503) and
         # once on a pooled connection the PACS closed meanwhile (Orthanc keeps idle ones 1 s).
-        retry = Retry(total=2, connect=2, read=1, status=2, backoff_factor=0.05,
-                      status_forcelist=(429, 503, 504), allowed_methods=("GET", "HEAD"),
-                      raise_on_status=False, respect_retry_after_header=False)
+        retry = _PacsRetry(total=2, connect=2, read=1, status=2, backoff_factor=0.05,
+                           status_forcelist=(429, 503, 504), allowed_methods=("GET", "HEAD"),
+                           raise_on_status=False, respect_retry_after_header=False)
         self.adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
         self.session.mount("http://", self.adapter)
         self.session.mount("https://", self.adapter)
@@ -194,6 +226,14 @@ class PacsClient:
             log.warning("PACS timeout")
             raise PacsTimeout() from exc
         except requests.ConnectionError as exc:
+            cause = _root_cause(exc)
+            if isinstance(cause, (socket.timeout, ReadTimeoutError)):
+                log.warning("PACS timeout")
+                raise PacsTimeout() from exc
+            if isinstance(cause, http.client.HTTPException) and not isinstance(cause, http.client.RemoteDisconnected):
+                # It answered, but not HTTP (more than 100 header lines, a line over 64 KiB, a bad status line).
+                log.warning("PACS answered malformed HTTP: %s", type(cause).__name__)
+                raise PacsError() from exc
             log.warning("PACS unreachable: %s", type(exc).__name__)
             raise PacsUnavailable() from exc
         except requests.RequestException as exc:

@@ -50,3 +50,56 @@ def test_response_headers_leave_the_body_unread():
     fp = io.BytesIO(b"Content-Length: 3\r\n\r\nabc")
     _parse_headers(fp)
     assert fp.read() == b"abc"
+
+
+class _OneShotServer:
+    """A loopback TCP server that answers each request with *reply* (bytes, or None for silence,
+    or b"" to close at once); counts the requests it read."""
+
+    def __init__(self, reply):
+        import socket
+        import threading
+        self.reply, self.requests, self.open = reply, 0, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/dicom-web"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if conn.recv(65536):
+                self.requests += 1
+            if self.reply is None:
+                self.open.append(conn)  # say nothing, keep it open
+                continue
+            conn.sendall(self.reply)
+            conn.close()
+
+    def close(self):
+        self.listener.close()
+        for conn in self.open:
+            conn.close()
+
+
+@pytest.mark.parametrize("reply, error, status", [
+    (None, "PacsTimeout", 504),  # accepted, then silent
+    (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: 1\r\n" * 101 + b"\r\n", "PacsError", 502),  # over http.client's 100 headers
+    (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", "PacsError", 502),  # a line over 64 KiB
+    (b"", "PacsUnavailable", 503),  # closed without an answer
+])
+def test_what_a_pacs_failure_becomes(reply, error, status):
+    """A silent PACS is a timeout (504) after one wait, not a retried one reported as down (503, review);
+    an answer that is not HTTP is a bad answer (502); a closed connection is unavailable (503)."""
+    import fhir_facade.pacs as pacs
+    server = _OneShotServer(reply)
+    try:
+        with pytest.raises(pacs.PacsError) as raised:
+            pacs.PacsClient(server.url, timeout=0.5).get("studies")
+    finally:
+        server.close()
+    assert type(raised.value).__name__ == error and raised.value.status == status
+    assert server.requests == (1 if reply is None else 2)  # read errors are retried once, a read timeout not
