@@ -130,6 +130,27 @@ def _viewport_ok(value: str) -> bool:
     return bool(match) and all(1 <= int(n) <= MAX_VIEWPORT for n in match.group(1, 2))
 
 
+#: PS3.18 Section 8.3.5.1.4 ``window=center,width,function``: decimal center and width, and a
+#: VOI LUT Function as PS3.18 spells it.
+_WINDOW = re.compile(r"(-?[0-9]{1,9}(\.[0-9]{1,9})?),([0-9]{1,9}(\.[0-9]{1,9})?),(linear|linear-exact|sigmoid)")
+
+
+def _rendering_ok(name: str, value: str) -> str | None:
+    """What is wrong with a rendering parameter (PS3.18 Section 8.3.5.1), or ``None``."""
+    if name == "viewport" and not _viewport_ok(value):
+        return (f"viewport must be width,height (1 to {MAX_VIEWPORT} pixels) "
+                "and optionally a source rectangle sx,sy,sw,sh")
+    if name == "quality" and not (value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 100):
+        return "quality must be an integer from 1 to 100"
+    if name == "window":
+        match = _WINDOW.fullmatch(value)
+        # Window width: at least 1 for LINEAR, above 0 otherwise (PS3.3 Section C.11.2.1.2).
+        if not match or float(match.group(3)) < (1 if match.group(5) == "linear" else 1e-9):
+            return ("window must be center,width,function: linear (width 1 or more), "
+                    "linear-exact or sigmoid (width above 0)")
+    return None
+
+
 def _query() -> list[tuple[str, str]]:
     params = []
     for name, value in request.args.items(multi=True):
@@ -137,9 +158,9 @@ def _query() -> list[tuple[str, str]]:
             continue
         if name.lower() in ("limit", "offset") and not value.isdigit():
             raise DicomwebError(400, f"{name} must be a non-negative integer")
-        if name.lower() == "viewport" and not _viewport_ok(value):
-            raise DicomwebError(400, f"viewport must be width,height (1 to {MAX_VIEWPORT} pixels) "
-                                     "and optionally a source rectangle sx,sy,sw,sh")
+        problem = _rendering_ok(name.lower(), value)
+        if problem:
+            raise DicomwebError(400, problem)
         if name.lower() in RESERVED_QUERY:
             params.append((name.lower(), value))  # as PS3.18 spells them, which is what a PACS matches
         elif QIDO_PARAMS_RE.fullmatch(name):
@@ -272,6 +293,10 @@ def study_resource(rest: str):
     explain = None
     if len(segments) >= 5 and (frame_numbers or kind == "rendered"):
         explain = lambda: _explain_pixel_failure(study_uid, segments[2], segments[4], frame_numbers)  # noqa: E731
+    if len(set(frame_numbers)) > 1:
+        # Orthanc sends the frames it has and then breaks the answer off at one past the
+        # last, after its 200 (and ours) went out: a list is checked before it is asked for.
+        explain()
     # A representation the PACS refused for one frame (or a whole study, series, instance) is
     # remembered for the instance (or that resource): only for requests with nothing of the
     # client's in them that could make the PACS fail instead (a frame list, a parameter).
@@ -375,8 +400,9 @@ def _explain_pixel_failure(study_uid: str, series_uid: str, sop_uid: str, frame_
     """After the PACS refused a frames or rendered request, answer 404 where PS3.18 wants it.
 
     Orthanc answers 400 for a frame past NumberOfFrames and for an instance without
-    pixels; PS3.18 Section 10.4.1.3.3 (frames) wants 404. Looked up only on failure, so the
-    common path costs no extra query.
+    pixels; PS3.18 Section 10.4.1.3.3 (frames) wants 404. Looked up only on failure, so a
+    single frame costs no extra query; a list of frames is checked before it is asked for
+    (the look-up is cached), because Orthanc fails a list only after sending its first parts.
 
     Raises
     ------

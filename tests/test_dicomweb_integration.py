@@ -189,6 +189,16 @@ def test_dw9_frames(dw):
         assert headers.get("content-location", PUBLIC).startswith(PUBLIC)
 
 
+@pytest.mark.parametrize("frame_list", ["1,2,11", "9,10,11,12", "2,3,4,5,6,7,8,9,10,11", "11,1"])
+def test_dw9_a_frame_list_running_past_the_last_frame_is_404_not_a_broken_200(dw, frame_list):
+    """Orthanc sends the frames it has, then breaks off: the list is checked first (review)."""
+    series, sop = dw["multiframe"]
+    response = get(dw, f"studies/{dw['study']}/series/{series}/instances/{sop}/frames/{frame_list}",
+                   accept='multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    assert response.status_code == 404
+    assert "frame 11 does not exist (NumberOfFrames is 10)" in response.get_data(as_text=True)
+
+
 def test_dw10_rendered(dw):
     uid = dw["instances"][0]
     path = f"studies/{dw['study']}/series/{dw['series']}/instances/{uid}/rendered"
@@ -477,6 +487,22 @@ def test_frame_lists_and_viewports_are_bounded(dw):
         assert get(dw, f"{instance}/rendered?viewport={viewport}", accept="image/png").status_code == 400, viewport
     small = get(dw, f"{instance}/thumbnail?VIEWPORT=12,12", accept="image/png")
     assert small.status_code == 200 and max(png_size(small.data)) <= 12
+
+
+def test_rendering_parameters_out_of_their_range_are_400_not_404(dw):
+    """quality is 1 to 100 (PS3.18 8.3.5.1.2), window center,width,function (8.3.5.1.4); Orthanc's
+    400 for a bad one had been read as nothing to render here (review)."""
+    series, sop = dw["multiframe"]
+    instance = f"studies/{dw['study']}/series/{series}/instances/{sop}"
+    for query in ("quality=500", "quality=0", "quality=high", "window=40,0.5,linear", "window=40,0,sigmoid",
+                  "window=40,400", "window=40,400,cubic", "window=40,400,LINEAR", "window=a,400,linear"):
+        response = get(dw, f"{instance}/rendered?{query}", accept="image/jpeg")
+        assert response.status_code == 400, query
+        assert ("quality" if query.startswith("quality") else "window") in response.get_data(as_text=True)
+    for query in ("quality=1", "quality=100", "window=40,400,linear", "window=-20.5,0.5,sigmoid",
+                  "window=40,400,linear-exact&quality=90"):
+        response = get(dw, f"{instance}/rendered?{query}", accept="image/jpeg")
+        assert response.status_code == 200 and response.data[:2] == b"\xff\xd8", query
 
 
 def test_pixel_data_over_a_mebibyte_is_one_part_or_406(dw):
