@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -178,6 +179,19 @@ def _check_stored(headers, choice: Choice) -> None:
         raise NotAvailable(_not_available(choice))
 
 
+#: Control characters, which no header value may hold except as a tab (RFC 9110 Section 5.5).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _copy_headers(upstream, response: Response, names) -> None:
+    """Copy the PACS's *names* headers that it sent to *response*; a value with control
+    characters is dropped rather than relayed (RFC 9110 Section 5.5)."""
+    for name in names:
+        value = upstream.headers.get(name)
+        if value is not None and not _CONTROL.search(value):
+            response.headers[name] = value
+
+
 def upstream_failure(upstream, choice: Choice | None) -> Response:
     """Answer a PACS error status without relaying its body (it may name the PACS).
 
@@ -325,9 +339,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
     if not (choice.multipart or choice.unwrap):
         response = Response(_stream(upstream), status=200)
         response.headers.pop("Content-Type", None)
-        for name in RELAYED_HEADERS:
-            if name in upstream.headers:
-                response.headers[name] = upstream.headers[name]
+        _copy_headers(upstream, response, RELAYED_HEADERS)
         response.call_on_close(upstream.close)
         return response
     media, params = parse_media_type(content_type)
@@ -408,9 +420,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             response.headers["Content-Length"] = str(len(body[0]))
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = f"{value}; boundary={own_boundary}"
-    for name in ("Warning", "Last-Modified", "ETag"):
-        if name in upstream.headers:
-            response.headers[name] = upstream.headers[name]
+    _copy_headers(upstream, response, ("Warning", "Last-Modified", "ETag"))
     if "ETag" in response.headers and not response.headers["ETag"].startswith("W/"):
         # Same parts, other framing (or one part unwrapped): only weakly the PACS's
         # representation (RFC 9110 Section 8.8.1).
@@ -471,6 +481,5 @@ def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | 
     rewrite_urls(datasets, get_pacs().base_url, _public_base())
     response = Response(json.dumps(datasets, ensure_ascii=False, separators=(",", ":")), status=200,
                         mimetype=DICOM_JSON)
-    if "Warning" in upstream.headers:
-        response.headers["Warning"] = upstream.headers["Warning"]
+    _copy_headers(upstream, response, ("Warning",))
     return response

@@ -33,6 +33,22 @@ BODY = b"--xyz\r\nContent-Type: application/dicom\r\n\r\n" + bytes(range(256)) *
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=xyz'
 
 
+@pytest.mark.parametrize("path, body, content_type", [
+    (f"studies/{STUDY}", BODY, MULTIPART),  # multipart, rewritten
+    (f"studies/{STUDY}/metadata", b"[]", "application/dicom+json"),  # DICOM JSON, re-serialised
+])
+def test_pacs_header_values_with_control_characters_are_not_relayed(fake_app, rsps, path, body, content_type):
+    """A NUL in a PACS Warning reached the client as is (review): such a value is dropped."""
+    rsps.add(responses.GET, f"{FAKE_PACS}/{path}", body=body, content_type=content_type,
+             headers={"Warning": '299 pacs "a\x00b"', "ETag": '"ok"'})
+    response = fake_app.test_client().get(f"/dicomweb/{path}", headers={
+        **bearer(token(fake_app)), "Accept": "*/*" if "metadata" in path else MULTIPART.rsplit(";", 1)[0]})
+    assert response.status_code == 200
+    assert "Warning" not in response.headers
+    if "metadata" not in path:
+        assert response.headers["ETag"] == 'W/"ok"'
+
+
 def test_study_retrieval_is_relayed_byte_for_byte(fake_app, rsps):
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}", body=BODY, content_type=MULTIPART,
              headers={"Warning": '299 pacs "partial"', "Connection": "close", "Set-Cookie": "x=1"})
