@@ -204,9 +204,11 @@ class PacsClient:
         Raises
         ------
         PacsUnavailable
-            Connection refused or reset.
+            Connection refused, reset or closed without an answer (also after one retry).
         PacsTimeout
-            No answer within the timeout.
+            No answer within the timeout (a read timeout is not retried).
+        PacsError
+            An answer that is not HTTP (over 100 header lines, a header line over 64 KiB).
         """
         # A prepared request sent straight through the pooled adapter: the Session's cookie,
         # hook, redirect and environment machinery costs ~0.25 ms a request and does nothing
