@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import requests
 from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -107,17 +108,25 @@ def query_string(params: Sequence[tuple[str, str]] | Mapping | None) -> str:
 
 
 class _PacsRetry(Retry):
-    """The PACS client's retry policy: as configured, except that a read timeout is final.
+    """The PACS client's retry policy: as configured, except that a timeout is final.
 
-    ``read=1`` is there for a pooled connection the PACS closed meanwhile; a PACS that
-    accepted the request and then said nothing for the whole timeout would otherwise get it
-    a second time, and the client its 504 after twice the configured time.
+    ``read=1`` is there for a pooled connection the PACS closed meanwhile, ``connect=2`` for
+    a refused connection; a PACS that accepted the request (or the connection) and then said
+    nothing for the whole timeout would otherwise get it again, and the client its 504 after
+    two or three times the configured time.
     """
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         if isinstance(error, ReadTimeoutError):
             raise error
+        if isinstance(error, ConnectTimeoutError):  # the PACS host did not answer for the whole timeout
+            raise MaxRetryError(_pool, url, error)
         return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a failed exchange with the PACS failed because the PACS said nothing in time."""
+    return isinstance(_root_cause(exc), (socket.timeout, ReadTimeoutError, ConnectTimeoutError))
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -206,9 +215,10 @@ class PacsClient:
         PacsUnavailable
             Connection refused, reset or closed without an answer (also after one retry).
         PacsTimeout
-            No answer within the timeout (a read timeout is not retried).
+            No answer, or no more of the body unless *stream*, within the timeout (not retried).
         PacsError
-            An answer that is not HTTP (over 100 header lines, a header line over 64 KiB).
+            An answer that is not HTTP (over 100 header lines, a header line over 64 KiB), or
+            unless *stream*, a body cut short.
         """
         # A prepared request sent straight through the pooled adapter: the Session's cookie,
         # hook, redirect and environment machinery costs ~0.25 ms a request and does nothing
@@ -223,13 +233,13 @@ class PacsClient:
             request.prepare_url(url, None)
             request.prepare_headers(headers)
             request.prepare_auth(self.session.auth, url)
-            return self.adapter.send(request, stream=stream, timeout=self.timeout)
+            response = self.adapter.send(request, stream=stream, timeout=self.timeout)
         except requests.Timeout as exc:
             log.warning("PACS timeout")
             raise PacsTimeout() from exc
         except requests.ConnectionError as exc:
             cause = _root_cause(exc)
-            if isinstance(cause, (socket.timeout, ReadTimeoutError)):
+            if is_timeout(cause):
                 log.warning("PACS timeout")
                 raise PacsTimeout() from exc
             if isinstance(cause, http.client.HTTPException) and not isinstance(cause, http.client.RemoteDisconnected):
@@ -240,6 +250,17 @@ class PacsClient:
             raise PacsUnavailable() from exc
         except requests.RequestException as exc:
             raise PacsError() from exc
+        if not stream:
+            # The adapter leaves the body unread; read here, its failures are the PACS's too.
+            try:
+                response.content
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                response.close()
+                if is_timeout(exc):
+                    log.warning("PACS timeout")
+                    raise PacsTimeout() from exc
+                raise PacsError("the PACS broke off its answer") from exc
+        return response
 
     def qido(self, path: str, params: Sequence[tuple[str, str]] | Mapping | None = None) -> list[dict]:
         """Run a QIDO-RS query and return its DICOM JSON datasets (PS3.18 Section 10.6).

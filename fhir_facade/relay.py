@@ -22,13 +22,17 @@ from flask import Response, current_app, request
 from . import dicom_json as dj
 from . import multipart, zerocopy
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
-from .pacs import DICOM_JSON, PacsError, dicom_json_array, get_pacs
+from .pacs import DICOM_JSON, PacsError, PacsTimeout, dicom_json_array, get_pacs, is_timeout
 from .patient_ids import to_fhir_id
 
 CHUNK = 1024 * 1024
-#: Response headers relayed from the PACS (hop-by-hop headers, RFC 9110 §7.6.1, never are).
+#: Response headers relayed from the PACS with a body relayed as is (hop-by-hop headers,
+#: RFC 9110 §7.6.1, never are). Not Cache-Control: a PACS's ``public`` would let a shared
+#: cache serve a token-protected answer to anyone (RFC 9111 Section 3.5).
 RELAYED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Content-Location", "Warning",
-                   "ETag", "Last-Modified", "Cache-Control")
+                   "ETag", "Last-Modified")
+#: Of those, the ones that say what the body is: without them it would be misread.
+_BODY_HEADERS = ("Content-Type", "Content-Encoding")
 
 
 class DicomwebError(Exception):
@@ -179,8 +183,43 @@ def _check_stored(headers, choice: Choice) -> None:
         raise NotAvailable(_not_available(choice))
 
 
+_DIGITS = re.compile(r"[0-9]+")
 #: Control characters, which no header value may hold except as a tab (RFC 9110 Section 5.5).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _relayed_headers(upstream) -> list[tuple[str, str]]:
+    """The PACS's :data:`RELAYED_HEADERS` for a body relayed as is, made safe to relay.
+
+    Content-Location is pointed at the facade (or dropped if it names anything else of the
+    PACS's); a Content-Length that is not one number is dropped (the body is then framed by
+    the server); other values with control characters are dropped (RFC 9110 Section 5.5).
+
+    Raises
+    ------
+    PacsError
+        If Content-Type or Content-Encoding has control characters: the body could not be
+        labelled (502).
+    """
+    relayed = []
+    for name in RELAYED_HEADERS:
+        value = upstream.headers.get(name)
+        if value is None:
+            continue
+        if _CONTROL.search(value):
+            if name in _BODY_HEADERS:
+                upstream.close()
+                raise PacsError(f"the PACS answered an invalid {name}")
+            continue
+        if name == "Content-Length" and not _DIGITS.fullmatch(value.strip()):
+            continue  # "4, 4" from a repeated field, or anything else that is not one length
+        if name == "Content-Location":
+            public = _public_base()
+            value = public_url(value, get_pacs().base_url, public)
+            if not value.startswith(public + "/"):
+                continue
+        relayed.append((name, value.strip() if name == "Content-Length" else value))
+    return relayed
 
 
 def _copy_headers(upstream, response: Response, names) -> None:
@@ -237,13 +276,25 @@ def _finished(upstream) -> None:
     upstream.raw.release_conn()
 
 
+#: What reading a PACS answer's body raises when the PACS fails.
+_READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _broke_off(upstream, exc: BaseException) -> PacsError:
+    """Close the PACS answer *upstream*; the error its failed read *exc* is answered with:
+    504 when the PACS stalled for the whole timeout, else 502."""
+    upstream.close()
+    if is_timeout(exc):
+        return PacsTimeout()
+    return PacsError("the PACS broke off its answer")
+
+
 def _read_whole(upstream) -> bytes:
     """Read a small answer in one go (``.content`` would read 10 KB at a time) and release it."""
     try:
         data = upstream.raw.read(decode_content=False)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        upstream.close()
-        raise PacsError("the PACS broke off its answer") from exc
+    except _READ_ERRORS as exc:
+        raise _broke_off(upstream, exc) from exc
     _finished(upstream)
     return data
 
@@ -252,6 +303,8 @@ def _stream(upstream):
     """Relay the body chunk by chunk; a client that goes away closes the PACS connection."""
     try:
         yield from upstream.raw.stream(CHUNK, decode_content=False)
+    except _READ_ERRORS as exc:
+        raise _broke_off(upstream, exc) from exc
     except BaseException:
         upstream.close()
         raise
@@ -267,9 +320,8 @@ def _reader(upstream) -> multipart.Reader:
     def read(size: int) -> bytes:
         try:
             data = upstream.raw.read(size, decode_content=False)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            upstream.close()
-            raise PacsError("the PACS broke off its answer") from exc
+        except _READ_ERRORS as exc:
+            raise _broke_off(upstream, exc) from exc
         if not data:
             _finished(upstream)
         return data
@@ -337,9 +389,13 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         return upstream_failure(upstream, choice)
     content_type = upstream.headers.get("Content-Type", "")
     if not (choice.multipart or choice.unwrap):
-        response = Response(_stream(upstream), status=200)
+        # Its first chunk is read before the status goes out: a PACS that fails within it
+        # (all of a rendered image, mostly) gets its 502 or 504, not a broken 200.
+        headers = _relayed_headers(upstream)
+        response = Response(_started(_stream(upstream)), status=200)
         response.headers.pop("Content-Type", None)
-        _copy_headers(upstream, response, RELAYED_HEADERS)
+        for name, value in headers:
+            response.headers[name] = value
         response.call_on_close(upstream.close)
         return response
     media, params = parse_media_type(content_type)

@@ -49,6 +49,40 @@ def test_pacs_header_values_with_control_characters_are_not_relayed(fake_app, rs
         assert response.headers["ETag"] == 'W/"ok"'
 
 
+class _StallingBody(__import__("io").RawIOBase):
+    """A PACS body that gives *head* and then times out (the PACS stalled mid-answer)."""
+
+    def __init__(self, head: bytes):
+        self.head = head
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self.head:
+            raise __import__("socket").timeout("timed out")
+        n = min(len(buffer), len(self.head))
+        buffer[:n], self.head = self.head[:n], self.head[n:]
+        return n
+
+
+@pytest.mark.parametrize("path, accept, content_type", [
+    ("rendered", "image/jpeg", "image/jpeg"),  # relayed as is
+    ("metadata", "application/dicom+json", "application/dicom+json"),  # read whole
+])
+def test_a_pacs_stalling_mid_body_is_504_not_500(fake_app, rsps, path, accept, content_type):
+    """The first chunk of a relayed body, and a whole JSON body, are read before the status (review)."""
+    import io
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances",
+             json=[{"00080018": {"vr": "UI", "Value": [SOP]}, "00280010": {"vr": "US", "Value": [64]}}])
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/{path}",
+             body=io.BufferedReader(_StallingBody(b"\xff\xd8 part of it")), content_type=content_type)
+    response = fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/{path}",
+                                          headers={**bearer(token(fake_app)), "Accept": accept})
+    assert response.status_code == 504
+    assert response.get_json()["status"] == 504
+
+
 def test_study_retrieval_is_relayed_byte_for_byte(fake_app, rsps):
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}", body=BODY, content_type=MULTIPART,
              headers={"Warning": '299 pacs "partial"', "Connection": "close", "Set-Cookie": "x=1"})
@@ -412,3 +446,56 @@ def test_numbers_too_long_for_int_are_400(fake_app, rsps, path):
     response = fake_app.test_client().get(f"/dicomweb/{path}", headers={**bearer(token(fake_app)),
                                                                         "Accept": "image/jpeg, */*"})
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("query", ["limit=%C2%B2", "offset=%D9%A5", "limit=%EF%BC%95"])
+def test_paging_numbers_are_ascii_digits(fake_app, query):
+    """``str.isdigit`` took superscript, Arabic-Indic and fullwidth digits (review)."""
+    response = fake_app.test_client().get(f"/dicomweb/studies?{query}", headers=bearer(token(fake_app)))
+    assert response.status_code == 400
+    assert "must be a non-negative integer" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize("quality", ["%C2%B2", "%E2%91%A0", "%D9%A5%D9%A0", "%EF%BC%95%EF%BC%90"])
+def test_quality_is_ascii_digits(fake_app, quality):
+    """A superscript two raised a 500; Arabic-Indic fifty passed to the PACS (review)."""
+    response = fake_app.test_client().get(
+        f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered?quality={quality}",
+        headers={**bearer(token(fake_app)), "Accept": "image/jpeg"})
+    assert response.status_code == 400
+    assert response.get_json()["message"] == "quality must be an integer from 1 to 100"
+
+
+def _rendered_with(fake_app, rsps, headers):
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+             body=b"\xff\xd8jpeg", headers=headers)
+    return fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+                                      headers={**bearer(token(fake_app)), "Accept": "image/jpeg"})
+
+
+def test_headers_of_a_body_relayed_as_is_are_made_safe(fake_app, rsps):
+    """Cache-Control public on a token-protected image, the PACS's own address in Content-Location,
+    and a doubled Content-Length (a 500 from gunicorn) had been relayed as they came (review)."""
+    response = _rendered_with(fake_app, rsps, {
+        "Content-Type": "image/jpeg", "Cache-Control": "public, max-age=3600",
+        "Content-Location": f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
+        "Content-Length": "6, 6", "ETag": '"e"'})
+    assert response.status_code == 200 and response.data == b"\xff\xd8jpeg"
+    assert "Cache-Control" not in response.headers
+    assert response.headers["Content-Location"] == \
+        f"{PUBLIC}/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered"
+    assert "Content-Length" not in response.headers  # not one number: the server frames the body
+    assert response.headers["Content-Type"] == "image/jpeg" and response.headers["ETag"] == '"e"'
+
+
+def test_a_content_location_elsewhere_on_the_pacs_is_not_relayed(fake_app, rsps):
+    origin = FAKE_PACS.rsplit("/", 1)[0]
+    response = _rendered_with(fake_app, rsps, {"Content-Type": "image/jpeg",
+                                               "Content-Location": f"{origin}/app/explorer.html"})
+    assert response.status_code == 200 and "Content-Location" not in response.headers
+
+
+def test_a_body_type_with_control_characters_is_502(fake_app, rsps):
+    response = _rendered_with(fake_app, rsps, {"Content-Type": "image/jpeg\x00"})
+    assert response.status_code == 502
+    assert response.get_json()["message"] == "the PACS answered an invalid Content-Type"

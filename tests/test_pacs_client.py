@@ -56,10 +56,10 @@ class _OneShotServer:
     """A loopback TCP server that answers each request with *reply* (bytes, or None for silence,
     or b"" to close at once); counts the requests it read."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, then_close=True):
         import socket
         import threading
-        self.reply, self.requests, self.open = reply, 0, []
+        self.reply, self.then_close, self.requests, self.open = reply, then_close, 0, []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/dicom-web"
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -77,7 +77,10 @@ class _OneShotServer:
                 self.open.append(conn)  # say nothing, keep it open
                 continue
             conn.sendall(self.reply)
-            conn.close()
+            if self.then_close:
+                conn.close()
+            else:
+                self.open.append(conn)
 
     def close(self):
         self.listener.close()
@@ -103,3 +106,51 @@ def test_what_a_pacs_failure_becomes(reply, error, status):
         server.close()
     assert type(raised.value).__name__ == error and raised.value.status == status
     assert server.requests == (1 if reply is None else 2)  # read errors are retried once, a read timeout not
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 100\r\n\r\n[{"
+
+
+@pytest.mark.parametrize("then_close, error, status", [
+    (False, "PacsTimeout", 504),  # headers and two bytes, then silence
+    (True, "PacsError", 502),  # headers and two of 100 bytes, then the connection closes
+])
+def test_a_body_the_pacs_does_not_finish_is_its_failure_not_ours(then_close, error, status):
+    """Unless streamed, the body is read inside get(): its failures were 500s (review)."""
+    import fhir_facade.pacs as pacs
+    server = _OneShotServer(JSON_HEAD, then_close=then_close)
+    try:
+        with pytest.raises(pacs.PacsError) as raised:
+            pacs.PacsClient(server.url, timeout=0.5).qido("studies")
+    finally:
+        server.close()
+    assert type(raised.value).__name__ == error and raised.value.status == status
+    assert server.requests == 1
+
+
+def test_a_streamed_body_is_left_to_the_caller():
+    import fhir_facade.pacs as pacs
+    server = _OneShotServer(JSON_HEAD, then_close=False)
+    try:
+        response = pacs.PacsClient(server.url, timeout=0.5).get("studies", stream=True)
+        assert response.status_code == 200 and response.raw.read(2) == b"[{"
+        response.close()
+    finally:
+        server.close()
+
+
+def test_a_connect_timeout_is_not_retried(monkeypatch):
+    """A PACS host that never completes the handshake: one wait, then 504 (review)."""
+    import socket
+    import fhir_facade.pacs as pacs
+    attempts = []
+    real = socket.create_connection
+
+    def unanswered(address, timeout=None, *args, **kw):
+        attempts.append(address)
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr("urllib3.util.connection.create_connection", unanswered)
+    with pytest.raises(pacs.PacsTimeout):
+        pacs.PacsClient("http://127.0.0.1:9/dicom-web", timeout=0.5).get("studies")
+    assert len(attempts) == 1 and real is socket.create_connection
