@@ -130,6 +130,8 @@ def _viewport_ok(value: str) -> bool:
     return bool(match) and all(1 <= int(n) <= MAX_VIEWPORT for n in match.group(1, 2))
 
 
+#: Digits 0-9 only (``str.isdigit`` also takes superscripts and other scripts' digits).
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 #: PS3.18 Section 8.3.5.1.4 ``window=center,width,function``: decimal center and width, and a
 #: VOI LUT Function as PS3.18 spells it.
 _WINDOW = re.compile(r"(-?[0-9]{1,9}(\.[0-9]{1,9})?),([0-9]{1,9}(\.[0-9]{1,9})?),(linear|linear-exact|sigmoid)")
@@ -140,7 +142,7 @@ def _rendering_ok(name: str, value: str) -> str | None:
     if name == "viewport" and not _viewport_ok(value):
         return (f"viewport must be width,height (1 to {MAX_VIEWPORT} pixels) "
                 "and optionally a source rectangle sx,sy,sw,sh")
-    if name == "quality" and not (value.isdigit() and len(value) <= 3 and 1 <= int(value) <= 100):
+    if name == "quality" and not (_ASCII_DIGITS.fullmatch(value) and len(value) <= 3 and 1 <= int(value) <= 100):
         return "quality must be an integer from 1 to 100"
     if name == "window":
         match = _WINDOW.fullmatch(value)
@@ -156,7 +158,7 @@ def _query() -> list[tuple[str, str]]:
     for name, value in request.args.items(multi=True):
         if name == "accept":  # PS3.18 Section 8.3.3.1: decided here, like the Accept header
             continue
-        if name.lower() in ("limit", "offset") and not value.isdigit():
+        if name.lower() in ("limit", "offset") and not _ASCII_DIGITS.fullmatch(value):
             raise DicomwebError(400, f"{name} must be a non-negative integer")
         problem = _rendering_ok(name.lower(), value)
         if problem:
