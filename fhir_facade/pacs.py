@@ -13,7 +13,7 @@ import requests
 from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,17 @@ class _PacsRetry(Retry):
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         if isinstance(error, ReadTimeoutError):
             raise error
-        if isinstance(error, ConnectTimeoutError):  # the PACS host did not answer for the whole timeout
-            raise MaxRetryError(_pool, url, error)
+        if isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError):
+            raise MaxRetryError(_pool, url, error)  # the PACS host said nothing for the whole timeout
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 def is_timeout(exc: BaseException) -> bool:
     """Whether a failed exchange with the PACS failed because the PACS said nothing in time."""
-    return isinstance(_root_cause(exc), (socket.timeout, ReadTimeoutError, ConnectTimeoutError))
+    cause = _root_cause(exc)
+    # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError too.
+    return (isinstance(cause, (socket.timeout, ReadTimeoutError, ConnectTimeoutError))
+            and not isinstance(cause, NewConnectionError))
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -192,25 +192,30 @@ def _relayed_headers(upstream) -> list[tuple[str, str]]:
     """The PACS's :data:`RELAYED_HEADERS` for a body relayed as is, made safe to relay.
 
     Content-Location is pointed at the facade (or dropped if it names anything else of the
-    PACS's); a Content-Length that is not one number is dropped (the body is then framed by
-    the server); other values with control characters are dropped (RFC 9110 Section 5.5).
+    PACS's); a Content-Length that is not one number, or beside chunked framing, is dropped
+    (the body is then framed by the server); other values with control characters, empty
+    ones and repeated ones (but Content-Encoding, a list) are dropped (RFC 9110 Section 5.5).
 
     Raises
     ------
     PacsError
-        If Content-Type or Content-Encoding has control characters: the body could not be
-        labelled (502).
+        If Content-Type or Content-Encoding has control characters, or Content-Type is
+        repeated: the body could not be labelled (502).
     """
     relayed = []
+    fields = getattr(upstream.raw, "headers", None)
     for name in RELAYED_HEADERS:
         value = upstream.headers.get(name)
-        if value is None:
+        if not value:
             continue
-        if _CONTROL.search(value):
+        repeated = name != "Content-Encoding" and hasattr(fields, "getlist") and len(fields.getlist(name)) > 1
+        if _CONTROL.search(value) or repeated:
             if name in _BODY_HEADERS:
                 upstream.close()
                 raise PacsError(f"the PACS answered an invalid {name}")
-            continue
+            continue  # e.g. two Content-Locations, joined into one string naming the PACS
+        if name == "Content-Length" and "Transfer-Encoding" in upstream.headers:
+            continue  # chunked: the length is not the body's (RFC 9112 Section 6.3)
         if name == "Content-Length" and not _DIGITS.fullmatch(value.strip()):
             continue  # "4, 4" from a repeated field, or anything else that is not one length
         if name == "Content-Location":
@@ -392,7 +397,13 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         # Its first chunk is read before the status goes out: a PACS that fails within it
         # (all of a rendered image, mostly) gets its 502 or 504, not a broken 200.
         headers = _relayed_headers(upstream)
-        response = Response(_started(_stream(upstream)), status=200)
+        if _is_small(upstream):
+            data = _read_whole(upstream)  # a body cut short raises here: 502, not a short 200
+            response = Response([data], status=200)
+            headers = [(name, value) for name, value in headers if name != "Content-Length"]
+            headers.append(("Content-Length", str(len(data))))
+        else:
+            response = Response(_started(_stream(upstream)), status=200)
         response.headers.pop("Content-Type", None)
         for name, value in headers:
             response.headers[name] = value
@@ -434,10 +445,19 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             raise
         # Named like a part of a multipart answer (PS3.18 Section 8.7.3.5.2): the Content-Type says the syntax.
         part = _part_headers(part, start, get_pacs().base_url, _public_base(), _known_syntax(choice))
+        try:
+            # As for a multipart answer: a PACS that breaks off within the first part's body
+            # gets a 502 from here, not a server error page.
+            body = [b"".join(body)] if small else _started(body)
+        except multipart.MultipartError as exc:
+            upstream.close()
+            raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
-        if multipart.header(part, "Content-Length") and not merge:
+        if small:
+            response.headers["Content-Length"] = str(len(body[0]))
+        elif multipart.header(part, "Content-Length") and not merge:
             response.headers["Content-Length"] = multipart.header(part, "Content-Length")
     else:
         known = _known_syntax(choice)

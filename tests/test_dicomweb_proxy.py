@@ -467,8 +467,9 @@ def test_quality_is_ascii_digits(fake_app, quality):
 
 
 def _rendered_with(fake_app, rsps, headers):
+    headers = dict(headers)
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
-             body=b"\xff\xd8jpeg", headers=headers)
+             body=b"\xff\xd8jpeg", headers=headers, content_type=headers.pop("Content-Type", None))
     return fake_app.test_client().get(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/rendered",
                                       headers={**bearer(token(fake_app)), "Accept": "image/jpeg"})
 
@@ -499,3 +500,87 @@ def test_a_body_type_with_control_characters_is_502(fake_app, rsps):
     response = _rendered_with(fake_app, rsps, {"Content-Type": "image/jpeg\x00"})
     assert response.status_code == 502
     assert response.get_json()["message"] == "the PACS answered an invalid Content-Type"
+
+
+class _EndingBody(_StallingBody):
+    """A PACS body that gives *head* and then ends (the connection closed)."""
+
+    def readinto(self, buffer):
+        return super().readinto(buffer) if self.head else 0
+
+
+INSTANCE_PATH = f"studies/{STUDY}/series/{SERIES}/instances/{SOP}"
+PART_HEAD = b"--b\r\nContent-Type: application/dicom\r\nContent-Length: 5000\r\n\r\n"
+
+
+@pytest.mark.parametrize("read_whole, body", [
+    (True, PART_HEAD + b"D" * 100),  # a small answer (its Content-Length says so) is read whole
+    (False, PART_HEAD),  # a streamed one breaks off right after the part's headers
+])
+def test_a_single_part_cut_short_is_502_not_a_server_error_page(fake_app, rsps, read_whole, body):
+    """Unwrapped (Accept: application/dicom), a part cut short had raised out of the response (review)."""
+    import io
+    rsps.add(responses.GET, f"{FAKE_PACS}/{INSTANCE_PATH}",
+             body=body if read_whole else io.BufferedReader(_EndingBody(body)),
+             headers={"Content-Length": str(len(body))} if read_whole else {},
+             content_type='multipart/related; type="application/dicom"; boundary=b')
+    response = fake_app.test_client().get(f"/dicomweb/{INSTANCE_PATH}",
+                                          headers={**bearer(token(fake_app)), "Accept": "application/dicom"})
+    assert response.status_code == 502
+    assert "malformed multipart" in response.get_json()["message"]
+
+
+def _rendered_from_a_real_pacs(tmp_path, head: list[tuple[str, str]], body: bytes):
+    """GET rendered through an app whose PACS is a loopback HTTP server answering *head* and
+    *body* (then closing) for it, and the study's owner for the rest. ``responses`` can
+    neither repeat a header nor hold a body to its Content-Length."""
+    import http.server
+    import threading
+    from facade_helpers import make_app
+
+    class Pacs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            rendered = self.path.endswith("/rendered")
+            data = body if rendered else json.dumps([ds(StudyInstanceUID=STUDY, PatientID="P1")]).encode()
+            self.send_response(200)
+            for name, value in head if rendered else [("Content-Type", "application/dicom+json"),
+                                                      ("Content-Length", str(len(data)))]:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = rendered
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        app = make_app(tmp_path, FACADE_PACS_URL=f"http://127.0.0.1:{server.server_port}/dicom-web")
+        return app.test_client().get(f"/dicomweb/{INSTANCE_PATH}/rendered",
+                                     headers={**bearer(token(app)), "Accept": "image/jpeg"})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_rendered_image_cut_short_is_502_not_a_short_200(tmp_path):
+    """The PACS says 20,000 bytes, sends 6 and closes: a short 200 before (review)."""
+    response = _rendered_from_a_real_pacs(tmp_path, [("Content-Type", "image/jpeg"), ("Content-Length", "20000")],
+                                          b"\xff\xd8jpeg")
+    assert response.status_code == 502
+    assert response.get_json()["message"] == "the PACS broke off its answer"
+
+
+def test_repeated_headers_of_a_body_relayed_as_is(tmp_path):
+    """Two Content-Locations were joined into one string naming the PACS (review)."""
+    head = [("Content-Type", "image/jpeg"), ("Content-Location", "/dicom-web/studies/1.2.1/rendered"),
+            ("Content-Location", "/dicom-web/studies/9"), ("ETag", '"a"'), ("ETag", '"b"'),
+            ("Content-Encoding", "identity"), ("Content-Encoding", "identity")]
+    response = _rendered_from_a_real_pacs(tmp_path / "a", head, b"\xff\xd8jpeg")
+    assert response.status_code == 200 and response.data == b"\xff\xd8jpeg"
+    assert "Content-Location" not in response.headers and "ETag" not in response.headers
+    assert response.headers["Content-Encoding"] == "identity, identity"  # a list, as sent
+    twice = _rendered_from_a_real_pacs(tmp_path / "b", [("Content-Type", "image/jpeg"), ("Content-Type", "text/html")],
+                                       b"\xff\xd8jpeg")
+    assert twice.status_code == 502

@@ -154,3 +154,19 @@ def test_a_connect_timeout_is_not_retried(monkeypatch):
     with pytest.raises(pacs.PacsTimeout):
         pacs.PacsClient("http://127.0.0.1:9/dicom-web", timeout=0.5).get("studies")
     assert len(attempts) == 1 and real is socket.create_connection
+
+
+def test_a_refused_connection_is_retried(monkeypatch):
+    """connect=2 is for a PACS restarting; urllib3's NewConnectionError is a ConnectTimeoutError
+    too, and had become final with the connect timeout (review)."""
+    import fhir_facade.pacs as pacs
+    attempts = []
+
+    def refused(address, timeout=None, *args, **kw):
+        attempts.append(address)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr("urllib3.util.connection.create_connection", refused)
+    with pytest.raises(pacs.PacsUnavailable):
+        pacs.PacsClient("http://127.0.0.1:9/dicom-web", timeout=0.5).get("studies")
+    assert len(attempts) == 3
