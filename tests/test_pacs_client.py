@@ -88,44 +88,30 @@ class _OneShotServer:
             conn.close()
 
 
-@pytest.mark.parametrize("reply, error, status", [
-    (None, "PacsTimeout", 504),  # accepted, then silent
-    (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: 1\r\n" * 101 + b"\r\n", "PacsError", 502),  # over http.client's 100 headers
-    (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", "PacsError", 502),  # a line over 64 KiB
-    (b"", "PacsUnavailable", 503),  # closed without an answer
-])
-def test_what_a_pacs_failure_becomes(reply, error, status):
-    """A silent PACS is a timeout (504) after one wait, not a retried one reported as down (503, review);
-    an answer that is not HTTP is a bad answer (502); a closed connection is unavailable (503)."""
-    import fhir_facade.pacs as pacs
-    server = _OneShotServer(reply)
-    try:
-        with pytest.raises(pacs.PacsError) as raised:
-            pacs.PacsClient(server.url, timeout=0.5).get("studies")
-    finally:
-        server.close()
-    assert type(raised.value).__name__ == error and raised.value.status == status
-    assert server.requests == (1 if reply is None else 2)  # read errors are retried once, a read timeout not
-
-
 JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 100\r\n\r\n[{"
 
 
-@pytest.mark.parametrize("then_close, error, status", [
-    (False, "PacsTimeout", 504),  # headers and two bytes, then silence
-    (True, "PacsError", 502),  # headers and two of 100 bytes, then the connection closes
+@pytest.mark.parametrize("reply, then_close, error, status, requests", [
+    (None, True, "PacsTimeout", 504, 1),  # accepted, then silent: not retried (review)
+    (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: 1\r\n" * 101 + b"\r\n", True, "PacsError", 502, 2),  # over 100 headers
+    (b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", True, "PacsError", 502, 2),  # a 64 KiB line
+    (b"", True, "PacsUnavailable", 503, 2),  # closed without an answer: retried once
+    (JSON_HEAD, False, "PacsTimeout", 504, 1),  # headers and two bytes of the body, then silence
+    (JSON_HEAD, True, "PacsError", 502, 1),  # headers and two of 100 bytes, then closed
 ])
-def test_a_body_the_pacs_does_not_finish_is_its_failure_not_ours(then_close, error, status):
-    """Unless streamed, the body is read inside get(): its failures were 500s (review)."""
+def test_what_a_pacs_failure_becomes(reply, then_close, error, status, requests):
+    """A silent PACS is a timeout (504) after one wait, not a retried one reported as down (503);
+    an answer that is not HTTP, or a body cut short, is a bad answer (502: it was a 500 when the
+    body failed, read outside get()); a closed connection is unavailable (503) (review)."""
     import fhir_facade.pacs as pacs
-    server = _OneShotServer(JSON_HEAD, then_close=then_close)
+    server = _OneShotServer(reply, then_close=then_close)
     try:
         with pytest.raises(pacs.PacsError) as raised:
             pacs.PacsClient(server.url, timeout=0.5).qido("studies")
     finally:
         server.close()
     assert type(raised.value).__name__ == error and raised.value.status == status
-    assert server.requests == 1
+    assert server.requests == requests
 
 
 def test_a_streamed_body_is_left_to_the_caller():
@@ -139,34 +125,21 @@ def test_a_streamed_body_is_left_to_the_caller():
         server.close()
 
 
-def test_a_connect_timeout_is_not_retried(monkeypatch):
-    """A PACS host that never completes the handshake: one wait, then 504 (review)."""
-    import socket
+@pytest.mark.parametrize("failure, error, attempts", [
+    (TimeoutError("timed out"), "PacsTimeout", 1),  # the handshake never completes: one wait (review)
+    (ConnectionRefusedError(111, "Connection refused"), "PacsUnavailable", 3),  # connect=2: a PACS restarting
+])
+def test_connecting(monkeypatch, failure, error, attempts):
+    """A connect timeout is final; a refused connection is retried twice (urllib3's
+    NewConnectionError is a ConnectTimeoutError too, and had become final with it: review)."""
     import fhir_facade.pacs as pacs
-    attempts = []
-    real = socket.create_connection
+    tried = []
 
-    def unanswered(address, timeout=None, *args, **kw):
-        attempts.append(address)
-        raise socket.timeout("timed out")
+    def connect(address, timeout=None, *args, **kw):
+        tried.append(address)
+        raise failure
 
-    monkeypatch.setattr("urllib3.util.connection.create_connection", unanswered)
-    with pytest.raises(pacs.PacsTimeout):
+    monkeypatch.setattr("urllib3.util.connection.create_connection", connect)
+    with pytest.raises(pacs.PacsError) as raised:
         pacs.PacsClient("http://127.0.0.1:9/dicom-web", timeout=0.5).get("studies")
-    assert len(attempts) == 1 and real is socket.create_connection
-
-
-def test_a_refused_connection_is_retried(monkeypatch):
-    """connect=2 is for a PACS restarting; urllib3's NewConnectionError is a ConnectTimeoutError
-    too, and had become final with the connect timeout (review)."""
-    import fhir_facade.pacs as pacs
-    attempts = []
-
-    def refused(address, timeout=None, *args, **kw):
-        attempts.append(address)
-        raise ConnectionRefusedError(111, "Connection refused")
-
-    monkeypatch.setattr("urllib3.util.connection.create_connection", refused)
-    with pytest.raises(pacs.PacsUnavailable):
-        pacs.PacsClient("http://127.0.0.1:9/dicom-web", timeout=0.5).get("studies")
-    assert len(attempts) == 3
+    assert type(raised.value).__name__ == error and len(tried) == attempts
