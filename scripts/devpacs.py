@@ -268,7 +268,10 @@ class Orthanc:
             "SslEnabled": False,
             "WebDavEnabled": False,
             "OrthancExplorerEnabled": True,
-            "HttpThreadsCount": 20,
+            # Orthanc serves one connection per thread, kept-alive ones included: fewer threads
+            # than the facade's gunicorn threads (2 workers x 16 here) plus the tests' own
+            # clients leave connections queued until a thread is free (30 s and more under load).
+            "HttpThreadsCount": 64,
             "DicomServerEnabled": False,
             "DicomPort": self.dicom_port,
             "DicomAet": "DEVPACS",
