@@ -208,7 +208,10 @@ def _relayed_headers(upstream) -> list[tuple[str, str]]:
         value = upstream.headers.get(name)
         if not value:
             continue
-        repeated = name != "Content-Encoding" and hasattr(fields, "getlist") and len(fields.getlist(name)) > 1
+        values = fields.getlist(name) if hasattr(fields, "getlist") and name != "Content-Encoding" else [value]
+        if len(set(values)) == 1:
+            value = values[0]  # the same value twice is that value (a Content-Encoding list is not)
+        repeated = len(set(values)) > 1
         if _CONTROL.search(value) or repeated:
             if name in _BODY_HEADERS:
                 upstream.close()
@@ -265,10 +268,11 @@ SMALL_ANSWER = 1 << 20
 
 
 def _is_small(upstream) -> bool:
-    try:
-        return int(upstream.headers.get("Content-Length", "")) <= SMALL_ANSWER
-    except ValueError:
-        return False
+    """Whether the PACS answer says it is at most :data:`SMALL_ANSWER` bytes (a Content-Length
+    beside chunked framing says nothing: RFC 9112 Section 6.3)."""
+    length = upstream.headers.get("Content-Length", "").strip()
+    return ("Transfer-Encoding" not in upstream.headers and bool(_DIGITS.fullmatch(length))
+            and int(length) <= SMALL_ANSWER)
 
 
 def _finished(upstream) -> None:
@@ -455,10 +459,11 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
+        part_length = (multipart.header(part, "Content-Length") or "").strip()
         if small:
             response.headers["Content-Length"] = str(len(body[0]))
-        elif multipart.header(part, "Content-Length") and not merge:
-            response.headers["Content-Length"] = multipart.header(part, "Content-Length")
+        elif _DIGITS.fullmatch(part_length) and not merge:  # else gunicorn's int() fails: a 500
+            response.headers["Content-Length"] = part_length
     else:
         known = _known_syntax(choice)
         # A large answer's part bodies go from socket to socket in the kernel where the server allows it.

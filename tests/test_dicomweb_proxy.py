@@ -584,3 +584,20 @@ def test_repeated_headers_of_a_body_relayed_as_is(tmp_path):
     twice = _rendered_from_a_real_pacs(tmp_path / "b", [("Content-Type", "image/jpeg"), ("Content-Type", "text/html")],
                                        b"\xff\xd8jpeg")
     assert twice.status_code == 502
+    same = _rendered_from_a_real_pacs(tmp_path / "c", [("Content-Type", "image/jpeg"), ("Content-Type", "image/jpeg"),
+                                                       ("Content-Length", "6"), ("Content-Length", "6")],
+                                      b"\xff\xd8jpeg")
+    assert same.status_code == 200 and same.headers["Content-Type"] == "image/jpeg"
+    assert same.headers["Content-Length"] == "6" and same.data == b"\xff\xd8jpeg"
+
+
+def test_a_large_single_part_with_a_part_length_that_is_not_a_number(fake_app, rsps):
+    """Relayed as the PACS sent it ("12x"), it made gunicorn answer 500 (review)."""
+    import io
+    body = b"--b\r\nContent-Type: application/dicom\r\nContent-Length: 12x\r\n\r\n" + b"D" * (2 << 20) + b"\r\n--b--\r\n"
+    rsps.add(responses.GET, f"{FAKE_PACS}/{INSTANCE_PATH}", body=io.BufferedReader(_EndingBody(body)),
+             content_type='multipart/related; type="application/dicom"; boundary=b')
+    response = fake_app.test_client().get(f"/dicomweb/{INSTANCE_PATH}",
+                                          headers={**bearer(token(fake_app)), "Accept": "application/dicom"})
+    assert response.status_code == 200 and "Content-Length" not in response.headers
+    assert response.data == b"D" * (2 << 20)
