@@ -266,7 +266,7 @@ def _holdback(buffer: bytes, start: int, delimiter: bytes) -> int:
     return len(buffer)
 
 
-def _content_length(headers: Headers) -> int | None:
+def content_length(headers: Headers) -> int | None:
     """The part's Content-Length (RFC 9110 Section 8.6), or ``None`` when absent or not a number."""
     value = header(headers, "Content-Length")
     if value is None or not value.isascii() or not value.isdigit():
@@ -325,7 +325,7 @@ def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool],
             line_end = buffer.find(b"\r\n", pos)
             headers = _parse_headers(buffer[line_end + 2:end]) if end > line_end else []
             pos = end + 4
-            length = _content_length(headers)
+            length = content_length(headers)
             if peek(headers):
                 state = "held"
             else:

@@ -132,6 +132,20 @@ def is_timeout(exc: BaseException) -> bool:
             and not isinstance(cause, NewConnectionError))
 
 
+#: What reading a PACS answer's body raises when the PACS fails.
+READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+def broken_answer(response: requests.Response, exc: BaseException) -> PacsError:
+    """Close the PACS answer *response*, whose body could not be read (*exc*, one of
+    :data:`READ_ERRORS`); return the error to answer with: :class:`PacsTimeout` (504) when
+    the PACS stalled for the whole timeout, else :class:`PacsError` (502)."""
+    response.close()
+    if is_timeout(exc):
+        return PacsTimeout()
+    return PacsError("the PACS broke off its answer")
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     """The innermost error behind a requests/urllib3 error (its ``reason``, args or cause chain)."""
     seen = set()
@@ -242,7 +256,7 @@ class PacsClient:
             raise PacsTimeout() from exc
         except requests.ConnectionError as exc:
             cause = _root_cause(exc)
-            if is_timeout(cause):
+            if is_timeout(exc):
                 log.warning("PACS timeout")
                 raise PacsTimeout() from exc
             if isinstance(cause, http.client.HTTPException) and not isinstance(cause, http.client.RemoteDisconnected):
@@ -257,12 +271,11 @@ class PacsClient:
             # The adapter leaves the body unread; read here, its failures are the PACS's too.
             try:
                 response.content
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                response.close()
-                if is_timeout(exc):
+            except READ_ERRORS as exc:
+                error = broken_answer(response, exc)
+                if isinstance(error, PacsTimeout):
                     log.warning("PACS timeout")
-                    raise PacsTimeout() from exc
-                raise PacsError("the PACS broke off its answer") from exc
+                raise error from exc
         return response
 
     def qido(self, path: str, params: Sequence[tuple[str, str]] | Mapping | None = None) -> list[dict]:

@@ -22,7 +22,7 @@ from flask import Response, current_app, request
 from . import dicom_json as dj
 from . import multipart, zerocopy
 from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
-from .pacs import DICOM_JSON, PacsError, PacsTimeout, dicom_json_array, get_pacs, is_timeout
+from .pacs import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
 from .patient_ids import to_fhir_id
 
 CHUNK = 1024 * 1024
@@ -285,25 +285,12 @@ def _finished(upstream) -> None:
     upstream.raw.release_conn()
 
 
-#: What reading a PACS answer's body raises when the PACS fails.
-_READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
-
-
-def _broke_off(upstream, exc: BaseException) -> PacsError:
-    """Close the PACS answer *upstream*; the error its failed read *exc* is answered with:
-    504 when the PACS stalled for the whole timeout, else 502."""
-    upstream.close()
-    if is_timeout(exc):
-        return PacsTimeout()
-    return PacsError("the PACS broke off its answer")
-
-
 def _read_whole(upstream) -> bytes:
     """Read a small answer in one go (``.content`` would read 10 KB at a time) and release it."""
     try:
         data = upstream.raw.read(decode_content=False)
-    except _READ_ERRORS as exc:
-        raise _broke_off(upstream, exc) from exc
+    except READ_ERRORS as exc:
+        raise broken_answer(upstream, exc) from exc
     _finished(upstream)
     return data
 
@@ -312,8 +299,8 @@ def _stream(upstream):
     """Relay the body chunk by chunk; a client that goes away closes the PACS connection."""
     try:
         yield from upstream.raw.stream(CHUNK, decode_content=False)
-    except _READ_ERRORS as exc:
-        raise _broke_off(upstream, exc) from exc
+    except READ_ERRORS as exc:
+        raise broken_answer(upstream, exc) from exc
     except BaseException:
         upstream.close()
         raise
@@ -329,8 +316,8 @@ def _reader(upstream) -> multipart.Reader:
     def read(size: int) -> bytes:
         try:
             data = upstream.raw.read(size, decode_content=False)
-        except _READ_ERRORS as exc:
-            raise _broke_off(upstream, exc) from exc
+        except READ_ERRORS as exc:
+            raise broken_answer(upstream, exc) from exc
         if not data:
             _finished(upstream)
         return data
@@ -459,11 +446,11 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         response = Response(body, status=200)
         response.headers.pop("Content-Type", None)
         response.headers["Content-Type"] = multipart.header(part, "Content-Type") or choice.part_type
-        part_length = (multipart.header(part, "Content-Length") or "").strip()
+        part_length = multipart.content_length(part)  # None unless one number: gunicorn's int() would fail
         if small:
             response.headers["Content-Length"] = str(len(body[0]))
-        elif _DIGITS.fullmatch(part_length) and not merge:  # else gunicorn's int() fails: a 500
-            response.headers["Content-Length"] = part_length
+        elif part_length is not None and not merge:
+            response.headers["Content-Length"] = str(part_length)
     else:
         known = _known_syntax(choice)
         # A large answer's part bodies go from socket to socket in the kernel where the server allows it.
