@@ -1,8 +1,8 @@
 """FHIR R4 API, DICOM->FHIR mapping, PACS client and DICOMweb proxy of the facade."""
 from __future__ import annotations
 
-from flask import Flask, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 
 def init_app(app: Flask) -> None:
@@ -22,9 +22,9 @@ def init_app(app: Flask) -> None:
         # Routing errors (404/405) happen before a blueprint is chosen: answer in the
         # protocol's shape by path.
         if request.path.startswith("/fhir"):
-            return fhir.http_error(exc)
+            return with_allow(fhir.http_error(exc), exc)
         if request.path.startswith("/dicomweb"):
-            return dicomweb.http_error(exc)
+            return with_allow(dicomweb.http_error(exc), exc)
         return exc
 
     @app.errorhandler(Exception)
@@ -37,3 +37,27 @@ def init_app(app: Flask) -> None:
             return fhir.internal_error(exc)
         app.logger.exception("unexpected error")
         return InternalServerError()
+
+
+def with_allow(response: Response, exc: HTTPException) -> Response:
+    """Give a 405 answer the ``Allow`` header of the exception that caused it.
+
+    RFC 9110 Section 15.5.6: a 405 response MUST carry ``Allow`` listing the target
+    resource's methods. Werkzeug's own 405 page has it; an answer rendered in a protocol's
+    shape (OperationOutcome, DICOMweb error JSON) would lose it without this.
+
+    Parameters
+    ----------
+    response : flask.Response
+        The error answer already rendered for *exc*.
+    exc : werkzeug.exceptions.HTTPException
+        The routing error; only a ``MethodNotAllowed`` with known methods adds a header.
+
+    Returns
+    -------
+    flask.Response
+        *response*, changed in place.
+    """
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
