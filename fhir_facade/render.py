@@ -67,7 +67,9 @@ def negotiate(format_param: str | None, accept: str | None) -> str:
         Nothing requested is served, or a ``fhirVersion`` other than 4.0 is asked for.
     """
     if format_param is not None:
-        media, _, params = _media_ranges(format_param)[0] if format_param.strip() else ("", 0, {})
+        # Only separators (``,``, ``;``) name no media type at all: a 406 like any other.
+        ranges = _media_ranges(format_param)
+        media, _, params = ranges[0] if ranges else ("", 0, {})
         served = FORMATS.get(media)
         if served is None or params.get("fhirversion", "4.0") not in FHIR_VERSIONS:
             raise NotAcceptable(f"_format {format_param!r} is not served; use json or xml")
