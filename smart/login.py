@@ -1,21 +1,46 @@
-"""Password login of the authorization page: constant-cost checks and throttled failures."""
+"""Password login of the authorization page: constant-cost checks and throttled failures.
+
+Throttling rule (every count is of failed logins within the last :data:`FAILURE_WINDOW`
+seconds; the attempt being made is recorded as a failure first and counted with them):
+
+1. An address that already has :data:`MAX_ADDRESS_FAILURES` failures, for any usernames,
+   is refused for every username.
+2. A username is refused *from one address* once it has :data:`MAX_PAIR_FAILURES` failures
+   from that address. Other addresses are not affected, so guessing from one address
+   cannot lock the real user out of their own.
+3. Once a username has :data:`MAX_USERNAME_FAILURES` failures from all addresses together
+   (a guess spread over many addresses), each address may fail only
+   :data:`MAX_PAIR_FAILURES_UNDER_ATTACK` times for it. An address without failures, such as
+   the real user's own, still logs in; so does one that mistyped once.
+
+A refused attempt gets the same answer as a wrong password, its password is not checked and
+it is not kept, so the refusal ends when the failures before it age out. A success forgets
+the failures of that username from that address only.
+"""
 from __future__ import annotations
 
 import functools
 import secrets
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
 from .db import get_session
 from .models import LoginAttempt, User, hash_secret, now
 
-#: Failed logins for one username within :data:`FAILURE_WINDOW` before it is refused.
-MAX_USERNAME_FAILURES = 5
-#: Failed logins from one client address within :data:`FAILURE_WINDOW` before it is refused
-#: (higher: several people may share an address behind NAT).
+#: Failed logins of one username from one client address before that pair is refused.
+MAX_PAIR_FAILURES = 5
+#: Failed logins from one client address, any usernames, before the address is refused
+#: (higher than :data:`MAX_PAIR_FAILURES`: several people may share an address behind NAT).
 MAX_ADDRESS_FAILURES = 20
-#: Seconds a failed login counts; a locked username is refused until its failures age out.
+#: Failed logins of one username from all addresses together before each address gets only
+#: :data:`MAX_PAIR_FAILURES_UNDER_ATTACK` failures for it (a guess spread over many addresses).
+MAX_USERNAME_FAILURES = 50
+#: Failed logins of one username from one address before that pair is refused while the
+#: username has more than :data:`MAX_USERNAME_FAILURES`: one typo is still forgiven.
+MAX_PAIR_FAILURES_UNDER_ATTACK = 2
+#: Seconds a failed login counts; a refusal lasts until the failures before it age out.
 FAILURE_WINDOW = 300
 
 
@@ -26,26 +51,93 @@ def _dummy_hash() -> str:
 
 
 def _username_key(username: str) -> str:
+    """The username as failures are counted: trimmed, case-folded, at most 128 characters."""
     return username.strip().casefold()[:128]
+
+
+def _record(session: Session, key: str, address: str, at: int) -> LoginAttempt:
+    """Drop failures older than the window and record this attempt as a failure (committed).
+
+    Committing before counting means concurrent guesses each see the others, so together
+    they cannot pass more than the allowed number of password checks.
+    """
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at <= at - FAILURE_WINDOW))
+    attempt = LoginAttempt(username=key, address=address, at=at)
+    session.add(attempt)
+    session.commit()
+    return attempt
+
+
+def _failures(session: Session, since: int, *where) -> int:
+    """Number of recorded failures after *since* that match every condition in *where*."""
+    query = select(func.count()).select_from(LoginAttempt).where(LoginAttempt.at > since, *where)
+    return session.scalar(query)
+
+
+def pair_allowance(username_failures: int) -> int:
+    """Failures one address may have for a username that has *username_failures* in all.
+
+    Parameters
+    ----------
+    username_failures : int
+        Recorded failures of the username from all addresses, the current attempt included.
+
+    Returns
+    -------
+    int
+        :data:`MAX_PAIR_FAILURES`, or :data:`MAX_PAIR_FAILURES_UNDER_ATTACK` beyond
+        :data:`MAX_USERNAME_FAILURES`.
+    """
+    if username_failures > MAX_USERNAME_FAILURES:
+        return MAX_PAIR_FAILURES_UNDER_ATTACK
+    return MAX_PAIR_FAILURES
+
+
+def _throttled(session: Session, key: str, address: str, since: int) -> bool:
+    """True if the attempt just recorded for (*key*, *address*) is beyond the module's rule.
+
+    Each count includes the attempt itself, so "beyond N" means N failures came before it.
+    """
+    if _failures(session, since, LoginAttempt.address == address) > MAX_ADDRESS_FAILURES:
+        return True
+    allowance = pair_allowance(_failures(session, since, LoginAttempt.username == key))
+    pair = _failures(session, since, LoginAttempt.username == key, LoginAttempt.address == address)
+    return pair > allowance
+
+
+def _check_password(session: Session, username: str, password: str) -> User | None:
+    """The user if *password* is theirs, else None, at the cost of one password hash check.
+
+    An unknown username is checked against the dummy hash, so the answer time does not tell
+    which usernames exist (OWASP Authentication Cheat Sheet §Authentication Responses).
+    """
+    user = session.scalars(select(User).where(User.username == username)).first()
+    stored = user.password_hash if user is not None else _dummy_hash()
+    matches = check_password_hash(stored, password or "")
+    return user if user is not None and password and matches else None
+
+
+def _forget(session: Session, *where) -> None:
+    """Delete the recorded failures matching *where* (committed)."""
+    session.execute(delete(LoginAttempt).where(*where))
+    session.commit()
 
 
 def authenticate(username: str, password: str, address: str | None) -> User | None:
     """Return the user whose *username* and *password* match, or None.
 
-    Every attempt costs one password hash check, whether or not the user exists (an unknown
-    username is checked against a dummy hash), so the answer time does not tell which
-    usernames exist. The attempt is first recorded as a failure, then counted: beyond
-    :data:`MAX_USERNAME_FAILURES` for the username or :data:`MAX_ADDRESS_FAILURES` for the
-    address within :data:`FAILURE_WINDOW` seconds, the attempt is refused without checking
-    the password (recording first means concurrent guesses cannot slip past the count).
-    A success forgets the username's failures.
+    The attempt is first recorded as a failure, then counted under the throttling rule in
+    this module's docstring; a throttled attempt is refused without checking the password
+    and forgotten (refusals do not extend themselves). Otherwise the attempt costs exactly
+    one password hash check, whether or not the user exists. A success forgets the
+    failures of this username from this address, and no others. Nothing here is logged.
 
     Parameters
     ----------
     username, password : str
         As typed on the login form.
     address : str or None
-        The client's IP address (``request.remote_addr``).
+        The client's IP address (``request.remote_addr``); None counts as one empty address.
 
     Returns
     -------
@@ -53,29 +145,12 @@ def authenticate(username: str, password: str, address: str | None) -> User | No
         None for a wrong or throttled attempt; the page shows one generic message for both.
     """
     session = get_session()
-    key, address = _username_key(username), (address or "")[:64]
-    current = now()
-    session.execute(delete(LoginAttempt).where(LoginAttempt.at <= current - FAILURE_WINDOW))
-    attempt = LoginAttempt(username=key, address=address, at=current)
-    session.add(attempt)
-    session.commit()
-
-    def recent(column, value) -> int:
-        return session.scalar(select(func.count()).select_from(LoginAttempt)
-                              .where(column == value, LoginAttempt.at > current - FAILURE_WINDOW))
-
-    if (recent(LoginAttempt.username, key) > MAX_USERNAME_FAILURES
-            or recent(LoginAttempt.address, address) > MAX_ADDRESS_FAILURES):
-        # Refused attempts do not extend the lock: the failures before them age out.
-        session.delete(attempt)
-        session.commit()
+    key, address, current = _username_key(username), (address or "")[:64], now()
+    attempt = _record(session, key, address, current)
+    if _throttled(session, key, address, current - FAILURE_WINDOW):
+        _forget(session, LoginAttempt.id == attempt.id)
         return None
-    user = session.scalars(select(User).where(User.username == username)).first()
-    # Always one hash check of the same cost (OWASP Authentication Cheat Sheet §Authentication
-    # Responses): an unknown username is checked against the dummy hash.
-    matches = check_password_hash(user.password_hash if user is not None else _dummy_hash(), password or "")
-    if user is None or not password or not matches:
-        return None
-    session.execute(delete(LoginAttempt).where(LoginAttempt.username == key))
-    session.commit()
+    user = _check_password(session, username, password)
+    if user is not None:
+        _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
     return user
