@@ -99,3 +99,16 @@ def integer(dataset: dict, keyword: str) -> int | None:
 def items(dataset: dict, keyword: str) -> list[dict]:
     """Return the items of sequence *keyword* (SQ), skipping anything that is not an item."""
     return [item for item in values(dataset, keyword) if isinstance(item, dict)]
+
+
+def patient_id(dataset: dict) -> str | None:
+    """Return the whole PatientID (0010,0020) of *dataset*, or ``None`` when absent or empty.
+
+    PatientID is one identity, however many values it holds: a multi-valued element
+    (``bs\\x``, whose backslash is DICOM's value separator, PS3.5 Section 6.4) is its values
+    joined by ``\\`` again, never its first value. Each value loses the padding DICOM allows
+    (PS3.5 Section 6.2, LO).
+    """
+    found = values(dataset, "PatientID")
+    joined = "\\".join("" if v is None else str(v).strip() for v in found)
+    return joined if joined.strip("\\") else None

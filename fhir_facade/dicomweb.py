@@ -22,6 +22,7 @@ from .patient_ids import InvalidPatientId, to_patient_id
 from .relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
                     rewrite_urls)
 from .search_params import is_uid
+from .exact import narrowing
 from .studies import get_studies
 
 log = logging.getLogger(__name__)
@@ -255,20 +256,35 @@ def search_all():
     params = _query()
     _negotiate("json")
     compartment = grant.compartment("ImagingStudy", "s")
-    if compartment is not None:
-        try:
-            patient_id = to_patient_id(compartment)
-        except InvalidPatientId:  # a token for an id no PatientID has (one issued by an older rule)
-            return Response("[]", status=200, mimetype="application/dicom+json")
-        if patient_id is None:  # the one-way form: its PatientID, if the PACS holds it at all
-            patient_id = get_studies().resolve_hashed(compartment)
-            if patient_id is None:
-                return Response("[]", status=200, mimetype="application/dicom+json")
-        params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
-        params.append(("PatientID", patient_id))
-        params.append(("includefield", dj.TAGS["PatientID"]))
     level = qido_level(request.path)  # the route: studies, series or instances
-    return json_answer(level, normalize_includefield(params, level), patient_filter=compartment)
+    if compartment is None:
+        return json_answer(level, normalize_includefield(params, level))
+    patient_id = _compartment_patient_id(compartment)
+    asked = {v for n, v in params if n in ("PatientID", dj.TAGS["PatientID"])}
+    if patient_id is ... or asked - {patient_id}:
+        # Another patient's PatientID (or none the PACS can hold) with a patient's token:
+        # an empty result, never the token's own studies in its place.
+        return Response("[]", status=200, mimetype="application/dicom+json")
+    params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
+    narrowed = narrowing(patient_id)
+    paging = []
+    if not narrowed:  # the PACS is asked for every study: page after the patient's rows are picked
+        paging = [(n, v) for n, v in params if n in ("limit", "offset")]
+        params = [(n, v) for n, v in params if n not in ("limit", "offset")]
+    params += narrowed + [("includefield", dj.TAGS["PatientID"]), ("includefield", dj.TAGS["StudyInstanceUID"])]
+    return json_answer(level, normalize_includefield(params, level), patient_filter=compartment,
+                       patient_id=patient_id, paging=paging)
+
+
+def _compartment_patient_id(compartment: str):
+    """The exact PatientID of a token's Patient id, or ``...`` when no PatientID has that id."""
+    try:
+        patient_id = to_patient_id(compartment)
+    except InvalidPatientId:  # a token for an id no PatientID has (one issued by an older rule)
+        return ...
+    if patient_id is None:  # the one-way form: its PatientID, if the PACS holds it at all
+        patient_id = get_studies().resolve_hashed(compartment)
+    return ... if patient_id is None else patient_id
 
 
 @bp.get("/studies/<path:rest>")

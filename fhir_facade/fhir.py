@@ -193,7 +193,7 @@ def search_imaging_study():
     else:
         found = studies.find_studies(search.qido, with_series=not search.summary_count)
     if search.patient is not None:
-        found = [ds for ds in found if to_fhir_id(dj.text(ds, "PatientID")) == search.patient]
+        found = [ds for ds in found if to_fhir_id(dj.patient_id(ds)) == search.patient]
     found = _one_per_study_uid(found)
     for keep in search.study_filters:
         found = [ds for ds in found if keep(ds)]
@@ -250,7 +250,7 @@ def _newest_per_patient(found: list[dict]) -> dict[str, dict]:
     """Patient id -> that patient's newest study among *found* (study-level DICOM JSON)."""
     newest: dict[str, dict] = {}
     for ds in sorted(found, key=_study_sort_key, reverse=True):
-        newest.setdefault(to_fhir_id(dj.text(ds, "PatientID")), ds)
+        newest.setdefault(to_fhir_id(dj.patient_id(ds)), ds)
     return newest
 
 
@@ -276,7 +276,7 @@ def _patient_studies(patient_id: str) -> list[dict]:
         if dicom_id is None:
             return []
     found = [ds for ds in studies.find_studies([("PatientID", dicom_id)])
-             if to_fhir_id(dj.text(ds, "PatientID")) == patient_id]
+             if to_fhir_id(dj.patient_id(ds)) == patient_id]
     return sorted(found, key=_study_sort_key, reverse=True)
 
 

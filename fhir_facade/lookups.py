@@ -10,8 +10,13 @@ from flask import Flask, current_app
 from smart import authz
 
 from . import dicom_json as dj
+from .exact import ExactSource, is_exact
 from .pacs import PacsClient
 from .patient_ids import to_fhir_id
+
+#: The owner of a study row whose patient cannot be confirmed: no patient's id, so only a
+#: grant to every patient passes (:func:`smart.authz.check_patient`).
+UNCONFIRMED = ""
 
 
 #: Refusals of one representation for one resource after which it is not asked for again.
@@ -55,8 +60,9 @@ class Lookups:
         Seconds an entry is trusted.
     """
 
-    def __init__(self, pacs: PacsClient, size: int = 4096, ttl: float = 60.0):
+    def __init__(self, pacs: PacsClient, size: int = 4096, ttl: float = 60.0, exact: ExactSource | None = None):
         self.pacs = pacs
+        self.exact = exact or ExactSource(pacs, max(size // 16, 16), ttl)
         self._lock = threading.Lock()
         self._owners: TTLCache = TTLCache(size, ttl)
         self._instances: TTLCache = TTLCache(size, ttl)
@@ -67,7 +73,11 @@ class Lookups:
         """FHIR Patient ids of every patient holding a study with this UID.
 
         A StudyInstanceUID is meant to be unique, but a PACS can file the same UID under
-        two patients (Orthanc does); access needs every one of them to be allowed.
+        two patients (Orthanc does); access needs every one of them to be allowed. Owners
+        come from exact PatientIDs only (:mod:`fhir_facade.exact`): when a row of the
+        PACS's answer may have been re-encoded lossily, every patient the study's metadata
+        names is an owner, and a row that metadata cannot confirm adds
+        :data:`UNCONFIRMED`, which no patient's grant allows.
 
         Raises
         ------
@@ -79,12 +89,20 @@ class Lookups:
         with self._lock:
             owners = self._owners.get(study_uid)
         if owners is None:
-            rows = self.pacs.qido("studies", [("StudyInstanceUID", study_uid),
-                                              ("includefield", dj.TAGS["PatientID"])])
-            owners = frozenset(to_fhir_id(dj.text(row, "PatientID")) for row in rows
-                               if dj.text(row, "StudyInstanceUID") == study_uid)
-            if not owners:
+            rows = [row for row in self.pacs.qido("studies", [("StudyInstanceUID", study_uid),
+                                                               ("includefield", dj.TAGS["PatientID"])])
+                    if dj.text(row, "StudyInstanceUID") == study_uid]
+            if not rows:
                 raise UnknownStudy(study_uid)
+            owners = {to_fhir_id(dj.patient_id(row)) for row in rows if is_exact(row)}
+            lossy = [row for row in rows if not is_exact(row)]
+            if lossy:
+                confirmed = self.exact.confirm(rows)
+                owners |= {to_fhir_id(p) for p in self.exact.study(study_uid).patients()}
+                owners |= {to_fhir_id(dj.patient_id(row)) for row in confirmed}
+                if len(confirmed) < len(rows):
+                    owners.add(UNCONFIRMED)
+            owners = frozenset(owners)
             with self._lock:
                 self._owners[study_uid] = owners
         return owners
@@ -144,8 +162,10 @@ def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: 
 
 def init_app(app: Flask) -> None:
     """Create the application's :class:`Lookups` (after ``pacs.init_app``)."""
-    app.extensions["lookups"] = Lookups(app.extensions["pacs"], size=int(app.config.get("FACADE_CACHE_SIZE", 4096)),
-                                        ttl=float(app.config.get("FACADE_CACHE_TTL", 60.0)))
+    size, ttl = int(app.config.get("FACADE_CACHE_SIZE", 4096)), float(app.config.get("FACADE_CACHE_TTL", 60.0))
+    exact = ExactSource(app.extensions["pacs"], max(size // 16, 16), ttl)
+    app.extensions["exact"] = exact
+    app.extensions["lookups"] = Lookups(app.extensions["pacs"], size=size, ttl=ttl, exact=exact)
 
 
 def get_lookups() -> Lookups:

@@ -353,7 +353,7 @@ def imaging_study(study: dict, series: list[dict], instances: list[dict], ctx: M
         modalities = [str(m).strip() for m in dj.values(study, "ModalitiesInStudy") if str(m).strip()]
     if modalities:
         resource["modality"] = [modality_coding(m) for m in modalities]
-    subject: dict = {"reference": f"Patient/{to_fhir_id(dj.text(study, 'PatientID'))}"}
+    subject: dict = {"reference": f"Patient/{to_fhir_id(dj.patient_id(study))}"}
     display = _person_display(dj.first(study, "PatientName"))
     if display:
         subject["display"] = display
@@ -392,7 +392,7 @@ def imaging_study(study: dict, series: list[dict], instances: list[dict], ctx: M
 
 def patient_identifier(ds: dict, ctx: MappingContext) -> dict:
     """Patient.identifier for PatientID, qualified by IssuerOfPatientID when present."""
-    identifier: dict = {"value": dj.text(ds, "PatientID") or ""}
+    identifier: dict = {"value": dj.patient_id(ds) or ""}
     issuer = dj.text(ds, "IssuerOfPatientID")
     if issuer and re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*))+", issuer):
         identifier["system"] = f"urn:oid:{issuer}"
@@ -413,7 +413,7 @@ def patient(ds: dict, ctx: MappingContext) -> dict:
     ``id`` follows :mod:`fhir_facade.patient_ids`; ``gender`` maps M/F/O and anything
     else present to ``unknown``; ``birthDate`` keeps only a valid DA value.
     """
-    resource: dict = {"resourceType": "Patient", "id": to_fhir_id(dj.text(ds, "PatientID"))}
+    resource: dict = {"resourceType": "Patient", "id": to_fhir_id(dj.patient_id(ds))}
     identifier = patient_identifier(ds, ctx)
     if "value" in identifier:
         resource["identifier"] = [identifier]

@@ -535,8 +535,25 @@ def rewrite_urls(datasets: list, pacs_base: str, public_base: str) -> list:
     return datasets
 
 
-def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | None = None) -> Response:
-    """Relay a DICOM JSON answer with its URLs rewritten (and rows of other patients dropped)."""
+def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | None = None,
+                patient_id: str | None = None, paging: list[tuple[str, str]] = ()) -> Response:
+    """Relay a DICOM JSON answer with its URLs rewritten (and rows of other patients dropped).
+
+    Parameters
+    ----------
+    path : str
+        PACS path below its DICOMweb base.
+    params : list of (str, str)
+        Query parameters for the PACS.
+    patient_filter : str, optional
+        The FHIR Patient id whose rows alone are relayed; rows that may have been
+        re-encoded lossily are confirmed from metadata first (:mod:`fhir_facade.exact`).
+    patient_id : str, optional
+        That patient's exact PatientID (skips confirming rows that cannot be theirs).
+    paging : list of (str, str)
+        ``limit`` and ``offset`` (PS3.18 Section 8.3.4.4) to apply here, after filtering,
+        when the PACS could not be asked for the patient alone.
+    """
     upstream = get_pacs().get(path, params=params, headers={"Accept": DICOM_JSON, "Accept-Encoding": "identity"})
     if upstream.status_code == 204 or (upstream.status_code == 200 and not upstream.content.strip()):
         return Response(status=204)
@@ -544,10 +561,20 @@ def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | 
         return upstream_failure(upstream, None)
     datasets = dicom_json_array(upstream)
     if patient_filter is not None:
-        datasets = [ds for ds in datasets if isinstance(ds, dict)
-                    and to_fhir_id(dj.text(ds, "PatientID")) == patient_filter]
+        exact = current_app.extensions["exact"]
+        datasets = [ds for ds in exact.confirm(datasets, ... if patient_id is None else patient_id)
+                    if to_fhir_id(dj.patient_id(ds)) == patient_filter]
+        datasets = _page(datasets, dict(paging))
     rewrite_urls(datasets, get_pacs().base_url, _public_base())
     response = Response(json.dumps(datasets, ensure_ascii=False, separators=(",", ":")), status=200,
                         mimetype=DICOM_JSON)
     _copy_headers(upstream, response, ("Warning",))
     return response
+
+
+def _page(datasets: list, paging: dict) -> list:
+    """Apply QIDO-RS ``offset`` and ``limit`` (PS3.18 Section 8.3.4.4) to *datasets*."""
+    offset = int(paging.get("offset", 0))
+    if "limit" in paging and int(paging["limit"]) > 0:
+        return datasets[offset:offset + int(paging["limit"])]
+    return datasets[offset:]

@@ -18,8 +18,8 @@ from smart.models import PatientAlias
 
 from . import dicom_json as dj
 from . import mapping
-from .charsets import repair_person_name
-from .pacs import DICOM_JSON, PacsClient, PacsError, get_pacs
+from .exact import ExactSource, exact_copy, narrowing
+from .pacs import PacsClient, PacsError, get_pacs
 from .patient_ids import hashed_id, to_fhir_id
 
 #: Study-level attributes asked of QIDO-RS beyond the ones PS3.18 Table 10.6.3-3 requires.
@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 def _of_patient(rows: list[dict], study: dict) -> list[dict]:
     """The rows (series, instances) of *study*'s patient; a row that names no PatientID is kept."""
-    patient_id = dj.text(study, "PatientID")
-    return [row for row in rows if dj.text(row, "PatientID") in (None, patient_id)]
+    patient_id = dj.patient_id(study)
+    return [row for row in rows if dj.patient_id(row) in (None, patient_id)]
 
 
 #: Least seconds between two reads of the PACS's study list for unseen one-way Patient ids.
@@ -81,6 +81,8 @@ class StudyRepository:
         Seconds a study-level QIDO-RS answer is reused for the same query (0: never).
     aliases : PatientAliases, optional
         Where one-way Patient ids and their PatientIDs are shared between workers.
+    exact : ExactSource, optional
+        Confirms QIDO-RS rows that may have been re-encoded lossily (:mod:`fhir_facade.exact`).
     instance_query : {"metadata", "qido"}
         How a study's instances are listed: study-level WADO-RS Retrieve Metadata
         (PS3.18 Section 10.4), or an instance-level QIDO-RS query (Section 10.6). Both
@@ -96,12 +98,13 @@ class StudyRepository:
 
     def __init__(self, pacs: PacsClient, ctx: mapping.MappingContext, cache_size: int = 4096,
                  ttl: float = 60.0, workers: int = 8, query_ttl: float = 10.0, instance_query: str = "metadata",
-                 aliases: PatientAliases | None = None):
+                 aliases: PatientAliases | None = None, exact: ExactSource | None = None):
         if instance_query not in INSTANCE_QUERIES:
             raise ValueError(f"FACADE_INSTANCE_QUERY must be one of {', '.join(INSTANCE_QUERIES)}")
         self.instance_query = instance_query
         self.aliases = aliases
         self.pacs = pacs
+        self.exact = exact or ExactSource(pacs, max(cache_size // 16, 16), ttl)
         self.ctx = ctx
         self._lock = threading.Lock()
         details = max(cache_size // 8, 16)
@@ -139,7 +142,7 @@ class StudyRepository:
         new = {}
         with self._lock:
             for ds in studies:
-                patient_id = dj.text(ds, "PatientID") or ""
+                patient_id = dj.patient_id(ds) or ""
                 fhir_id = to_fhir_id(patient_id)
                 if fhir_id.startswith("dcm-h."):
                     self._hashed[fhir_id] = patient_id
@@ -219,9 +222,14 @@ class StudyRepository:
         params : sequence of (str, str)
             Matching keys (DICOM keywords or tags) and values.
         with_series : bool
-            The caller will map the studies found. When *params* name one PatientID
-            exactly, that patient's series-level query (see :meth:`imaging_studies`) then
+            The caller will map the studies found. When *params* name one plain PatientID,
+            that patient's series-level query (see :meth:`imaging_studies`) then
             runs alongside the study query instead of after it.
+
+        A PatientID in *params* names one patient exactly: the PACS is asked for it only
+        when it can match it reliably (:func:`fhir_facade.exact.narrowing`), and only rows
+        whose exact PatientID is that one are kept. Rows the PACS may have re-encoded
+        lossily are confirmed from metadata first (:meth:`ExactSource.confirm`).
 
         Returns
         -------
@@ -236,27 +244,33 @@ class StudyRepository:
                 hit = self._queries.get(key)
             if hit is not None:
                 return list(hit)
-        patient_ids = [value for name, value in params if name == "PatientID"]
-        exact = len(patient_ids) == 1 and patient_ids[0] and not set(patient_ids[0]) & set("*?\\")
+        patient_ids = [value for name, value in params if name in ("PatientID", dj.TAGS["PatientID"])]
+        if len(set(patient_ids)) > 1:
+            return []  # two different patients at once: nobody
+        patient_id = patient_ids[0] if patient_ids else ...
+        query = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
+        query += narrowing(patient_id) if patient_id is not ... else []
+        exact = patient_id is not ... and bool(narrowing(patient_id))
         with self._lock:
-            fresh = exact and patient_ids[0] in self._series_patients
+            fresh = exact and patient_id in self._series_patients
         # Cold only: while the patient's series are cached, the query would be wasted.
-        series = self._pool.submit(self._patient_series, patient_ids[0]) if with_series and exact and not fresh \
+        series = self._pool.submit(self._patient_series, patient_id) if with_series and exact and not fresh \
             else None
         try:
-            answer = self.pacs.qido("studies", list(params) + include(STUDY_FIELDS))
+            answer = self.exact.confirm(self.pacs.qido("studies", query + include(STUDY_FIELDS)), patient_id)
         except BaseException:
             if series is not None:
                 series.cancel()
             raise
         # A PACS may file one StudyInstanceUID under two patients and answer it twice
-        # (Orthanc does): both answers are kept, each is that patient's study.
+        # (Orthanc does): both answers are kept, each is that patient's study. Only the
+        # named patient's rows count: the PACS may match loosely (Orthanc ignores case).
         seen: set = set()
         studies = []
         for ds in answer:
-            key = self._key(ds)
-            if key[0] and key not in seen:
-                seen.add(key)
+            key_ = self._key(ds)
+            if key_[0] and key_ not in seen and (patient_id is ... or (key_[1] or "") == patient_id):
+                seen.add(key_)
                 studies.append(ds)
         self.remember(studies)
         if series is not None:
@@ -265,7 +279,7 @@ class StudyRepository:
             except PacsError:
                 rows = None  # the per-study queries will say what is wrong
             if rows is not None:
-                self._cache_series(studies, patient_ids[0], rows)
+                self._cache_series(studies, patient_id, rows)
         if self._queries is not None:
             with self._lock:
                 self._queries[key] = studies
@@ -284,7 +298,7 @@ class StudyRepository:
     @staticmethod
     def _key(study: dict) -> tuple:
         """Cache key of a study's details: its UID and whose study it is."""
-        return (dj.text(study, "StudyInstanceUID") or "", dj.text(study, "PatientID"))
+        return (dj.text(study, "StudyInstanceUID") or "", dj.patient_id(study))
 
     def _cached(self, cache: TTLCache, key: tuple, stamp: tuple):
         with self._lock:
@@ -297,7 +311,8 @@ class StudyRepository:
         key = self._key(study)
         series = self._cached(self._series, key, stamp)
         if series is None:
-            series = self.pacs.qido(f"studies/{key[0]}/series", include(SERIES_FIELDS))
+            series = self.exact.confirm(self.pacs.qido(f"studies/{key[0]}/series",
+                                                       include(("StudyInstanceUID",) + SERIES_FIELDS)))
             with self._lock:
                 self._series[key] = (stamp, series)
         return series
@@ -309,9 +324,10 @@ class StudyRepository:
         if instances is None:
             if query == "metadata":
                 instances = [{tag: ds[tag] for tag in INSTANCE_TAGS if tag in ds}
-                             for ds in self.pacs.metadata(f"studies/{study_uid}/metadata")]
+                             for ds in self.exact.study(study_uid, fresh=True).instances]
             else:
-                instances = self.pacs.qido(f"studies/{study_uid}/instances", include(INSTANCE_FIELDS))
+                instances = self.exact.confirm(self.pacs.qido(f"studies/{study_uid}/instances",
+                                                              include(("StudyInstanceUID",) + INSTANCE_FIELDS)))
             with self._lock:
                 self._instances[key] = (stamp, instances)
         return instances
@@ -388,8 +404,8 @@ class StudyRepository:
         query per study. A study's rows are cached only when their count is the study's
         NumberOfStudyRelatedSeries, so anything partial is fetched per study as before.
         """
-        patients = {dj.text(ds, "PatientID") for ds in studies}
-        if len(patients) != 1 or None in patients:
+        patients = {dj.patient_id(ds) for ds in studies}
+        if len(patients) != 1 or not narrowing(next(iter(patients))):
             return
         [patient_id] = patients
         missing = [ds for ds in studies if self._cached(self._series, self._key(ds), self._stamp(ds)) is None]
@@ -402,16 +418,16 @@ class StudyRepository:
         self._cache_series(missing, patient_id, rows)
 
     def _patient_series(self, patient_id: str) -> list[dict]:
-        """Every series of one patient, with its StudyInstanceUID (one QIDO-RS query)."""
-        return self.pacs.qido("series", [("PatientID", patient_id),
-                                         ("includefield", dj.TAGS["StudyInstanceUID"])] + include(SERIES_FIELDS))
+        """Every series of one patient, with its StudyInstanceUID (one QIDO-RS query), confirmed exact."""
+        rows = self.pacs.qido("series", narrowing(patient_id) + include(("StudyInstanceUID",) + SERIES_FIELDS))
+        return self.exact.confirm(rows, patient_id)
 
     def _cache_series(self, studies: Sequence[dict], patient_id: str, rows: list[dict]) -> None:
         """Cache each study's rows from a patient's series query when they are all of its series."""
-        missing = {self._key(ds): self._stamp(ds) for ds in studies if dj.text(ds, "PatientID") == patient_id}
+        missing = {self._key(ds): self._stamp(ds) for ds in studies if dj.patient_id(ds) == patient_id}
         grouped: dict[str, list[dict]] = {}
         for row in rows:
-            if dj.text(row, "PatientID") == patient_id:
+            if dj.patient_id(row) == patient_id:
                 grouped.setdefault(dj.text(row, "StudyInstanceUID") or "", []).append(row)
         with self._lock:
             self._series_patients[patient_id] = True
@@ -432,34 +448,20 @@ class StudyRepository:
             hit = self._patients.get(key)
         if hit is not None:
             return hit
-        merged = dict(study)
         try:
             # One of this patient's own instances: under a StudyInstanceUID that the PACS
             # files under two patients, the first instance may be the other patient's.
-            params = [("limit", "1"), ("includefield", dj.TAGS["PatientID"])]
-            if patient_id:
-                params.append(("PatientID", patient_id))
-            rows = [row for row in self.pacs.qido(f"studies/{uid}/instances", params)
-                    if dj.text(row, "PatientID") == patient_id]
-            series, sop = (dj.text(rows[0], "SeriesInstanceUID"), dj.text(rows[0], "SOPInstanceUID")) if rows \
-                else (None, None)
-            if series and sop:
-                response = self.pacs.get(f"studies/{uid}/series/{series}/instances/{sop}/metadata",
-                                         headers={"Accept": DICOM_JSON})
-                metadata = response.json() if response.status_code == 200 else []
-                if isinstance(metadata, list) and metadata and isinstance(metadata[0], dict):
-                    for keyword in PATIENT_FIELDS:
-                        tag = dj.TAGS[keyword]
-                        if tag in metadata[0]:
-                            merged[tag] = metadata[0][tag]
-                    character_sets = [str(v) for v in dj.values(metadata[0], "SpecificCharacterSet")]
-                    names = dj.values(merged, "PatientName")
-                    if names:
-                        merged[dj.TAGS["PatientName"]] = {
-                            "vr": "PN", "Value": [repair_person_name(pn, character_sets) for pn in names]}
-        except (PacsError, ValueError):
+            source = self.exact.study(uid).first("StudyInstanceUID", uid, patient_id)
+        except PacsError:
             log.info("patient module of a study kept from QIDO-RS: the PACS failed on metadata")
             return study
+        if source is None:
+            return study
+        merged = dict(study)
+        for tag in (dj.TAGS[keyword] for keyword in PATIENT_FIELDS):
+            if tag in source:
+                merged[tag] = source[tag]
+        merged = exact_copy(merged, source)
         with self._lock:
             self._patients[key] = merged
         return merged
@@ -551,6 +553,7 @@ def init_app(app: Flask) -> None:
         query_ttl=float(app.config.get("FACADE_QUERY_CACHE_TTL", 10.0)),
         instance_query=str(app.config.get("FACADE_INSTANCE_QUERY", "metadata")),
         aliases=PatientAliases(get_database(app).engine),
+        exact=app.extensions["exact"],
     )
 
 

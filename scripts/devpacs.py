@@ -187,6 +187,11 @@ class Orthanc:
         (``DicomServerEnabled: false``), so nothing listens on it.
     start_timeout : float, optional
         Seconds to wait for QIDO-RS to answer 200.
+    encoding : str, optional
+        Orthanc's ``DefaultEncoding``: the character set of its QIDO-RS answers. ``Utf8``
+        (the default here) answers every stored character; Orthanc's own default,
+        ``Latin1``, silently drops what ISO_IR 100 cannot hold (the facade must be safe
+        with both: tests start one of each).
 
     Notes
     -----
@@ -208,8 +213,10 @@ class Orthanc:
         http_port: int | None = None,
         dicom_port: int | None = None,
         start_timeout: float = START_TIMEOUT,
+        encoding: str = "Utf8",
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.encoding = encoding
         self.http_port = http_port
         self.dicom_port = dicom_port
         self.start_timeout = start_timeout
@@ -280,6 +287,9 @@ class Orthanc:
             "ConcurrentJobs": 1,
             "OverwriteInstances": False,
             "DeidentifyLogs": True,
+            # QIDO-RS answers in this character set; Latin1 (Orthanc's default) drops
+            # every character ISO_IR 100 lacks from PatientIDs and names.
+            "DefaultEncoding": self.encoding,
             "DicomWeb": {
                 "Enable": True,
                 "Root": "/dicom-web/",

@@ -99,7 +99,7 @@ def find_patients(query: str | None, limit: int = PICKER_LIMIT) -> list[PatientC
     try:
         for params in _matching_keys(query):
             for study in repository.find_studies(params):
-                patient_id = dj.text(study, "PatientID") or ""
+                patient_id = dj.patient_id(study) or ""
                 row = found.setdefault(patient_id, {"study": study, "uids": set()})
                 row["uids"].add(dj.text(study, "StudyInstanceUID"))
     except PacsError as exc:
@@ -149,7 +149,7 @@ def describe_patient(fhir_id: str | None) -> PatientChoice | None:
         studies = get_studies().find_studies([("PatientID", patient_id)])
     except PacsError:
         return None
-    studies = [ds for ds in studies if (dj.text(ds, "PatientID") or "") == patient_id]
+    studies = [ds for ds in studies if (dj.patient_id(ds) or "") == patient_id]
     if not studies:
         return None
     return _choice(patient_id, studies[0], len({dj.text(ds, "StudyInstanceUID") for ds in studies}))

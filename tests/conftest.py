@@ -76,8 +76,26 @@ def orthanc(tmp_path_factory) -> Iterator[PACS]:
 def pytest_collection_modifyitems(config, items):
     """Mark every test that uses the `orthanc` fixture as `integration`."""
     for item in items:
-        if "orthanc" in getattr(item, "fixturenames", ()):
+        if {"orthanc", "encoded_pacs"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
 # --------------------------------------------------------------------------- end dev PACS
+
+
+@pytest.fixture(scope="session", params=["Utf8", "Latin1"])
+def encoded_pacs(request, tmp_path_factory) -> Iterator[PACS]:
+    """An empty Orthanc answering QIDO-RS in UTF-8, then one in Latin-1, for the identity tests.
+
+    Orthanc's ``DefaultEncoding`` decides the character set of its search answers; with
+    ``Latin1`` (its own default) they silently lose every character ISO_IR 100 lacks.
+    The facade must keep patients apart with either (issue 11). Skipped when the tests
+    run against an external PACS (``FACADE_TEST_PACS_URL``): its encoding is not ours to set.
+    """
+    import devpacs
+
+    if os.environ.get("FACADE_TEST_PACS_URL", "").strip():
+        pytest.skip("the identity tests start PACS of their own")
+    devpacs.ensure_installed()
+    with devpacs.Orthanc(tmp_path_factory.mktemp(f"orthanc-{request.param}"), encoding=request.param) as process:
+        yield PACS(url=process.url, dicomweb_url=process.dicomweb_url, samples={}, process=process)

@@ -154,13 +154,22 @@ def test_qido_studies_is_limited_to_the_token_patient(fake_app, rsps):
     rows = [ds(StudyInstanceUID=STUDY, PatientID="P1", RetrieveURL=f"{PACS_HOST}/studies/{STUDY}"),
             ds(StudyInstanceUID="1.2.9", PatientID="P10")]  # a PACS matching loosely
     rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=rows)
-    response = fake_app.test_client().get("/dicomweb/studies?PatientID=P2", headers=bearer(token(fake_app)))
+    response = fake_app.test_client().get("/dicomweb/studies", headers=bearer(token(fake_app)))
     assert response.status_code == 200
     body = response.get_json()
     assert [r["0020000D"]["Value"][0] for r in body] == [STUDY]
     assert body[0]["00081190"]["Value"] == [f"{PUBLIC}/dicomweb/studies/{STUDY}"]
     sent = rsps.calls[-1].request.url
-    assert "PatientID=P1" in sent and "PatientID=P2" not in sent
+    assert "PatientID=P1" in sent
+
+
+@pytest.mark.parametrize("query", ["PatientID=P2", "00100020=P2", "PatientID=p1", "PatientID=P1&PatientID=P2"])
+def test_qido_for_another_patients_id_with_a_patient_token_is_empty(fake_app, rsps, query):
+    """Issue 12: another PatientID is not replaced by the token's own; nothing is asked of the PACS."""
+    response = fake_app.test_client().get(f"/dicomweb/studies?{query}", headers=bearer(token(fake_app)))
+    assert response.status_code == 200
+    assert response.get_json() == []
+    assert len(rsps.calls) == 0
 
 
 def test_qido_for_a_one_way_patient_id_looks_it_up_once_then_asks_for_its_patient_id(fake_app, rsps):
