@@ -201,7 +201,8 @@ class StudyRepository:
             page = self.pacs.qido("studies", include(("PatientID",)) + [("limit", str(SCAN_PAGE)),
                                                                           ("offset", str(offset))])
             keys = {self._key(ds) for ds in page} - seen
-            self.remember(page)
+            # A lossy PatientID would record the one-way id of a value no patient has.
+            self.remember(self.exact.confirm(page))
             # Only an empty page ends the list: a PACS may cap its answers below the limit
             # asked for (Orthanc's LimitFindResults); one that ignores offset repeats itself.
             if not keys:
