@@ -17,6 +17,11 @@ Rule
    one-way; :func:`to_patient_id` answers ``None`` for it and the caller resolves it by
    matching the hash against the PatientIDs it sees.
 
+A multi-valued PatientID (``bs\\x``: DICOM's value separator inside the element, PS3.5
+Section 6.4) is one identity: its values joined by ``\\`` again
+(:func:`fhir_facade.dicom_json.patient_id`), never its first value. The backslash is
+escaped by rule 2 (``dcm-bs.5Cx``), so it never meets the id of ``bs``.
+
 Both directions are pure functions; :func:`to_patient_id` inverts :func:`to_fhir_id` for
 every id produced by rules 1 and 2.
 """
