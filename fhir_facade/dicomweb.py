@@ -6,6 +6,7 @@ PACS), and :mod:`fhir_facade.relay` streams the answer.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -251,29 +252,73 @@ def _negotiate_all(kind: str, frames: int = 0) -> list[Choice]:
 @bp.get("/series")
 @bp.get("/instances")
 def search_all():
-    """QIDO-RS searches at the top level (PS3.18 Section 10.6), limited to the token's patient."""
+    """QIDO-RS searches at the top level (PS3.18 Section 10.6), limited to the patients the token
+    reaches (:meth:`smart.authz.AccessGrant.patients`)."""
     grant = authz.require("ImagingStudy", "s")
     params = _query()
     _negotiate("json")
-    compartment = grant.compartment("ImagingStudy", "s")
+    allowed = grant.patients("ImagingStudy", "s")
     level = qido_level(request.path)  # the route: studies, series or instances
-    if compartment is None:
+    if allowed is None:
         return json_answer(level, normalize_includefield(params, level))
-    patient_id = _compartment_patient_id(compartment)
+    targets = _reachable_patient_ids(allowed)
     asked = {v for n, v in params if n in ("PatientID", dj.TAGS["PatientID"])}
-    if patient_id is ... or asked - {patient_id}:
-        # Another patient's PatientID (or none the PACS can hold) with a patient's token:
-        # an empty result, never the token's own studies in its place.
-        return Response("[]", status=200, mimetype="application/dicom+json")
+    if asked:
+        # Another patient's PatientID (or several, or one no reachable patient has): an empty
+        # result, never the token's own studies in its place.
+        targets = {f: p for f, p in targets.items() if {p} == asked}
     params = [(n, v) for n, v in params if n not in ("PatientID", dj.TAGS["PatientID"])]
+    if not targets:
+        return Response("[]", status=200, mimetype="application/dicom+json")
+    if len(targets) == 1:
+        [(fhir_id, patient_id)] = targets.items()
+        return _patient_answer(level, params, fhir_id, patient_id)
+    # Several patients: one query each, merged, then paged here.
+    paging = [(n, v) for n, v in params if n in ("limit", "offset")]
+    params = [(n, v) for n, v in params if n not in ("limit", "offset")]
+    answers = [_patient_answer(level, params, f, p) for f, p in targets.items()]
+    return _merged(answers, dict(paging))
+
+
+def _reachable_patient_ids(allowed: frozenset[str]) -> dict[str, str]:
+    """FHIR Patient id -> exact PatientID of each patient of an access list the PACS can hold."""
+    found = {fhir_id: _compartment_patient_id(fhir_id) for fhir_id in sorted(allowed)}
+    return {fhir_id: patient_id for fhir_id, patient_id in found.items() if patient_id is not ...}
+
+
+def _patient_answer(level: str, params: list[tuple[str, str]], fhir_id: str, patient_id: str) -> Response:
+    """A top-level QIDO-RS answer with one patient's rows only (*params* carry no PatientID)."""
     narrowed = narrowing(patient_id)
     paging = []
     if not narrowed:  # the PACS is asked for every study: page after the patient's rows are picked
         paging = [(n, v) for n, v in params if n in ("limit", "offset")]
         params = [(n, v) for n, v in params if n not in ("limit", "offset")]
-    params += narrowed + [("includefield", dj.TAGS["PatientID"]), ("includefield", dj.TAGS["StudyInstanceUID"])]
-    return json_answer(level, normalize_includefield(params, level), patient_filter=compartment,
+    params = params + narrowed + [("includefield", dj.TAGS["PatientID"]),
+                                  ("includefield", dj.TAGS["StudyInstanceUID"])]
+    return json_answer(level, normalize_includefield(params, level), patient_filter=fhir_id,
                        patient_id=patient_id, paging=paging)
+
+
+def _merged(answers: list[Response], paging: dict[str, str]) -> Response:
+    """One DICOM JSON answer from several patients' answers, with QIDO-RS ``offset`` and ``limit``
+    (PS3.18 Section 8.3.4.4) applied to the whole; the first failure is answered as it is."""
+    rows: list = []
+    warnings = []
+    for answer in answers:
+        if answer.status_code == 204:
+            continue
+        if answer.status_code != 200:
+            return answer
+        rows += json.loads(answer.get_data())
+        warnings += answer.headers.getlist("Warning")
+    offset = int(paging.get("offset", 0))
+    limit = int(paging.get("limit", 0))
+    rows = rows[offset:offset + limit] if limit > 0 else rows[offset:]
+    response = Response(json.dumps(rows, ensure_ascii=False, separators=(",", ":")), status=200,
+                        mimetype="application/dicom+json")
+    for warning in dict.fromkeys(warnings):
+        response.headers.add("Warning", warning)
+    return response
 
 
 def _compartment_patient_id(compartment: str):

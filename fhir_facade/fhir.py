@@ -151,6 +151,31 @@ def read_imaging_study(study_id: str):
     return fhir_response(bundle.shape(studies.imaging_studies(found[:1], with_instances)[0], shape))
 
 
+def _valid_ids(allowed: frozenset[str]) -> list[str]:
+    """The ids of an access list that can name a patient here, sorted (others reach nobody)."""
+    valid = []
+    for fhir_id in sorted(allowed):
+        try:
+            to_patient_id(fhir_id)
+        except InvalidPatientId:
+            continue
+        valid.append(fhir_id)
+    return valid
+
+
+def _find_studies(studies, search) -> list[dict]:
+    """Study-level answers of one parsed ImagingStudy search, only its patient's if it names one."""
+    if search.patient is not None and to_patient_id(search.patient) is None:
+        known = studies.resolve_hashed(search.patient)
+        found = [] if known is None else studies.find_studies(search.qido + [("PatientID", known)],
+                                                              with_series=not search.summary_count)
+    else:
+        found = studies.find_studies(search.qido, with_series=not search.summary_count)
+    if search.patient is not None:
+        found = [ds for ds in found if to_fhir_id(dj.patient_id(ds)) == search.patient]
+    return found
+
+
 def _one_per_study_uid(found: list[dict]) -> list[dict]:
     """One study-level answer per StudyInstanceUID (the PACS's first), the ImagingStudy id.
 
@@ -178,22 +203,20 @@ def search_imaging_study():
     grant = authz.require("ImagingStudy", "s")
     params = _query_params()
     search = parse_study_search(params, _ctx().timezone, strict=_strict())
-    compartment = grant.compartment("ImagingStudy", "s")
-    if compartment is not None:
-        if search.patient is not None and search.patient != compartment:
-            # SMART Imaging Access: a patient that is not the token's patient is refused.
-            raise authz.Forbidden("the access token is not for this patient")
-        if search.patient is None:
-            search = parse_study_search(params + [("patient", compartment)], _ctx().timezone, strict=_strict())
+    allowed = grant.patients("ImagingStudy", "s")
+    if allowed is not None and search.patient is not None and search.patient not in allowed:
+        # SMART Imaging Access: a patient that is not the token's patient is refused.
+        raise authz.Forbidden("the access token is not for this patient")
     studies = get_studies()
-    if search.patient is not None and to_patient_id(search.patient) is None:
-        known = studies.resolve_hashed(search.patient)
-        found = [] if known is None else studies.find_studies(search.qido + [("PatientID", known)],
-                                                              with_series=not search.summary_count)
+    if allowed is None or search.patient is not None:
+        found = _find_studies(studies, search)
     else:
-        found = studies.find_studies(search.qido, with_series=not search.summary_count)
-    if search.patient is not None:
-        found = [ds for ds in found if to_fhir_id(dj.patient_id(ds)) == search.patient]
+        # One search per patient the grant reaches (none: nothing is found).
+        per_patient = [parse_study_search(params + [("patient", p)], _ctx().timezone, strict=_strict())
+                       for p in _valid_ids(allowed)]
+        if len(per_patient) == 1:
+            search = per_patient[0]
+        found = [ds for one in per_patient for ds in _find_studies(studies, one)]
     found = _one_per_study_uid(found)
     for keep in search.study_filters:
         found = [ds for ds in found if keep(ds)]
@@ -303,11 +326,11 @@ def search_patient():
     """Search Patient by ``_id``, ``identifier``, ``name``, ``family``, ``given``, ``birthdate``, ``gender``."""
     grant = authz.require("Patient", "s")
     search = parse_patient_search(_query_params(), _ctx().timezone, strict=_strict())
-    compartment = grant.compartment("Patient", "s")
-    if compartment is not None:
-        if search.fhir_ids is not None and compartment not in search.fhir_ids:
+    allowed = grant.patients("Patient", "s")
+    if allowed is not None:
+        if search.fhir_ids is not None and not search.fhir_ids & allowed:
             raise authz.Forbidden("the access token is not for this patient")
-        search.restrict({compartment})
+        search.restrict(set(_valid_ids(allowed)))
     studies = get_studies()
     if search.fhir_ids is not None:
         found = [ds for pid in sorted(search.fhir_ids) for ds in _patient_studies(pid)]

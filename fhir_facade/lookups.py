@@ -152,7 +152,7 @@ def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: 
     UnknownStudy
         If the PACS knows no such study.
     smart.authz.Forbidden
-        If any owner of the study is outside the grant's patient compartment.
+        If any owner of the study is outside the patients the grant reaches.
     PacsError
         If the PACS fails.
     """

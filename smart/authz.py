@@ -1,18 +1,36 @@
 """The one authorization decision of the facade: may this access token see this patient's data?
 
-Both the FHIR API and the DICOMweb proxy call :func:`require` and :func:`check_patient`;
-nothing else decides. Token validation is :func:`smart.tokens.decode_access_token`; scope
-grammar is :mod:`smart.scopes` (SMART App Launch 2.2 §Scopes and Launch Context).
+Both the FHIR API and the DICOMweb proxy call :func:`require`, :func:`check_patient` and
+:meth:`AccessGrant.patients`; nothing else decides. Token validation is
+:func:`smart.tokens.decode_access_token`; scope grammar is :mod:`smart.scopes` (SMART App
+Launch 2.2 §Scopes and Launch Context).
+
+Which patients a grant reaches depends on the context of the scope that allows the
+interaction:
+
+- ``patient/``: the token's ``patient`` only;
+- ``user/`` of a patient user (``fhirUser`` ``Patient/x``): that patient only;
+- ``user/`` of any other user: the user's stored access list (:class:`smart.models.PatientAccess`,
+  by username, the token's ``sub``);
+- ``system/``: the backend client's stored access list (by ``client_id``).
+
+A stored list is "all patients" or named Patient ids; without one, no patient (SMART Imaging
+Access: "missing patient context SHALL NOT be treated as authorization").
 """
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from dataclasses import dataclass
 
-from flask import g, request
+from flask import current_app, g, request
+from sqlalchemy import select
 
 from . import scopes as scope_grammar
 from . import tokens
+from .db import get_session
+from .models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
 
 #: ``scopes.permits`` memoised: every proxied request asks the same few questions of the
 #: same few scope strings, and parsing them each time is most of the decision's cost.
@@ -87,8 +105,8 @@ class AccessGrant:
                 return context
         return None
 
-    def compartment(self, resource_type: str, interaction: str = "r") -> str | None:
-        """The only Patient id this grant may see for *resource_type*, or ``None`` for any.
+    def context(self, resource_type: str, interaction: str) -> str:
+        """The context whose scopes allow the interaction, as :meth:`context_for`.
 
         Raises
         ------
@@ -98,16 +116,98 @@ class AccessGrant:
         context = self.context_for(resource_type, interaction)
         if context is None:
             raise Forbidden(f"no granted scope allows {resource_type} {interaction}")
-        if context == "system":
-            return None
-        fhir_user = str(self.claims.get("fhirUser") or "")
-        if context == "user":
-            # A user-level grant to a patient user still only reaches that patient.
-            marker = "Patient/"
-            return fhir_user[fhir_user.index(marker) + len(marker):] if marker in fhir_user else None
-        if not self.patient:
+        if context == "patient" and not self.patient:
             raise Forbidden("patient-level scope without a patient in context")
-        return self.patient
+        return context
+
+    def patients(self, resource_type: str, interaction: str = "r") -> frozenset[str] | None:
+        """The Patient ids this grant may see for *resource_type*, or ``None`` for every patient.
+
+        The one answer every route asks (see the module docstring). An empty set means no
+        patient at all.
+
+        Raises
+        ------
+        Forbidden
+            If no scope covers the interaction, or a patient-level scope has no patient context.
+        """
+        context = self.context(resource_type, interaction)
+        if context == "patient":
+            return frozenset({self.patient})
+        if context == "user":
+            own = self.own_patient()
+            if own is not None:
+                return frozenset({own})
+            return stored_patients(ACCESS_USER, str(self.claims.get("sub") or ""))
+        return stored_patients(ACCESS_CLIENT, str(self.client_id or ""))
+
+    def own_patient(self) -> str | None:
+        """The Patient id of a patient user (``fhirUser`` ``Patient/x``), else ``None``."""
+        fhir_user = str(self.claims.get("fhirUser") or "")
+        marker = "Patient/"
+        return fhir_user[fhir_user.index(marker) + len(marker):] if marker in fhir_user else None
+
+
+class _AccessCache:
+    """Stored access lists read within the last few seconds, per app."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[tuple[str, str], tuple[float, frozenset[str] | None]] = {}
+
+
+def _access_cache() -> _AccessCache:
+    return current_app.extensions.setdefault("smart_access", _AccessCache())
+
+
+def read_access_list(kind: str, subject: str) -> frozenset[str] | None:
+    """The stored access list of a client or user, straight from the database.
+
+    Parameters
+    ----------
+    kind : {"client", "user"}
+        :data:`smart.models.ACCESS_CLIENT` or :data:`smart.models.ACCESS_USER`.
+    subject : str
+        The client id or the username.
+
+    Returns
+    -------
+    frozenset of str or None
+        ``None`` for all patients, else the named Patient ids (empty: none).
+    """
+    if not subject:
+        return frozenset()
+    rows = get_session().scalars(select(PatientAccess.patient).where(
+        PatientAccess.kind == kind, PatientAccess.subject == subject)).all()
+    return None if ALL_PATIENTS in rows else frozenset(rows)
+
+
+def stored_patients(kind: str, subject: str) -> frozenset[str] | None:
+    """:func:`read_access_list`, trusted for ``SMART_REVOCATION_CACHE_SECONDS`` (as revocations are).
+
+    A grant or revocation made in this process is seen at once (:func:`forget_access`);
+    one made elsewhere within that many seconds.
+    """
+    ttl = float(current_app.config.get("SMART_REVOCATION_CACHE_SECONDS", tokens.REVOCATION_CACHE_SECONDS))
+    cache = _access_cache()
+    key = (kind, subject)
+    with cache.lock:
+        hit = cache.entries.get(key)
+    if hit is not None and time.monotonic() - hit[0] < ttl:
+        return hit[1]
+    found = read_access_list(kind, subject)
+    with cache.lock:
+        if len(cache.entries) > 4096:
+            cache.entries.clear()
+        cache.entries[key] = (time.monotonic(), found)
+    return found
+
+
+def forget_access() -> None:
+    """Drop this app's cached access lists (after a grant or revocation)."""
+    cache = _access_cache()
+    with cache.lock:
+        cache.entries.clear()
 
 
 def bearer_token() -> str:
@@ -169,7 +269,7 @@ def require(resource_type: str, interaction: str = "r") -> AccessGrant:
     Unauthorized, Forbidden
     """
     grant = current_grant()
-    grant.compartment(resource_type, interaction)
+    grant.context(resource_type, interaction)
     return grant
 
 
@@ -179,8 +279,8 @@ def check_patient(grant: AccessGrant, resource_type: str, patient_id: str, inter
     Raises
     ------
     Forbidden
-        If the grant is limited to another patient.
+        If the grant does not reach that patient (:meth:`AccessGrant.patients`).
     """
-    allowed = grant.compartment(resource_type, interaction)
-    if allowed is not None and allowed != patient_id:
+    allowed = grant.patients(resource_type, interaction)
+    if allowed is not None and patient_id not in allowed:
         raise Forbidden("the access token is not for this patient")

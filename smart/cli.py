@@ -7,11 +7,12 @@ from urllib.parse import urlsplit
 
 import click
 from flask.cli import AppGroup
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
-from . import cors, keys
+from . import authz, cors, keys
 from .db import get_session
-from .models import Client, LaunchContext, User, now
+from .models import (ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, LaunchContext, PatientAccess, User,
+                     now)
 from .routes import FHIR_ID
 
 #: Seconds an EHR launch context stays usable (issue 4: short-lived).
@@ -184,6 +185,138 @@ def rotate_key() -> str:
     return keys.rotate_key()
 
 
+def _access_subject(client_id: str | None, username: str | None) -> tuple[str, str]:
+    """The (kind, subject) of an access list: a backend client's or a practitioner user's.
+
+    Raises
+    ------
+    AdminError
+        Unless exactly one of *client_id* and *username* is given and names a known client or
+        a user who is not a patient user (whose access is their own record).
+    """
+    if bool(client_id) == bool(username):
+        raise AdminError("give either --client-id or --username")
+    session = get_session()
+    if client_id:
+        if session.scalars(select(Client).where(Client.client_id == client_id)).first() is None:
+            raise AdminError(f"no client {client_id!r}")
+        return ACCESS_CLIENT, client_id
+    user = session.scalars(select(User).where(User.username == username)).first()
+    if user is None:
+        raise AdminError(f"no user {username!r}")
+    if user.role == "patient":
+        raise AdminError(f"user {username!r} is a patient user: their tokens reach their own record only")
+    return ACCESS_USER, username
+
+
+def _check_patients(patients: list[str]) -> None:
+    for patient in patients:
+        if not FHIR_ID.match(patient):
+            raise AdminError(f"patient id {patient!r} is not a valid FHIR id")
+
+
+def access_list(client_id: str | None = None, username: str | None = None) -> frozenset[str] | None:
+    """The stored access list of a client or user: ``None`` for all patients, else the named ids.
+
+    Raises
+    ------
+    AdminError
+        As :func:`grant_access`.
+    """
+    return authz.read_access_list(*_access_subject(client_id, username))
+
+
+def grant_access(client_id: str | None = None, username: str | None = None, patients: list[str] = (),
+                 all_patients: bool = False) -> frozenset[str] | None:
+    """Let a backend client (``system/`` tokens) or practitioner user (``user/`` tokens) see patients.
+
+    Parameters
+    ----------
+    client_id : str, optional
+        The backend client's id; give this or *username*.
+    username : str, optional
+        The practitioner user's username.
+    patients : list of str
+        FHIR Patient ids added to the list; give these or *all_patients*.
+    all_patients : bool
+        Give access to every patient (the named ids are then dropped).
+
+    Returns
+    -------
+    frozenset of str or None
+        The list now stored, as :func:`access_list`.
+
+    Raises
+    ------
+    AdminError
+        For an unknown client or user, a patient user, a malformed Patient id, or neither or
+        both of *patients* and *all_patients*.
+    """
+    kind, subject = _access_subject(client_id, username)
+    if bool(patients) == bool(all_patients):
+        raise AdminError("give either --patient (one or more) or --all-patients")
+    _check_patients(patients)
+    session = get_session()
+    current = authz.read_access_list(kind, subject)
+    if all_patients:
+        _delete_access(kind, subject)
+        session.add(PatientAccess(kind=kind, subject=subject, patient=ALL_PATIENTS))
+    elif current is not None:
+        session.add_all(PatientAccess(kind=kind, subject=subject, patient=patient)
+                        for patient in sorted(set(patients) - current))
+    session.commit()
+    authz.forget_access()
+    return authz.read_access_list(kind, subject)
+
+
+def revoke_access(client_id: str | None = None, username: str | None = None,
+                  patients: list[str] = ()) -> frozenset[str] | None:
+    """Take back a client's or user's access to the named patients, or to every patient.
+
+    Parameters
+    ----------
+    client_id, username : str, optional
+        As :func:`grant_access`.
+    patients : list of str
+        FHIR Patient ids removed from the list; none removes everything (no access left).
+
+    Returns
+    -------
+    frozenset of str or None
+        The list now stored, as :func:`access_list`.
+
+    Raises
+    ------
+    AdminError
+        For an unknown client or user, a malformed Patient id, or named patients of a
+        subject that has access to all patients (revoke everything first).
+    """
+    kind, subject = _access_subject(client_id, username)
+    _check_patients(patients)
+    if patients and authz.read_access_list(kind, subject) is None:
+        raise AdminError(f"{subject!r} has access to all patients: revoke everything (no --patient), "
+                         "then grant the patients it keeps")
+    _delete_access(kind, subject, patients)
+    get_session().commit()
+    authz.forget_access()
+    return authz.read_access_list(kind, subject)
+
+
+def _delete_access(kind: str, subject: str, patients: list[str] = ()) -> None:
+    """Delete a subject's access rows (only those of *patients* when given); not committed."""
+    query = delete(PatientAccess).where(PatientAccess.kind == kind, PatientAccess.subject == subject)
+    if patients:
+        query = query.where(PatientAccess.patient.in_(list(patients)))
+    get_session().execute(query)
+
+
+def describe_access(allowed: frozenset[str] | None) -> str:
+    """An access list for people: ``all patients``, ``no patients`` or the ids."""
+    if allowed is None:
+        return "all patients"
+    return ", ".join(sorted(allowed)) if allowed else "no patients"
+
+
 smart_cli = AppGroup("smart", help="Administer the SMART authorization server.")
 
 
@@ -248,3 +381,28 @@ def create_launch_command(patient, encounter, username, no_banner, lifetime):
 def rotate_key_command():
     """Rotate the token signing key (the old key keeps verifying until tokens expire)."""
     click.echo(f"New signing key {rotate_key()}.")
+
+
+def _subject_options(command):
+    command = click.option("--username", default=None, help="A practitioner user (user/ tokens).")(command)
+    return click.option("--client-id", default=None, help="A backend client (system/ tokens).")(command)
+
+
+@smart_cli.command("grant-access")
+@_subject_options
+@click.option("--patient", "patients", multiple=True, help="FHIR Patient id (repeatable).")
+@click.option("--all-patients", is_flag=True, help="Every patient.")
+def grant_access_command(client_id, username, patients, all_patients):
+    """Let a backend client or practitioner user see patients (default: none)."""
+    allowed = _run(grant_access, client_id=client_id, username=username, patients=list(patients),
+                   all_patients=all_patients)
+    click.echo(f"{client_id or username} may see: {describe_access(allowed)}.")
+
+
+@smart_cli.command("revoke-access")
+@_subject_options
+@click.option("--patient", "patients", multiple=True, help="FHIR Patient id (repeatable); none: all access.")
+def revoke_access_command(client_id, username, patients):
+    """Take back a backend client's or practitioner user's access (all of it without --patient)."""
+    allowed = _run(revoke_access, client_id=client_id, username=username, patients=list(patients))
+    click.echo(f"{client_id or username} may see: {describe_access(allowed)}.")

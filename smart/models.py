@@ -313,3 +313,31 @@ class PatientAlias(Base):
 
     fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     patient_id: Mapped[str] = mapped_column(Text)
+
+
+#: :attr:`PatientAccess.patient` of the row that gives access to every patient (no FHIR id
+#: contains ``*``, FHIR R4 §2.24.0.1).
+ALL_PATIENTS = "*"
+
+#: :attr:`PatientAccess.kind` of a backend client's list (by ``client_id``) and a user's (by username).
+ACCESS_CLIENT = "client"
+ACCESS_USER = "user"
+
+
+class PatientAccess(Base):
+    """One entry of a backend client's or practitioner user's access list (SMART Imaging Access:
+    ``system/`` and ``user/`` grants reach only pre-authorized patients).
+
+    A subject without rows may see no patient; a row whose ``patient`` is
+    :data:`ALL_PATIENTS` lets it see every patient.
+    """
+
+    __tablename__ = "smart_patient_access"
+
+    #: :data:`ACCESS_CLIENT` or :data:`ACCESS_USER`.
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: The client id or the username.
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: A FHIR Patient id, or :data:`ALL_PATIENTS`.
+    patient: Mapped[str] = mapped_column(String(64), primary_key=True)
+    granted_at: Mapped[int] = mapped_column(Integer, default=now)

@@ -8,6 +8,7 @@ import pytest
 import responses
 
 from dicom_json_builders import ds
+from access_helpers import allow
 from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, token  # noqa: F401
 from fhir_facade.dicomweb import rewrite_urls
 
@@ -275,8 +276,10 @@ def test_pacs_credentials_are_added_server_side(tmp_path):
 
 
 def test_backend_services_token_reaches_every_patients_study(fake_app, rsps):
-    """Argonaut imaging via Backend Services: a system/ImagingStudy.rs token has no patient limit."""
+    """Argonaut imaging via Backend Services: a system/ImagingStudy.rs token of a client granted
+    every patient (``grant-access --all-patients``) has no patient limit."""
     rsps.add(responses.GET, f"{FAKE_PACS}/studies/1.2.9/metadata", json=[], content_type="application/dicom+json")
+    allow(fake_app)  # system/ reaches only the client's access list
     system = token(fake_app, scope="system/ImagingStudy.rs", patient=None)
     assert fake_app.test_client().get("/dicomweb/studies/1.2.9/metadata", headers=bearer(system)).status_code in (
         200, 204)

@@ -5,6 +5,7 @@ import pytest
 import responses
 
 from dicom_json_builders import ds
+from access_helpers import allow
 from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, make_app, token  # noqa: F401
 from fhir_validation import validate
 
@@ -84,6 +85,7 @@ def test_other_patient_is_forbidden(fake_app, rsps):
 
 def test_system_scope_sees_every_patient(fake_app, rsps):
     fake_pacs(rsps, [study("1.2.1"), study("1.2.9", patient="P2")])
+    allow(fake_app)  # system/ reaches only the client's access list
     value = token(fake_app, scope="system/ImagingStudy.rs", patient=None)
     bundle = fake_app.test_client().get("/fhir/ImagingStudy", headers=bearer(value)).get_json()
     assert sorted(e["resource"]["id"] for e in bundle["entry"]) == ["1.2.1", "1.2.9"]
@@ -134,6 +136,7 @@ def test_read_study_and_patient(fake_app, rsps):
 def test_unknown_resources_are_404_operation_outcomes(fake_app, rsps):
     fake_pacs(rsps, [study("1.2.1")])
     client = fake_app.test_client()
+    allow(fake_app)  # system/ reaches only the client's access list
     headers = bearer(token(fake_app, scope="system/*.rs", patient=None))
     for path in ("/fhir/ImagingStudy/9.9.9", "/fhir/ImagingStudy/not-a-uid", "/fhir/Patient/nobody",
                  "/fhir/Endpoint/other", "/fhir/Observation/1"):
@@ -353,6 +356,7 @@ def test_patient_search(fake_app, rsps, query, expected):
     fake_pacs(rsps, [patient_study("1.2.1", "P1", "Müller^Anna"), patient_study("1.2.2", "P2", "Buc^Jérôme",
                                                                                   birth="19900101", sex="M"),
                      patient_study("1.2.3", "P 3", "Doe^John", birth="19600101", sex="O")])
+    allow(fake_app)  # system/ reaches only the client's access list
     value = token(fake_app, scope="system/Patient.rs", patient=None)
     bundle = fake_app.test_client().get(f"/fhir/Patient?{query}", headers=bearer(value)).get_json()
     validate(bundle)
@@ -391,6 +395,7 @@ TOKEN_SAMPLES = {"_id": "1.2.1", "identifier": "A1", "series": "1.2.1.1", "insta
 def test_capability_statement_lists_exactly_what_works(fake_app, rsps):
     fake_pacs(rsps, [study("1.2.1", accession="A1")])
     client = fake_app.test_client()
+    allow(fake_app)  # system/ reaches only the client's access list
     headers = {**bearer(token(fake_app, scope="system/*.rs", patient=None)), "Prefer": "handling=strict"}
     statement = client.get("/fhir/metadata").get_json()
     rest = statement["rest"][0]
@@ -422,6 +427,7 @@ def test_a_study_uid_answered_twice_is_one_resource_and_needs_every_owner(fake_a
     # Orthanc files one StudyInstanceUID under two patients and answers it twice.
     fake_pacs(rsps, [study("1.2.5"), study("1.2.5", patient="P2")])
     client = fake_app.test_client()
+    allow(fake_app)  # system/ reaches only the client's access list
     system = bearer(token(fake_app, scope="system/ImagingStudy.rs", patient=None))
     bundle = client.get("/fhir/ImagingStudy?_id=1.2.5", headers=system).get_json()
     assert [e["resource"]["id"] for e in bundle["entry"]] == ["1.2.5"] and bundle["total"] == 1

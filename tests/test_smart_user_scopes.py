@@ -46,6 +46,10 @@ def users(auth):
     auth.register_public_client()
     auth.register_user("alice", "correct horse", patient="patient-1")
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
+    auth.register_user("dr-new", "pw-dr-new", patient=None, role="practitioner")
+    from smart.cli import grant_access
+    with auth.app.app_context():
+        grant_access(username="dr", all_patients=True)
     return auth
 
 
@@ -86,8 +90,10 @@ ALL = {"patient-1", "patient-2", "patient-3"}
     # ... and patient/ the launch patient, who is the user.
     ("alice", "correct horse", "launch/patient patient/ImagingStudy.rs",
      "launch/patient patient/ImagingStudy.rs", {"patient-1"}),
-    # A practitioner keeps user/ (every patient, by design) but never gets system/ either.
+    # A practitioner keeps user/ (every patient once granted --all-patients) but never gets system/ either.
     ("dr", "pw-dr", "user/ImagingStudy.rs", "user/ImagingStudy.rs", ALL),
+    # A practitioner without a stored access list sees no patient (SMART Imaging Access).
+    ("dr-new", "pw-dr-new", "user/ImagingStudy.rs", "user/ImagingStudy.rs", set()),
     ("dr", "pw-dr", "user/ImagingStudy.rs system/ImagingStudy.rs", "user/ImagingStudy.rs", ALL),
     ("dr", "pw-dr", "system/ImagingStudy.rs", "", set()),
 ])
@@ -107,7 +113,7 @@ def test_end_user_scope_matrix(app, client, users, pacs, username, password, sco
         if "user/" in granted:
             grant = AccessGrant(claims=claims, scope=claims["scope"], patient=claims.get("patient"),
                                 client_id=claims["client_id"])
-            assert grant.compartment("ImagingStudy") == "patient-1"
+            assert grant.patients("ImagingStudy") == frozenset({"patient-1"})
     assert readable_patients(client, token["access_token"]) == patients
 
 
