@@ -106,9 +106,13 @@ def patient_id(dataset: dict) -> str | None:
 
     PatientID is one identity, however many values it holds: a multi-valued element
     (``bs\\x``, whose backslash is DICOM's value separator, PS3.5 Section 6.4) is its values
-    joined by ``\\`` again, never its first value. Each value loses the padding DICOM allows
-    (PS3.5 Section 6.2, LO).
+    joined by ``\\`` again, never its first value, and one of empty values only (``\\``)
+    is that, not the empty PatientID. Only trailing spaces, the padding of PS3.5 Section
+    6.2, are removed: a PACS files ``P1``, `` P1``, ``P1<TAB>`` and ``P1<NBSP>`` as four
+    patients, and so does the facade.
     """
     found = values(dataset, "PatientID")
-    joined = "\\".join("" if v is None else str(v).strip() for v in found)
-    return joined if joined.strip("\\") else None
+    parts = ["" if v is None else str(v).rstrip(" ") for v in found]
+    if len(parts) > 1:
+        return "\\".join(parts)
+    return parts[0] if parts and parts[0] else None

@@ -79,7 +79,8 @@ def narrowing(patient_id: str | None) -> list[tuple[str, str]]:
     """QIDO-RS matching keys that narrow a search to *patient_id* without deciding it.
 
     Only a plain ASCII PatientID is sent: a PACS matches others unreliably (Orthanc 1.10
-    finds nothing for ``Nandu-日本`` and matches identifiers case-insensitively), and
+    finds nothing for ``Nandu-日本``, strips a leading space from the value asked for, and
+    matches identifiers case-insensitively), and
     ``*``, ``?`` and ``\\`` would be read as wildcards or a value list (PS3.4 C.2.2.2.4).
     The rows found are always checked exactly afterwards.
 
@@ -88,7 +89,8 @@ def narrowing(patient_id: str | None) -> list[tuple[str, str]]:
     list of (str, str)
         ``[("PatientID", patient_id)]``, or ``[]`` when the search cannot be narrowed.
     """
-    if patient_id and _PLAIN.fullmatch(patient_id) and not set(patient_id) & _SPECIAL:
+    if patient_id and _PLAIN.fullmatch(patient_id) and patient_id == patient_id.strip() \
+            and not set(patient_id) & _SPECIAL:
         return [("PatientID", patient_id)]
     return []
 
