@@ -303,12 +303,15 @@ def create_launch():
         return _bearer_error(403, "insufficient_scope", "The token needs the launch scope of a backend client.")
     data = request.get_json(silent=True) if request.is_json else request.form
     data = data if isinstance(data, dict) or hasattr(data, "get") else {}
+    fields, problem = launch_fields(data)
+    if problem:
+        return _json_error(400, "invalid_request", problem)
     banner = str(data.get("need_patient_banner", "true")).lower() not in ("false", "0", "no")
     try:
         launch_id = make_launch(
-            patient=data.get("patient") or None,
-            encounter=data.get("encounter") or None,
-            username=data.get("user") or None,
+            patient=fields["patient"],
+            encounter=fields["encounter"],
+            username=fields["user"],
             need_patient_banner=banner,
         )
     except AdminError as exc:
@@ -316,6 +319,26 @@ def create_launch():
     response = jsonify({"launch": launch_id, "expires_in": LAUNCH_LIFETIME})
     response.status_code = 201
     return response
+
+
+def launch_fields(data) -> tuple[dict, str | None]:
+    """The ``patient``, ``encounter`` and ``user`` of a launch request, each a string or ``None``.
+
+    Parameters
+    ----------
+    data : mapping
+        The JSON object or form of ``POST /auth/launch``.
+
+    Returns
+    -------
+    tuple of (dict, str or None)
+        The fields (empty ones as ``None``), and what is wrong with them: a JSON body may give
+        a list or a number where a string belongs, which is an ``invalid_request``
+        (RFC 6749 Section 5.2), not a value to store.
+    """
+    fields = {name: data.get(name) or None for name in ("patient", "encounter", "user")}
+    wrong = sorted(name for name, value in fields.items() if value is not None and not isinstance(value, str))
+    return fields, (f"{', '.join(wrong)} must be a string" if wrong else None)
 
 
 def _json_error(status: int, error: str, description: str):

@@ -1,0 +1,36 @@
+"""``POST /auth/launch`` refuses fields of the wrong JSON type with 400, never a 500 (issue 11)."""
+import pytest
+
+from facade_helpers import bearer, fake_app  # noqa: F401
+from smart.routes import launch_fields
+
+
+def launch_token(app) -> str:
+    """A Backend Services token of a registered backend client with the ``launch`` scope."""
+    from smart.cli import add_client
+    from smart.tokens import issue_access_token
+
+    with app.app_context():
+        add_client("ehr", [], public=False, jwks={"keys": []}, scope="launch")
+        value, _ = issue_access_token("ehr", "ehr", "launch")
+    return value
+
+
+@pytest.mark.parametrize("body", [{"user": [None, None]}, {"patient": ["p"]}, {"patient": 5},
+                                  {"encounter": {"id": "e"}}, {"patient": "p", "user": True}])
+def test_a_field_that_is_not_a_string_is_an_invalid_request(fake_app, body):
+    """schemathesis sent ``"user": [null, null]``: SQLite could not bind a list, a 500."""
+    response = fake_app.test_client().post("/auth/launch", json=body, headers=bearer(launch_token(fake_app)))
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_request"
+
+
+def test_string_fields_still_create_a_launch(fake_app):
+    response = fake_app.test_client().post("/auth/launch", json={"patient": "p-1", "user": "dr"},
+                                           headers=bearer(launch_token(fake_app)))
+    assert response.status_code == 201, response.get_data(as_text=True)
+
+
+def test_launch_fields_reads_empty_values_as_none():
+    assert launch_fields({"patient": "", "user": "dr"}) == ({"patient": None, "encounter": None, "user": "dr"}, None)
+    assert launch_fields({"patient": 0, "encounter": 1})[1] == "encounter must be a string"
