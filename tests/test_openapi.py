@@ -50,3 +50,25 @@ def test_every_dicomweb_path_below_a_study_is_described():
             parts.append(part)
         concrete = "/dicomweb/studies/1.2" + "".join("/" + p for p in parts)
         assert any(re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", p), concrete) for p in paths), concrete
+
+
+def test_the_uid_pattern_is_the_servers_uid_check():
+    """The spec's UID (PS3.5 Section 9.1: no leading zeros, at most 64 characters) is is_uid."""
+    from hypothesis import given, settings, strategies as st
+
+    from fhir_facade.search_params import is_uid
+
+    uid = yaml.safe_load(SPEC.read_text())["components"]["schemas"]["UID"]
+    pattern = re.compile(uid["pattern"])
+
+    def in_spec(value: str) -> bool:
+        return bool(pattern.search(value)) and len(value) <= uid["maxLength"]
+
+    @settings(max_examples=500, deadline=None, derandomize=True)
+    @given(st.text(alphabet="0123456789.", max_size=70) | st.from_regex(pattern, fullmatch=True))
+    def agree(value):
+        assert in_spec(value) == is_uid(value), value
+
+    agree()
+    for value in ("0", "1.2.840.10008", "1.0.3", "01.2", "1.02", "1..2", "1.", ".1", "1" * 64, "1" * 65):
+        assert in_spec(value) == is_uid(value), value
