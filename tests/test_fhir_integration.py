@@ -16,6 +16,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from pydicom.uid import CTImageStorage, PositronEmissionTomographyImageStorage, generate_uid
 
+from access_helpers import allow
 from facade_helpers import bearer, make_app, token
 from fhir_facade.patient_ids import to_fhir_id
 from fhir_validation import validate
@@ -55,6 +56,7 @@ def store_study(orthanc, patient: str, series: list[tuple[str, int]], **study) -
 def facade(orthanc, tmp_path_factory):
     app = make_app(tmp_path_factory.mktemp("fhir-int"), FACADE_PACS_URL=orthanc.dicomweb_url,
                    FACADE_TIMEZONE=ZONE, FACADE_QUERY_CACHE_TTL=0)
+    allow(app)  # system/ reaches only the client's access list
     return app, bearer(token(app, scope="system/*.rs", patient=None))
 
 
@@ -272,6 +274,7 @@ def test_instance_lists_from_metadata_and_from_qido_are_the_same(facade, orthanc
     ConceptNameCodeSequence, asked for or not)."""
     app = make_app(tmp_path_factory.mktemp("fhir-qido"), FACADE_PACS_URL=orthanc.dicomweb_url,
                    FACADE_TIMEZONE=ZONE, FACADE_QUERY_CACHE_TTL=0, FACADE_INSTANCE_QUERY="qido")
+    allow(app)  # system/ reaches only the client's access list
     by_qido = (app, bearer(token(app, scope="system/*.rs", patient=None)))
     titles, instances = {}, 0
 

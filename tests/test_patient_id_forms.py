@@ -11,6 +11,7 @@ import pytest
 
 import devpacs
 import samples
+from access_helpers import allow
 from facade_helpers import bearer, make_app, token
 from fhir_facade.patient_ids import to_fhir_id
 
@@ -46,6 +47,7 @@ def test_a_one_way_patient_id_with_a_comma_is_found_once_seen(forms):
     app = make_app(forms["tmp"].mktemp("long-comma"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
     client, fhir_id = app.test_client(), to_fhir_id(LONG_COMMA)
     assert fhir_id.startswith("dcm-h.")
+    allow(app)  # system/ reaches only the client's access list
     system = bearer(token(app, scope="system/*.rs", patient=None))
     assert client.get("/fhir/Patient?_count=500", headers=system).status_code == 200  # the worker sees it
     headers = bearer(token(app, patient=fhir_id))
@@ -71,6 +73,7 @@ def test_a_one_way_patient_id_seen_by_one_worker_is_resolved_by_another(forms):
     """Two apps on one database stand for two gunicorn workers (or a restart)."""
     shared_db = forms["tmp"].mktemp("workers")
     seen_by = make_app(shared_db, FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
+    allow(seen_by)  # system/ reaches only the client's access list
     system = bearer(token(seen_by, scope="system/*.rs", patient=None))
     assert seen_by.test_client().get("/fhir/Patient?_count=500", headers=system).status_code == 200
     other = make_app(shared_db, FACADE_PACS_URL=forms["orthanc"].dicomweb_url)
@@ -93,6 +96,7 @@ def test_one_way_ids_are_recorded_once_the_table_exists(forms, caplog):
                    FACADE_QUERY_CACHE_TTL=0)  # each search asks the PACS, so each sees the id anew
     with app.app_context():
         PatientAlias.__table__.drop(get_database().engine)
+    allow(app)  # system/ reaches only the client's access list
     system = bearer(token(app, scope="system/*.rs", patient=None))
     client = app.test_client()
     with caplog.at_level(logging.WARNING, logger="fhir_facade.studies"):

@@ -7,6 +7,7 @@ import pytest
 
 import devpacs
 import samples
+from access_helpers import allow
 from facade_helpers import bearer, make_app, token
 
 
@@ -90,6 +91,7 @@ def test_a_system_token_finds_both_patients_and_the_study_once(shared):
     """Patient search keeps both owners of the UID; ImagingStudy search has one resource per id."""
     app = make_app(shared["tmp"].mktemp("system"), FACADE_PACS_URL=shared["orthanc"].dicomweb_url)
     client = app.test_client()
+    allow(app)  # system/ reaches only the client's access list
     headers = bearer(token(app, scope="system/Patient.rs system/ImagingStudy.rs", patient=None))
     for patient, (name, _) in NAMES.items():
         bundle = client.get(f"/fhir/Patient?family={name.split('^')[0]}", headers=headers).get_json()
