@@ -213,8 +213,13 @@ def qido_level(path: str) -> str:
 
 # --- authorization ------------------------------------------------------------------------
 
-def authorize_study(study_uid: str) -> None:
+def authorize_study(study_uid: str, segments: list[str] = ()) -> None:
     """Check the request's token may read study *study_uid* (every patient filed under it).
+
+    Below a series (*segments*: the path's parts after ``studies/``), the series' own
+    owners must be allowed too, looked up per series; a resource of the whole study has
+    its owners asked afresh. So a patient's series stored under the study's UID after its
+    owners were cached is never served with the first patient's token.
 
     Raises
     ------
@@ -224,10 +229,11 @@ def authorize_study(study_uid: str) -> None:
         404 if the PACS knows no such study.
     """
     grant = authz.require("ImagingStudy", "r")
+    series_uid = segments[2] if len(segments) > 2 and segments[1] == "series" else None
     try:
-        check_study_access(grant, study_uid)
+        check_study_access(grant, study_uid, series_uid=series_uid, fresh=series_uid is None)
     except UnknownStudy as exc:
-        raise DicomwebError(404, "study not found") from exc
+        raise DicomwebError(404, "study not found" if series_uid is None else "series not found") from exc
 
 
 def _negotiate(kind: str, frames: int = 0) -> Choice:
@@ -342,7 +348,7 @@ def study_resource(rest: str):
         raise DicomwebError(400, f"{study_uid!r} is not a valid UID")
     kind, resource = classify(segments[1:])
     params = _query()
-    authorize_study(study_uid)
+    authorize_study(study_uid, segments)
     # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
     frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
     options = _negotiate_all(kind, frames=len(frame_numbers))

@@ -69,7 +69,7 @@ class Lookups:
         #: (resource, representation) pairs the PACS could not produce
         self._refused: TTLCache = TTLCache(size, ttl)
 
-    def patients_of_study(self, study_uid: str) -> frozenset[str]:
+    def patients_of_study(self, study_uid: str, fresh: bool = False) -> frozenset[str]:
         """FHIR Patient ids of every patient holding a study with this UID.
 
         A StudyInstanceUID is meant to be unique, but a PACS can file the same UID under
@@ -79,6 +79,13 @@ class Lookups:
         names is an owner, and a row that metadata cannot confirm adds
         :data:`UNCONFIRMED`, which no patient's grant allows.
 
+        Parameters
+        ----------
+        study_uid : str
+        fresh : bool
+            Ask the PACS even if the answer is cached: for resources that hold the whole
+            study, which a patient's instance stored since under the same UID would join.
+
         Raises
         ------
         UnknownStudy
@@ -86,25 +93,49 @@ class Lookups:
         PacsError
             If the PACS fails.
         """
+        return self._owners_of(("study", study_uid), "studies", "StudyInstanceUID", study_uid, study_uid, fresh)
+
+    def patients_of_series(self, study_uid: str, series_uid: str) -> frozenset[str]:
+        """FHIR Patient ids of every patient holding series *series_uid* of study *study_uid*.
+
+        Cached per series, so a series stored under a study after its owners were cached
+        is looked up afresh (:meth:`patients_of_study` caches the study's owners).
+
+        Raises
+        ------
+        UnknownStudy
+            If the PACS knows no such series in that study.
+        PacsError
+            If the PACS fails.
+        """
+        return self._owners_of(("series", study_uid, series_uid), f"studies/{study_uid}/series",
+                               "SeriesInstanceUID", series_uid, study_uid)
+
+    def _owners_of(self, key: tuple, path: str, keyword: str, uid: str, study_uid: str,
+                   fresh: bool = False) -> frozenset[str]:
         with self._lock:
-            owners = self._owners.get(study_uid)
-        if owners is None:
-            rows = [row for row in self.pacs.qido("studies", [("StudyInstanceUID", study_uid),
-                                                               ("includefield", dj.TAGS["PatientID"])])
-                    if dj.text(row, "StudyInstanceUID") == study_uid]
-            if not rows:
-                raise UnknownStudy(study_uid)
-            owners = {to_fhir_id(dj.patient_id(row)) for row in rows if is_exact(row)}
-            lossy = [row for row in rows if not is_exact(row)]
-            if lossy:
-                confirmed = self.exact.confirm(rows)
-                owners |= {to_fhir_id(p) for p in self.exact.study(study_uid).patients()}
-                owners |= {to_fhir_id(dj.patient_id(row)) for row in confirmed}
-                if len(confirmed) < len(rows):
-                    owners.add(UNCONFIRMED)
-            owners = frozenset(owners)
-            with self._lock:
-                self._owners[study_uid] = owners
+            owners = None if fresh else self._owners.get(key)
+        if owners is not None:
+            return owners
+        params = [(keyword, uid), ("includefield", dj.TAGS["PatientID"])]
+        if keyword != "StudyInstanceUID":  # a study-level row always names it (PS3.18 Table 10.6.3-3)
+            params.append(("includefield", dj.TAGS["StudyInstanceUID"]))
+        rows = [row for row in self.pacs.qido(path, params) if isinstance(row, dict) and dj.text(row, keyword) == uid]
+        if not rows:
+            raise UnknownStudy(uid)
+        for row in rows:  # a PACS may leave out the study's UID on a row below it
+            row.setdefault(dj.TAGS["StudyInstanceUID"], {"vr": "UI", "Value": [study_uid]})
+        found = {to_fhir_id(dj.patient_id(row)) for row in rows if is_exact(row)}
+        if any(not is_exact(row) for row in rows):
+            confirmed = self.exact.confirm(rows)
+            found |= {to_fhir_id(dj.patient_id(ds)) for ds in self.exact.study(study_uid).instances
+                      if dj.text(ds, keyword) == uid}
+            found |= {to_fhir_id(dj.patient_id(row)) for row in confirmed}
+            if len(confirmed) < len(rows):
+                found.add(UNCONFIRMED)
+        owners = frozenset(found)
+        with self._lock:
+            self._owners[key] = owners
         return owners
 
     def instance(self, study_uid: str, series_uid: str, sop_uid: str) -> InstanceInfo | None:
@@ -141,23 +172,39 @@ class Lookups:
             self._refused[(resource, choice)] = self._refused.get((resource, choice), 0) + 1
 
 
-def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy") -> None:
-    """Refuse unless *grant* may read study *study_uid*: every patient it is filed under.
+def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy",
+                       series_uid: str | None = None, fresh: bool = False) -> None:
+    """Refuse unless *grant* may read study *study_uid* (every patient it is filed under) and,
+    when named, its series *series_uid* (every patient that series is filed under).
 
     Used by both the FHIR API and the DICOMweb proxy; the decision itself is
     :func:`smart.authz.check_patient`.
 
+    Parameters
+    ----------
+    grant : smart.authz.AccessGrant
+    study_uid, series_uid : str
+    resource_type : str
+        The FHIR resource type whose scope decides.
+    fresh : bool
+        Ask the PACS for the study's owners even when cached (a resource holding the whole
+        study: see :meth:`Lookups.patients_of_study`).
+
     Raises
     ------
     UnknownStudy
-        If the PACS knows no such study.
+        If the PACS knows no such study (or series).
     smart.authz.Forbidden
-        If any owner of the study is outside the patients the grant reaches.
+        If any owner of the study or series is outside the patients the grant reaches.
     PacsError
         If the PACS fails.
     """
-    for patient in get_lookups().patients_of_study(study_uid):
+    lookups = get_lookups()
+    for patient in lookups.patients_of_study(study_uid, fresh=fresh):
         authz.check_patient(grant, resource_type, patient)
+    if series_uid is not None:
+        for patient in lookups.patients_of_series(study_uid, series_uid):
+            authz.check_patient(grant, resource_type, patient)
 
 
 def init_app(app: Flask) -> None:

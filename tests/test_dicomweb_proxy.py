@@ -3,6 +3,7 @@ import base64
 import hashlib
 import json
 import re
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import responses
@@ -27,7 +28,23 @@ def rsps():
                      responses.matchers.query_param_matcher({"StudyInstanceUID": "1.2.9", "includefield": "00100020"})])
         mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[], match=[
                  responses.matchers.query_param_matcher({"StudyInstanceUID": "9.9", "includefield": "00100020"})])
+        mock.add_callback(responses.GET, re.compile(re.escape(FAKE_PACS) + r"/studies/[0-9.]+/series\?"),
+                          callback=series_owner, match=[series_owner_query])
         yield mock
+
+
+def series_owner_query(request):
+    """Matches the proxy's look-up of who owns a series (PatientID asked of one SeriesInstanceUID)."""
+    query = dict(parse_qsl(urlsplit(request.url).query))
+    return "SeriesInstanceUID" in query and "00100020" in request.url, "not a series owner look-up"
+
+
+def series_owner(request):
+    """Every series of a study belongs to the study's patient (P1 for STUDY, P2 otherwise)."""
+    study = urlsplit(request.url).path.split("/")[-2]
+    series = dict(parse_qsl(urlsplit(request.url).query))["SeriesInstanceUID"]
+    row = ds(StudyInstanceUID=study, SeriesInstanceUID=series, PatientID="P1" if study == STUDY else "P2")
+    return 200, {"Content-Type": "application/dicom+json"}, json.dumps([row])
 
 
 BODY = b"--xyz\r\nContent-Type: application/dicom\r\n\r\n" + bytes(range(256)) * 100 + b"\r\n--xyz--\r\n"
@@ -118,8 +135,8 @@ def test_every_path_needs_a_token_and_the_right_patient(fake_app, rsps, path):
     assert client.get(f"/dicomweb/{path}", headers=bearer(other)).status_code == 403
     wrong_scope = token(fake_app, scope="patient/Observation.rs")
     assert client.get(f"/dicomweb/{path}", headers=bearer(wrong_scope)).status_code == 403
-    # none of these reached the PACS beyond the study -> patient lookup
-    assert all("/studies?" in call.request.url for call in rsps.calls)
+    # none of these reached the PACS beyond the study -> patient (and series -> patient) look-ups
+    assert all("/studies?" in call.request.url or series_owner_query(call.request)[0] for call in rsps.calls)
 
 
 def test_unknown_study_is_404(fake_app, rsps):
@@ -553,7 +570,7 @@ def _rendered_from_a_real_pacs(tmp_path, head: list[tuple[str, str]], body: byte
     class Pacs(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             rendered = self.path.endswith("/rendered")
-            data = body if rendered else json.dumps([ds(StudyInstanceUID=STUDY, PatientID="P1")]).encode()
+            data = body if rendered else json.dumps([ds(StudyInstanceUID=STUDY, SeriesInstanceUID=SERIES, PatientID="P1")]).encode()
             self.send_response(200)
             for name, value in head if rendered else [("Content-Type", "application/dicom+json"),
                                                       ("Content-Length", str(len(data)))]:

@@ -200,3 +200,28 @@ def test_no_two_random_patient_ids_reach_each_others_studies(property_app, monke
                     assert status in REFUSED and uid not in listed and uid not in qido, (patient_id, other)
 
     check()
+
+
+# --- a patient's series stored under a study whose owners are cached ---------------------------
+
+def test_a_series_stored_later_under_the_same_study_uid_is_never_served_to_the_first_patient(encoded_pacs,
+                                                                                              tmp_path):
+    """The owners of a study are cached; a series of another patient stored since under the
+    same StudyInstanceUID is looked up on its own, and the whole study afresh (review)."""
+    first = samples.make_instance(PatientID="Late-", Modality="OT", SpecificCharacterSet="ISO_IR 192")
+    devpacs.store_dataset(encoded_pacs.url, first)
+    app = make_app(tmp_path, FACADE_PACS_URL=encoded_pacs.dicomweb_url)
+    client, headers, study = app.test_client(), bearer(token(app, patient="Late-")), str(first.StudyInstanceUID)
+    assert client.get(f"/dicomweb/studies/{study}/metadata", headers=headers).status_code == 200
+    late = samples.make_instance(PatientID="Late-中国", StudyInstanceUID=study, Modality="OT",
+                                 SpecificCharacterSet="ISO_IR 192")
+    devpacs.store_dataset(encoded_pacs.url, late)
+    series = f"/dicomweb/studies/{study}/series/{late.SeriesInstanceUID}"
+    instance = f"{series}/instances/{late.SOPInstanceUID}"
+    for path in (series, f"{series}/metadata", f"{series}/instances", instance, f"{instance}/metadata",
+                 f"{instance}/frames/1", f"{instance}/rendered", f"/dicomweb/studies/{study}",
+                 f"/dicomweb/studies/{study}/metadata", f"/dicomweb/studies/{study}/series"):
+        assert client.get(path, headers={**headers, "Accept": "*/*"}).status_code in REFUSED, path
+    # the first patient's own series is refused too now: the study is filed under two patients
+    own = f"/dicomweb/studies/{study}/series/{first.SeriesInstanceUID}/metadata"
+    assert client.get(own, headers=headers).status_code in REFUSED
