@@ -8,10 +8,10 @@ import secrets
 from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
-from . import discovery, keys, login, picker, revocation, scopes, tokens
+from . import authz, discovery, keys, login, picker, revocation, scopes, tokens
 from .db import get_session
 from .grants import context_patient, end_user_scope, find_launch, launch_refusal, scope_has
-from .models import User, now
+from .models import ACCESS_CLIENT, ACCESS_USER, User, now
 from .server import query_client, server
 
 bp = Blueprint("smart", __name__, template_folder="templates")
@@ -110,7 +110,7 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
     patients, picker_message = [], None
     if needs_picker:
         try:
-            patients = picker.find_patients(query)
+            patients = _reachable(picker.find_patients(query), user)
         except picker.PickerUnavailable as exc:
             picker_message = exc.message
     return _page(
@@ -129,6 +129,18 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
         patient_info=picker.describe_patient(patient) if patient else None,
         message=message,
     )
+
+
+def _may_see(user: User, patient: str) -> bool:
+    """Whether practitioner *user*'s stored access list (``smart grant-access --username``)
+    holds *patient*: a standalone launch never reaches past it (SMART Imaging Access)."""
+    allowed = authz.stored_patients(ACCESS_USER, user.username)
+    return allowed is None or patient in allowed
+
+
+def _reachable(choices: list, user: User) -> list:
+    """The picker's *choices* the practitioner may choose (:func:`_may_see`)."""
+    return [choice for choice in choices if _may_see(user, choice.id)]
 
 
 def _chosen_patient() -> tuple[str | None, str | None]:
@@ -245,6 +257,8 @@ def authorize():
         patient, problem = _chosen_patient()
         if problem:
             return _consent_page(grant, user, message=problem, status=400)
+        if not _may_see(user, patient):
+            return _consent_page(grant, user, message="You have no access to this patient's records.", status=403)
         grant.request.selected_patient = patient
     grant.request.auth_time = session.get("auth_time")
     grant.request.smart_style_url = tokens.issuer() + discovery.SMART_STYLE_PATH
@@ -306,6 +320,10 @@ def create_launch():
     fields, problem = launch_fields(data)
     if problem:
         return _json_error(400, "invalid_request", problem)
+    allowed = authz.stored_patients(ACCESS_CLIENT, backend.client_id)
+    if fields["patient"] is not None and allowed is not None and fields["patient"] not in allowed:
+        # The EHR may launch only for patients it was granted (smart grant-access --client-id).
+        return _bearer_error(403, "insufficient_scope", "This client may not launch for this patient.")
     banner = str(data.get("need_patient_banner", "true")).lower() not in ("false", "0", "no")
     try:
         launch_id = make_launch(

@@ -1,6 +1,7 @@
 """``POST /auth/launch`` refuses fields of the wrong JSON type with 400, never a 500 (issue 11)."""
 import pytest
 
+from access_helpers import allow
 from facade_helpers import bearer, fake_app  # noqa: F401
 from smart.routes import launch_fields
 
@@ -26,9 +27,22 @@ def test_a_field_that_is_not_a_string_is_an_invalid_request(fake_app, body):
 
 
 def test_string_fields_still_create_a_launch(fake_app):
+    token = launch_token(fake_app)
+    allow(fake_app, ["p-1"], client_id="ehr")
     response = fake_app.test_client().post("/auth/launch", json={"patient": "p-1", "user": "dr"},
-                                           headers=bearer(launch_token(fake_app)))
+                                           headers=bearer(token))
     assert response.status_code == 201, response.get_data(as_text=True)
+
+
+def test_a_launch_for_a_patient_outside_the_clients_access_list_is_403(fake_app):
+    """Issue 12: an EHR back end launches only for the patients it was granted."""
+    token = launch_token(fake_app)
+    client = fake_app.test_client()
+    refused = client.post("/auth/launch", json={"patient": "p-2"}, headers=bearer(token))
+    assert refused.status_code == 403 and refused.get_json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in refused.headers["WWW-Authenticate"]
+    allow(fake_app, ["p-2"], client_id="ehr")
+    assert client.post("/auth/launch", json={"patient": "p-2"}, headers=bearer(token)).status_code == 201
 
 
 def test_launch_fields_reads_empty_values_as_none():

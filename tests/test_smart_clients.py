@@ -24,6 +24,7 @@ import pytest
 import requests
 
 import devpacs
+from access_helpers import allow
 from facade_helpers import make_app
 from live_server import live_server
 from smart_flow import form_data, form_with_action, make_verifier, parse_forms, s256
@@ -37,6 +38,8 @@ CHROMIUM = os.environ.get("FACADE_TEST_CHROMIUM", "/usr/bin/chromium")
 
 PATIENT_USER, PATIENT_PASSWORD = "demo-patient", "demo-patient-pw"
 DOCTOR, DOCTOR_PASSWORD = "dr-grey", "dr-grey-pw"
+#: A practitioner granted one patient only (``smart grant-access --username``).
+LOCUM, LOCUM_PASSWORD = "dr-locum", "dr-locum-pw"
 PY_CLIENT = "py-app"
 PY_REDIRECT = "http://127.0.0.1:9/py-callback"  # never fetched: the test reads the Location header
 
@@ -82,6 +85,9 @@ def facade(orthanc, tmp_path_factory):
                    name="Imaging test app")
         add_user(PATIENT_USER, PATIENT_PASSWORD, patient="DEMO-0001")
         add_user(DOCTOR, DOCTOR_PASSWORD, role="practitioner")
+        add_user(LOCUM, LOCUM_PASSWORD, role="practitioner")
+    allow(app, None, username=DOCTOR)
+    allow(app, ["DEMO-0001"], username=LOCUM)
     try:
         with live_server(app, port=port) as base:
             assert base == public
@@ -179,16 +185,31 @@ def test_python_fhirclient_practitioner_picks_from_the_pacs(facade, orthanc):
 
 
 # --- patient picker over HTTP, without JavaScript ------------------------------------------------
-def _picker_page(facade: Facade):
+def _picker_page(facade: Facade, username: str = DOCTOR, password: str = DOCTOR_PASSWORD):
     verifier = make_verifier()
     params = {"response_type": "code", "client_id": PY_CLIENT, "redirect_uri": PY_REDIRECT,
               "scope": "launch/patient patient/ImagingStudy.rs", "state": "st", "aud": facade.fhir,
               "code_challenge": s256(verifier), "code_challenge_method": "S256"}
     browser = requests.Session()
     page = browser.get(facade.base + "/auth/authorize?" + urlencode(params), timeout=30)
-    page = submit(browser, page, "login", {"username": DOCTOR, "password": DOCTOR_PASSWORD}, timeout=30)
+    page = submit(browser, page, "login", {"username": username, "password": password}, timeout=30)
     assert page.status_code == 200, page.text
     return browser, page
+
+
+def test_the_picker_lists_and_accepts_only_patients_on_the_practitioners_access_list(facade, orthanc):
+    """Issue 12: a practitioner granted DEMO-0001 only sees that patient in the picker (no other
+    patient's name or birth date is shown) and cannot approve a typed id outside the list."""
+    browser, page = _picker_page(facade, LOCUM, LOCUM_PASSWORD)
+    assert radio_values(page.text) == ["DEMO-0001"]
+    for typed in ("P-typed", "1CT1"):
+        refused = submit(browser, page, "consent", {"patient": typed}, button=("decision", "approve"),
+                         allow_redirects=False)
+        assert refused.status_code == 403 and "Location" not in refused.headers, typed
+        assert "no access to this patient" in refused.text
+    approved = submit(browser, page, "consent", {"patient": "DEMO-0001"}, button=("decision", "approve"),
+                      allow_redirects=False)
+    assert approved.status_code == 302 and "code=" in approved.headers["Location"]
 
 
 def test_picker_lists_searches_and_validates(facade, orthanc):
@@ -241,6 +262,9 @@ def test_picker_without_pacs_falls_back_to_the_id_field(tmp_path):
     with app.app_context():
         add_client(PY_CLIENT, [PY_REDIRECT], public=True)
         add_user(DOCTOR, DOCTOR_PASSWORD, role="practitioner")
+        add_user(LOCUM, LOCUM_PASSWORD, role="practitioner")
+    allow(app, None, username=DOCTOR)
+    allow(app, ["DEMO-0001"], username=LOCUM)
     from smart_flow import AuthActions
     auth = AuthActions(app.test_client())
     params, _ = auth.authorize_params(client_id=PY_CLIENT, redirect_uri=PY_REDIRECT,

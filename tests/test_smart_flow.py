@@ -7,6 +7,7 @@ import pytest
 
 from fixtures_app import *  # noqa: F401,F403
 from fixtures_app import FHIR_BASE, PUBLIC_URL
+from access_helpers import allow
 from smart_flow import DEFAULT_REDIRECT_URI, DEFAULT_SCOPE, make_verifier, s256
 
 
@@ -258,10 +259,21 @@ def test_id_token(app, alice):
 def test_practitioner_picks_patient(app, auth):
     auth.register_public_client()
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
+    allow(app, ["patient-7"], username="dr")
     code = auth.authorize("dr", "pw-dr", patient="patient-7")
     body = auth.exchange(code)
     assert body["patient"] == "patient-7"
     assert decode(app, body["access_token"])["patient"] == "patient-7"
+
+
+def test_practitioner_cannot_pick_a_patient_outside_their_access_list(app, auth):
+    """Issue 12: the picker is no way around ``smart grant-access --username``."""
+    auth.register_public_client()
+    auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
+    allow(app, ["patient-7"], username="dr")
+    with pytest.raises(AssertionError, match="no access to this patient") as refused:
+        auth.authorize("dr", "pw-dr", patient="patient-8")  # the consent page again, no redirect
+    assert "code=" not in str(refused.value)
 
 
 def test_deny_redirects_access_denied(alice):
