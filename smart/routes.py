@@ -320,6 +320,8 @@ def create_launch():
     fields, problem = launch_fields(data)
     if problem:
         return _json_error(400, "invalid_request", problem)
+    if fields["patient"] is not None and not FHIR_ID.match(fields["patient"]):
+        return _json_error(400, "invalid_request", f"patient {fields['patient']!r} is not a valid FHIR id")
     allowed = authz.stored_patients(ACCESS_CLIENT, backend.client_id)
     if fields["patient"] is not None and allowed is not None and fields["patient"] not in allowed:
         # The EHR may launch only for patients it was granted (smart grant-access --client-id).
