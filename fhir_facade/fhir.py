@@ -16,7 +16,7 @@ from smart import authz
 
 from . import bundle, capability, mapping
 from . import dicom_json as dj
-from .lookups import UnknownStudy, check_study_access
+from .lookups import UnknownStudy, check_owners, get_lookups
 from .outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
 from .pacs import PacsError
 from .patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
@@ -139,11 +139,12 @@ def read_imaging_study(study_id: str):
     if not is_uid(study_id):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     studies = get_studies()
+    rows = studies.study_rows(study_id)  # one study query serves the decision and the resource
     try:
-        check_study_access(grant, study_id)
+        check_owners(grant, get_lookups().patients_of_study_rows(study_id, rows))
     except UnknownStudy as exc:
         raise NotFound(f"ImagingStudy/{study_id} is not known") from exc
-    found = [ds for ds in studies.find_studies([("StudyInstanceUID", study_id)])
+    found = [ds for ds in studies.find_studies([("StudyInstanceUID", study_id)], answer=rows)
              if dj.text(ds, "StudyInstanceUID") == study_id]
     if not found:
         raise NotFound(f"ImagingStudy/{study_id} is not known")

@@ -121,8 +121,32 @@ class Lookups:
         if keyword != "StudyInstanceUID":  # a study-level row always names it (PS3.18 Table 10.6.3-3)
             params.append(("includefield", dj.TAGS["StudyInstanceUID"]))
         rows = [row for row in self.pacs.qido(path, params) if isinstance(row, dict) and dj.text(row, keyword) == uid]
+        return self._owners_from(key, rows, keyword, uid, study_uid)
+
+    def patients_of_study_rows(self, study_uid: str, rows: list[dict]) -> frozenset[str]:
+        """:meth:`patients_of_study` from a study-level answer the caller already has.
+
+        Parameters
+        ----------
+        study_uid : str
+        rows : list of dict
+            The PACS's whole study-level QIDO-RS answer for ``StudyInstanceUID`` = *study_uid*
+            (any attributes, PatientID among them), as the PACS sent it.
+
+        Raises
+        ------
+        UnknownStudy
+            If *rows* hold no row of that study.
+        PacsError
+            If the PACS fails while metadata confirms a row.
+        """
+        rows = [row for row in rows if isinstance(row, dict) and dj.text(row, "StudyInstanceUID") == study_uid]
+        return self._owners_from(("study", study_uid), rows, "StudyInstanceUID", study_uid, study_uid)
+
+    def _owners_from(self, key: tuple, rows: list[dict], keyword: str, uid: str, study_uid: str) -> frozenset[str]:
         if not rows:
             raise UnknownStudy(uid)
+        rows = [dict(row) for row in rows]  # the caller's rows stay as they are
         for row in rows:  # a PACS may leave out the study's UID on a row below it
             row.setdefault(dj.TAGS["StudyInstanceUID"], {"vr": "UI", "Value": [study_uid]})
         found = {to_fhir_id(dj.patient_id(row)) for row in rows if is_exact(row)}
@@ -200,11 +224,22 @@ def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: 
         If the PACS fails.
     """
     lookups = get_lookups()
-    for patient in lookups.patients_of_study(study_uid, fresh=fresh):
-        authz.check_patient(grant, resource_type, patient)
+    check_owners(grant, lookups.patients_of_study(study_uid, fresh=fresh), resource_type)
     if series_uid is not None:
         for patient in lookups.patients_of_series(study_uid, series_uid):
             authz.check_patient(grant, resource_type, patient)
+
+
+def check_owners(grant: authz.AccessGrant, owners: frozenset[str], resource_type: str = "ImagingStudy") -> None:
+    """Refuse unless *grant* may see every patient in *owners* (FHIR Patient ids).
+
+    Raises
+    ------
+    smart.authz.Forbidden
+        If any of them is outside the patients the grant reaches.
+    """
+    for patient in owners:
+        authz.check_patient(grant, resource_type, patient)
 
 
 def init_app(app: Flask) -> None:

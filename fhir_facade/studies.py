@@ -212,7 +212,20 @@ class StudyRepository:
 
     # -- queries ----------------------------------------------------------------
 
-    def find_studies(self, params: Sequence[tuple[str, str]], with_series: bool = False) -> list[dict]:
+    def study_rows(self, study_uid: str) -> list[dict]:
+        """The PACS's study-level answer for one StudyInstanceUID, as sent, with the attributes
+        the mapping needs (one QIDO-RS query; hand it to :meth:`find_studies` as *answer*).
+
+        Raises
+        ------
+        PacsError
+            If the PACS fails.
+        """
+        return [row for row in self.pacs.qido("studies", [("StudyInstanceUID", study_uid)] + include(STUDY_FIELDS))
+                if isinstance(row, dict) and dj.text(row, "StudyInstanceUID") == study_uid]
+
+    def find_studies(self, params: Sequence[tuple[str, str]], with_series: bool = False,
+                     answer: list[dict] | None = None) -> list[dict]:
         """Run a study-level QIDO-RS query with the attributes the mapping needs.
 
         The same query within ``query_ttl`` seconds is answered from a bounded cache
@@ -226,6 +239,9 @@ class StudyRepository:
             The caller will map the studies found. When *params* name one plain PatientID,
             that patient's series-level query (see :meth:`imaging_studies`) then
             runs alongside the study query instead of after it.
+        answer : list of dict, optional
+            The PACS's answer to *params*, already asked for (:meth:`study_rows`): no
+            query is sent, and none is cached.
 
         A PatientID in *params* names one patient exactly: the PACS is asked for it only
         when it can match it reliably (:func:`fhir_facade.exact.narrowing`), and only rows
@@ -240,7 +256,7 @@ class StudyRepository:
             comes once for each.
         """
         key = tuple(sorted(params))
-        if self._queries is not None:
+        if self._queries is not None and answer is None:
             with self._lock:
                 hit = self._queries.get(key)
             if hit is not None:
@@ -258,7 +274,9 @@ class StudyRepository:
         series = self._pool.submit(self._patient_series, patient_id) if with_series and exact and not fresh \
             else None
         try:
-            answer = self.exact.confirm(self.pacs.qido("studies", query + include(STUDY_FIELDS)), patient_id)
+            if answer is None:
+                answer = self.pacs.qido("studies", query + include(STUDY_FIELDS))
+            answer = self.exact.confirm(answer, patient_id)
         except BaseException:
             if series is not None:
                 series.cancel()

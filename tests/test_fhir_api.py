@@ -133,6 +133,19 @@ def test_read_study_and_patient(fake_app, rsps):
     assert (patient["id"], patient["gender"], patient["name"][0]["family"]) == ("P1", "female", "Doe")
 
 
+@pytest.mark.parametrize("summary", ["", "?_summary=true"])
+def test_one_imagingstudy_read_sends_one_study_query(fake_app, rsps, summary):
+    """Issue 12: the owner look-up and the resource share one study-level QIDO-RS query."""
+    fake_pacs(rsps, [study("1.2.1", accession="A1")])
+    client = fake_app.test_client()
+    for _ in range(2):  # and again: nothing cached turns the second read into two queries
+        before = len(rsps.calls)
+        response = client.get(f"/fhir/ImagingStudy/1.2.1{summary}", headers=bearer(token(fake_app)))
+        assert response.status_code == 200 and response.get_json()["id"] == "1.2.1"
+        study_queries = [c for c in rsps.calls[before:] if c.request.url.split("?")[0] == f"{FAKE_PACS}/studies"]
+        assert len(study_queries) == 1
+
+
 def test_unknown_resources_are_404_operation_outcomes(fake_app, rsps):
     fake_pacs(rsps, [study("1.2.1")])
     client = fake_app.test_client()
