@@ -124,6 +124,7 @@ def _page(items: list, result: ResultParams) -> list:
 # --- metadata --------------------------------------------------------------------------
 
 @bp.get("/metadata")
+@authz.public
 def metadata():
     """CapabilityStatement (FHIR R4 §2.15 / SMART App Launch 2.2 §Capability sets)."""
     return fhir_response(capability.capability_statement(_ctx()))
@@ -132,9 +133,10 @@ def metadata():
 # --- ImagingStudy ----------------------------------------------------------------------
 
 @bp.get("/ImagingStudy/<study_id>")
+@authz.needs("ImagingStudy", "r")
 def read_imaging_study(study_id: str):
     """Read one ImagingStudy by StudyInstanceUID (FHIR R4 §3.1.0.1 read)."""
-    grant = authz.require("ImagingStudy", "r")
+    grant = authz.current_grant()
     shape = _read_shape()
     if not is_uid(study_id):
         raise NotFound(f"ImagingStudy/{study_id} is not known")
@@ -199,9 +201,10 @@ def _study_sort_key(ds: dict) -> tuple:
 
 @bp.route("/ImagingStudy", methods=["GET"])
 @bp.route("/ImagingStudy/_search", methods=["POST"])
+@authz.needs("ImagingStudy", "s")
 def search_imaging_study():
     """Search ImagingStudy (FHIR R4 §3.1.1; Argonaut SMART Imaging Access search)."""
-    grant = authz.require("ImagingStudy", "s")
+    grant = authz.current_grant()
     params = _query_params()
     search = parse_study_search(params, _ctx().timezone, strict=_strict())
     allowed = grant.patients("ImagingStudy", "s")
@@ -246,9 +249,9 @@ def search_imaging_study():
 # --- Endpoint --------------------------------------------------------------------------
 
 @bp.get("/Endpoint/<endpoint_id>")
+@authz.needs(("Endpoint", "ImagingStudy"), "r")
 def read_endpoint(endpoint_id: str):
-    """Read the facade's DICOMweb Endpoint (any valid token: it holds no patient data)."""
-    authz.current_grant()
+    """Read the facade's DICOMweb Endpoint (an Endpoint or ImagingStudy scope: it holds no patient data)."""
     shape = _read_shape()
     if endpoint_id != mapping.ENDPOINT_ID:
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
@@ -257,9 +260,9 @@ def read_endpoint(endpoint_id: str):
 
 @bp.route("/Endpoint", methods=["GET"])
 @bp.route("/Endpoint/_search", methods=["POST"])
+@authz.needs(("Endpoint", "ImagingStudy"), "s")
 def search_endpoint():
     """Search Endpoint by ``_id``, ``connection-type`` and ``status``."""
-    authz.current_grant()
     search = parse_endpoint_search(_query_params(), strict=_strict())
     matches = [mapping.endpoint(_ctx())]
     for keep in search.filters:
@@ -305,9 +308,10 @@ def _patient_studies(patient_id: str) -> list[dict]:
 
 
 @bp.get("/Patient/<patient_id>")
+@authz.needs("Patient", "r")
 def read_patient(patient_id: str):
     """Read a Patient built from the DICOM patient module of its newest study."""
-    grant = authz.require("Patient", "r")
+    grant = authz.current_grant()
     shape = _read_shape()
     try:
         to_patient_id(patient_id)
@@ -323,9 +327,10 @@ def read_patient(patient_id: str):
 
 @bp.route("/Patient", methods=["GET"])
 @bp.route("/Patient/_search", methods=["POST"])
+@authz.needs("Patient", "s")
 def search_patient():
     """Search Patient by ``_id``, ``identifier``, ``name``, ``family``, ``given``, ``birthdate``, ``gender``."""
-    grant = authz.require("Patient", "s")
+    grant = authz.current_grant()
     search = parse_patient_search(_query_params(), _ctx().timezone, strict=_strict())
     allowed = grant.patients("Patient", "s")
     if allowed is not None:
@@ -345,3 +350,7 @@ def search_patient():
         resources = [r for r in resources if keep(r)]
     page = [bundle.shape(r, search) for r in _page(resources, search)]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "Patient", page, len(resources), search))
+
+
+# Every request is checked against what its view declares (after the checks above).
+authz.guard(bp)

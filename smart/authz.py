@@ -284,3 +284,74 @@ def check_patient(grant: AccessGrant, resource_type: str, patient_id: str, inter
     allowed = grant.patients(resource_type, interaction)
     if allowed is not None and patient_id not in allowed:
         raise Forbidden("the access token is not for this patient")
+
+
+# --- routes declare what they need -----------------------------------------------------------
+
+#: Attribute a view function carries: what it needs (``(resource types, interaction)``) or
+#: :data:`PUBLIC`.
+NEEDS = "_facade_access"
+PUBLIC = "public"
+
+
+def needs(resource_types: str | tuple[str, ...], interaction: str = "r"):
+    """Declare that a view needs a token allowing *interaction* on one of *resource_types*.
+
+    Checked before the view runs by :func:`guard`'s ``before_request``; the view reads
+    the grant with :func:`current_grant`.
+
+    Parameters
+    ----------
+    resource_types : str or tuple of str
+        FHIR resource type(s); any one of them suffices (the Endpoint, for instance, is
+        read with an ImagingStudy scope: SMART Imaging Access).
+    interaction : str
+        One SMART v2 letter: ``c``, ``r``, ``u``, ``d`` or ``s``.
+    """
+    types = (resource_types,) if isinstance(resource_types, str) else tuple(resource_types)
+
+    def mark(view):
+        setattr(view, NEEDS, (types, interaction))
+        return view
+    return mark
+
+
+def public(view):
+    """Declare that a view needs no token (discovery, the CapabilityStatement)."""
+    setattr(view, NEEDS, PUBLIC)
+    return view
+
+
+def require_any(resource_types: tuple[str, ...], interaction: str = "r") -> AccessGrant:
+    """:func:`require` for the first of *resource_types* a scope allows.
+
+    Raises
+    ------
+    Unauthorized, Forbidden
+        As :func:`require`; Forbidden names the last type when none is allowed.
+    """
+    grant = current_grant()
+    for resource_type in resource_types[:-1]:
+        if grant.context_for(resource_type, interaction) is not None:
+            return require(resource_type, interaction)
+    return require(resource_types[-1], interaction)
+
+
+def guard(bp) -> None:
+    """Check every request to blueprint *bp* against what its view declares (:func:`needs`).
+
+    A view that declares nothing is refused (fail closed: a new route cannot forget);
+    CORS preflights (``OPTIONS``) carry no token by design (Fetch standard §4.8) and pass.
+    """
+    @bp.before_request
+    def _check():
+        if request.method == "OPTIONS" or request.endpoint is None:
+            return
+        view = current_app.view_functions.get(request.endpoint)
+        declared = getattr(view, NEEDS, None)
+        if declared == PUBLIC:
+            return
+        if declared is None:
+            current_grant()  # no token: 401 still
+            raise Forbidden("this route declares no access rule")
+        require_any(*declared)

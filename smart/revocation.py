@@ -4,7 +4,7 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import jsonify, request
 
-from . import tokens
+from . import authz, tokens
 from .db import get_session
 from .grants import RefreshTokenGrant
 from .models import User, now
@@ -26,9 +26,11 @@ def _json(payload: dict, status: int = 200):
 
 
 def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    """The request's Bearer token (:func:`smart.authz.bearer_token`), or ``None`` without one."""
+    try:
+        return authz.bearer_token()
+    except authz.Unauthorized:
+        return None
 
 
 def _token_param() -> str:

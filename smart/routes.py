@@ -298,14 +298,12 @@ def create_launch():
     from .cli import LAUNCH_LIFETIME, AdminError
     from .cli import create_launch as make_launch
 
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
     try:
-        claims = tokens.decode_access_token(value.strip()) if scheme.lower() == "bearer" else None
-    except tokens.InvalidToken as exc:
-        return _bearer_error(401, "invalid_token", exc.description)
-    if claims is None:
-        return _bearer_error(401, None, "A Backend Services access token is required.")
+        claims = authz.current_grant().claims  # the one bearer parser and token check
+    except authz.AuthorizationError as exc:
+        response = _json_error(exc.status, exc.error or "invalid_request", exc.description)
+        response.headers["WWW-Authenticate"] = exc.www_authenticate("smart")
+        return response
     backend = query_client(claims.get("client_id"))
     is_backend_token = (
         backend is not None

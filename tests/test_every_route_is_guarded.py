@@ -1,0 +1,93 @@
+"""Issue 12: every route that is not public by design refuses a request without a token (401 with
+``WWW-Authenticate: Bearer``) and one whose token lacks the scope (403), each in its protocol's
+own error shape. The URL map is walked, so a route added later is covered without a new test."""
+from __future__ import annotations
+
+import pytest
+import responses
+
+from facade_helpers import bearer, fake_app, token  # noqa: F401
+
+#: Routes that answer without a bearer token by design: discovery, keys, the
+#: CapabilityStatement, and the OAuth endpoints (which authenticate the client instead).
+PUBLIC = {
+    "/.well-known/jwks.json", "/.well-known/openid-configuration", "/.well-known/smart-configuration",
+    "/fhir/.well-known/smart-configuration", "/fhir/metadata", "/auth/authorize", "/auth/token",
+    "/auth/introspect", "/auth/revoke", "/auth/smart-style.json", "/static/<path:filename>",
+}
+#: A concrete value for each path variable.
+SAMPLES = {"<study_id>": "1.2.3", "<endpoint_id>": "dicomweb", "<patient_id>": "P1",
+           "<path:rest>": "1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/1"}
+#: A valid token that allows nothing the facade serves.
+NO_SCOPE = "patient/Observation.rs"
+
+
+def guarded_requests(app) -> list[tuple[str, str]]:
+    """(method, URL) for every method of every route that is not public."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule in PUBLIC:
+            continue
+        url = rule.rule
+        for placeholder, value in SAMPLES.items():
+            url = url.replace(placeholder, value)
+        assert "<" not in url, f"no sample for a variable of {rule.rule}"
+        found += [(method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return found
+
+
+def _shape(url: str, response) -> None:
+    """The error is in the protocol's own shape."""
+    body = response.get_json(silent=True)
+    assert body is not None, url
+    if url.startswith("/fhir/"):
+        assert body["resourceType"] == "OperationOutcome", url
+    elif url.startswith("/dicomweb/"):
+        assert body["status"] == response.status_code, url
+    else:
+        assert body["error"] in ("invalid_request", "invalid_token", "insufficient_scope"), url
+
+
+def test_the_walk_covers_every_protected_kind_of_route(fake_app):
+    urls = {url.split("/")[1] for _, url in guarded_requests(fake_app)}
+    assert urls == {"fhir", "dicomweb", "auth"}
+    assert len(guarded_requests(fake_app)) >= 11
+
+
+def test_every_guarded_route_refuses_no_token_and_a_token_without_the_scope(fake_app):
+    client = fake_app.test_client()
+    wrong_scope = bearer(token(fake_app, scope=NO_SCOPE))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as pacs:
+        for method, url in guarded_requests(fake_app):
+            anonymous = client.open(url, method=method)
+            assert anonymous.status_code == 401, (method, url)
+            assert anonymous.headers["WWW-Authenticate"].startswith("Bearer "), (method, url)
+            _shape(url, anonymous)
+            refused = client.open(url, method=method, headers=wrong_scope)
+            assert refused.status_code == 403, (method, url, refused.get_data(as_text=True))
+            _shape(url, refused)
+        assert len(pacs.calls) == 0  # nothing reached the PACS
+
+
+def test_a_route_that_declares_nothing_is_refused(fake_app):
+    """Fail closed: a view added without ``authz.needs`` or ``authz.public`` answers 403."""
+    from fhir_facade import fhir
+    view = fake_app.view_functions["fhir.read_endpoint"]
+    declared = getattr(view, "_facade_access")
+    try:
+        delattr(view, "_facade_access")
+        client = fake_app.test_client()
+        allowed = bearer(token(fake_app, scope="patient/ImagingStudy.rs"))
+        response = client.get("/fhir/Endpoint/dicomweb", headers=allowed)
+        assert response.status_code == 403
+        assert response.get_json()["resourceType"] == "OperationOutcome"
+        assert client.get("/fhir/Endpoint/dicomweb").status_code == 401
+    finally:
+        setattr(view, "_facade_access", declared)
+    assert fhir.read_endpoint is view
+
+
+@pytest.mark.parametrize("scope", ["patient/ImagingStudy.rs", "patient/Endpoint.rs"])
+def test_the_endpoint_is_read_with_an_imagingstudy_or_an_endpoint_scope(fake_app, scope):
+    response = fake_app.test_client().get("/fhir/Endpoint/dicomweb", headers=bearer(token(fake_app, scope=scope)))
+    assert response.status_code == 200 and response.get_json()["resourceType"] == "Endpoint"
