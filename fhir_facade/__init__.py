@@ -6,12 +6,14 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 
 def init_app(app: Flask) -> None:
-    """Register the PACS client, the study repository, the FHIR API and the DICOMweb proxy on *app*."""
-    from . import accesslog, cors, dicomweb, fhir, lookups, pacs, studies
+    """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API
+    and the DICOMweb proxy on *app*."""
+    from . import accesslog, cors, dicomweb, fhir, lookups, pacs, picker, studies
 
     pacs.init_app(app)
     lookups.init_app(app)
     studies.init_app(app)
+    picker.init_app(app)
     app.register_blueprint(fhir.bp)
     app.register_blueprint(dicomweb.bp)
     cors.init_app(app)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from smart.cors import is_allowed_origin
+from smart.api import is_allowed_origin
 
 PUBLIC_PATHS = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
 PREFIXES = ("/fhir/", "/dicomweb/")

@@ -12,7 +12,7 @@ import logging
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from smart import authz
+from smart import api as authz  # the one smart module the facade may import
 
 from . import bundle, capability, mapping
 from . import dicom_json as dj

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from flask import Flask, current_app
 
-from smart import authz
+from smart import api as authz  # the one smart module the facade may import
 
 from . import dicom_json as dj
 from .exact import ExactSource, is_exact

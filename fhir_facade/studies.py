@@ -13,8 +13,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from smart.db import get_database
-from smart.models import PatientAlias
+from smart.api import PatientAlias, get_database
 
 from . import dicom_json as dj
 from . import mapping

@@ -7,7 +7,8 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import IntegrityError
 
-from . import cli, cors, db, server
+from . import cli, cors, db, schema, server
+from .models import Setting
 from .routes import bp
 
 #: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
@@ -19,8 +20,6 @@ def load_secret_key() -> str:
 
     Stored in the database so every worker and every restart share it. Never logged.
     """
-    from .models import Setting
-
     session = db.get_session()
     row = session.get(Setting, SECRET_KEY_SETTING)
     if row is None:
@@ -68,6 +67,7 @@ def _no_store(response):
 def init_app(app: Flask) -> None:
     """Register the database, the authorization server, its routes and CLI on *app*."""
     db.init_app(app)
+    app.cli.add_command(schema.init_db_command)
     server.init_app(app)
     if not app.config.get("SECRET_KEY"):
         app.session_interface = PersistentKeySessionInterface()

@@ -1,6 +1,7 @@
 """``private_key_jwt`` client authentication (RFC 7523 §2.2, SMART 2.2 §Client Authentication: Asymmetric)."""
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from . import tokens
 from .db import get_session
 from .models import UsedAssertion, now
+from .urls import TOKEN_PATH
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -68,8 +70,6 @@ def client_key_set(client) -> KeySet:
 
 
 def _unverified_claims(assertion: str) -> dict:
-    import base64
-
     try:
         segment = assertion.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
@@ -116,8 +116,6 @@ def authenticate_private_key_jwt(query_client, request):
         claims = jwt.decode(assertion, client_key_set(client), algorithms=ALGORITHMS).claims
     except (JoseError, ValueError) as exc:
         raise _refuse("The client_assertion signature is invalid or uses a refused algorithm.") from exc
-    from .discovery import TOKEN_PATH  # discovery imports this module for ALGORITHMS
-
     token_url = tokens.issuer() + TOKEN_PATH
     aud = claims.get("aud")
     if aud != token_url and not (isinstance(aud, list) and token_url in aud):

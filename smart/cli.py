@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from urllib.parse import urlsplit
 
 import click
@@ -11,18 +10,10 @@ from sqlalchemy import delete, select
 
 from . import authz, cors, keys
 from .db import get_session
-from .models import (ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, LaunchContext, PatientAccess, User,
-                     now)
-from .routes import FHIR_ID
-
-#: Seconds an EHR launch context stays usable (issue 4: short-lived).
-LAUNCH_LIFETIME = 300
+from .launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
+from .models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, User, now
 
 ROLES = ("patient", "practitioner")
-
-
-class AdminError(Exception):
-    """A refused administrative action; the message says why (shown without traceback)."""
 
 
 def _check_redirect_uri(uri: str) -> None:
@@ -148,36 +139,6 @@ def add_user(username: str, password: str, patient: str | None = None, role: str
     session.add(user)
     session.commit()
     return user
-
-
-def create_launch(
-    patient: str | None = None,
-    encounter: str | None = None,
-    username: str | None = None,
-    need_patient_banner: bool = True,
-    lifetime: int = LAUNCH_LIFETIME,
-) -> str:
-    """Create an EHR launch context (SMART 2.2 §EHR launch) and return its ``launch`` id.
-
-    The id is single-use and expires after *lifetime* seconds.
-    """
-    if patient is not None and not FHIR_ID.match(patient):
-        raise AdminError(f"patient id {patient!r} is not a valid FHIR id")
-    if encounter is not None and not FHIR_ID.match(encounter):
-        raise AdminError(f"encounter id {encounter!r} is not a valid FHIR id")
-    launch_id = secrets.token_urlsafe(24)
-    session = get_session()
-    session.add(LaunchContext(
-        launch_id=launch_id,
-        patient=patient,
-        encounter=encounter,
-        username=username,
-        need_patient_banner=need_patient_banner,
-        created_at=now(),
-        expires_at=now() + lifetime,
-    ))
-    session.commit()
-    return launch_id
 
 
 def rotate_key() -> str:

@@ -1,12 +1,12 @@
-"""Database wiring: declarative Base, engine from FACADE_DATABASE_URL, a session per request, init-db."""
+"""Database wiring: declarative Base, engine from FACADE_DATABASE_URL, a session per request.
+
+Creating the tables (``init-db``) needs every table module, so it lives above them in :mod:`smart.schema`."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-import click
 from flask import Flask, current_app, g
-from flask.cli import with_appcontext
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -94,27 +94,7 @@ def close_session(exc: BaseException | None = None) -> None:
         session.close()
 
 
-def init_db() -> None:
-    """Create every table that does not exist yet and make sure a signing key exists.
-
-    Needs an app context. Safe to run again on an existing database.
-    """
-    from . import keys, models  # noqa: F401  (models registers the tables on Base)
-
-    Base.metadata.create_all(get_database().engine)
-    keys.current_signing_key()
-
-
-@click.command("init-db")
-@with_appcontext
-def init_db_command() -> None:
-    """Create the facade's database tables (idempotent)."""
-    init_db()
-    click.echo("Initialized the database.")
-
-
 def init_app(app: Flask) -> None:
-    """Create *app*'s engine (no connection is opened yet), register teardown and ``init-db``."""
+    """Create *app*'s engine (no connection is opened yet) and register the session teardown."""
     app.extensions["smart_db"] = create_database(app.config["FACADE_DATABASE_URL"])
     app.teardown_appcontext(close_session)
-    app.cli.add_command(init_db_command)

@@ -2,14 +2,7 @@
 from __future__ import annotations
 
 from . import assertions, grants, keys, tokens
-
-#: Paths below FACADE_PUBLIC_URL (DESIGN.md "URLs").
-AUTHORIZE_PATH = "/auth/authorize"
-TOKEN_PATH = "/auth/token"
-INTROSPECT_PATH = "/auth/introspect"
-REVOKE_PATH = "/auth/revoke"
-JWKS_PATH = "/.well-known/jwks.json"
-SMART_STYLE_PATH = "/auth/smart-style.json"
+from .urls import AUTHORIZE_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, SMART_STYLE_PATH, TOKEN_PATH  # noqa: F401
 
 #: Capabilities this server really implements (SMART 2.2 §Capabilities), plus the
 #: Argonaut "smart-imaging-access" marker. Only list what works end to end.

@@ -1,13 +1,19 @@
-"""Patient picker of the consent page: patients from the PACS, found by name or id over QIDO-RS."""
+"""Patient picker of the consent page: what smart knows of it, and the protocol it asks.
+
+The patients themselves come from the PACS, which smart knows nothing of: the facade
+registers a :class:`PatientDirectory` at app start (:func:`register_patient_directory`),
+and the consent page asks it through :func:`find_patients` and :func:`describe_patient`.
+"""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
+
+from flask import Flask, current_app
 
 #: Patients shown at most on one picker page.
 PICKER_LIMIT = 20
-#: Studies asked of the PACS per query; patients are grouped from them.
-STUDY_LIMIT = 200
 #: Longest search text accepted (longer input is cut).
 QUERY_MAX = 64
 
@@ -43,136 +49,48 @@ def clean_query(text: str | None) -> str:
     return " ".join(_SPECIAL.sub(" ", text or "").split())[:QUERY_MAX]
 
 
-def _matching_keys(query: str) -> list[list[tuple[str, str]]]:
-    """Study-level QIDO-RS queries for *query* (PS3.18 Section 10.6).
+class PatientDirectory(Protocol):
+    """Where the picker finds patients (the facade implements it over the PACS)."""
 
-    A coarse query of the first :data:`STUDY_LIMIT` studies, and for a search text also an
-    exact PatientID query and a wildcard PatientName query (PS3.4 C.2.2.2.4), which reach
-    patients past that limit on a PACS that supports them. PACSs differ in how they match
-    names and wildcards (the dev Orthanc matches neither), so :func:`find_patients` applies
-    the real test itself, like the FHIR Patient search does.
-    """
-    limit = ("limit", str(STUDY_LIMIT))
-    queries = [[limit]]
-    if query:
-        queries.append([("PatientName", "*" + "*".join(query.split()) + "*"), limit])
-        if " " not in query:
-            queries.append([("PatientID", query), limit])
-    return queries
+    def find_patients(self, query: str, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
+        """Patients whose name or id contains *query* (already :func:`clean_query`-ed; all
+        when empty), at most *limit*; raises :class:`PickerUnavailable` when the source fails."""
+
+    def describe_patient(self, fhir_id: str | None) -> PatientChoice | None:
+        """The picker row of the patient with FHIR id *fhir_id*, or None when it is unknown."""
 
 
-def _matches(query: str, patient_id: str, name: str) -> bool:
-    """True if every word of *query* occurs in the PatientID or the name (case- and
-    accent-insensitive, like FHIR R4 §3.1.1.5.6 ``:contains``)."""
-    from fhir_facade.patient_search import normalize
+#: Key of the registered :class:`PatientDirectory` in ``app.extensions``.
+EXTENSION = "smart.patient_directory"
 
-    haystack = normalize(f"{patient_id} {name}")
-    return all(normalize(word) in haystack for word in query.split())
+
+def register_patient_directory(app: Flask, directory: PatientDirectory) -> None:
+    """Make *directory* the source of the consent page's patient picker on *app*."""
+    app.extensions[EXTENSION] = directory
+
+
+def _directory() -> PatientDirectory | None:
+    return current_app.extensions.get(EXTENSION)
 
 
 def find_patients(query: str | None, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
-    """Patients of the PACS whose name or PatientID contains *query* (all when empty).
-
-    Parameters
-    ----------
-    query : str or None
-        What the user typed; wildcards are removed (:func:`clean_query`).
-    limit : int
-        Patients returned at most, sorted by name then id.
-
-    Returns
-    -------
-    list of PatientChoice
+    """Patients whose name or PatientID contains *query* (all when empty), from the
+    registered :class:`PatientDirectory`.
 
     Raises
     ------
     PickerUnavailable
-        If the PACS fails (connection, timeout, error status).
+        If no directory is registered or its source fails.
     """
-    from fhir_facade import dicom_json as dj
-    from fhir_facade.pacs import PacsError
-    from fhir_facade.studies import get_studies
-
-    repository = get_studies()
-    query = clean_query(query)
-    found: dict[str, dict] = {}
-    try:
-        for params in _matching_keys(query):
-            for study in repository.find_studies(params):
-                patient_id = dj.patient_id(study) or ""
-                row = found.setdefault(patient_id, {"study": study, "uids": set()})
-                row["uids"].add(dj.text(study, "StudyInstanceUID"))
-    except PacsError as exc:
-        raise PickerUnavailable() from exc
-    choices = []
-    for patient_id, row in found.items():
-        choice = _choice(patient_id, row["study"], len(row["uids"]))
-        if query and not _matches(query, f"{patient_id} {choice.id}", choice.name if choice.name != UNNAMED else ""):
-            continue
-        choices.append(choice)
-    # Named patients first (by name), then the unnamed ones, each by id.
-    choices.sort(key=lambda c: (c.name == UNNAMED, c.name.lower(), c.id))
-    return _with_stored_names(choices[:limit], found, repository)
-
-
-def _with_stored_names(choices: list[PatientChoice], found: dict, repository) -> list[PatientChoice]:
-    """Re-read the shown patients' names from instance metadata (some PACS, Orthanc 1.10
-    among them, answer QIDO-RS in Latin-1 and drop Greek or Cyrillic letters)."""
-    from fhir_facade.pacs import PacsError
-    from fhir_facade.patient_ids import to_fhir_id
-
-    by_id = {to_fhir_id(patient_id): (patient_id, row) for patient_id, row in found.items()}
-    try:
-        modules = repository.patient_modules([by_id[c.id][1]["study"] for c in choices])
-    except PacsError:
-        return choices
-    # The PatientID (hence the FHIR id) stays the one the study query matched.
-    return [_choice(by_id[choice.id][0], module, choice.studies) for choice, module in zip(choices, modules)]
+    directory = _directory()
+    if directory is None:
+        raise PickerUnavailable()
+    return directory.find_patients(clean_query(query), limit)
 
 
 def describe_patient(fhir_id: str | None) -> PatientChoice | None:
     """The picker row of the patient with FHIR id *fhir_id* (for the patient in context of an
-    EHR launch), or None when the id is not one of ours, the PACS holds no study of it, or
-    the PACS fails: the page then shows the bare id."""
-    from fhir_facade import dicom_json as dj
-    from fhir_facade.pacs import PacsError
-    from fhir_facade.patient_ids import InvalidPatientId, to_patient_id
-    from fhir_facade.studies import get_studies
-
-    try:
-        patient_id = to_patient_id(fhir_id) if fhir_id else None
-    except InvalidPatientId:  # an id no PatientID has (recorded under an older rule)
-        return None
-    if patient_id is None:
-        return None
-    try:
-        studies = get_studies().find_studies([("PatientID", patient_id)])
-    except PacsError:
-        return None
-    studies = [ds for ds in studies if (dj.patient_id(ds) or "") == patient_id]
-    if not studies:
-        return None
-    return _choice(patient_id, studies[0], len({dj.text(ds, "StudyInstanceUID") for ds in studies}))
-
-
-def _choice(patient_id: str, study: dict, count: int) -> PatientChoice:
-    """A picker row from one study-level dataset of the patient (PS3.18 Table 10.6.3-3)."""
-    from fhir_facade import dicom_json as dj
-    from fhir_facade.mapping import human_names
-    from fhir_facade.patient_ids import to_fhir_id
-
-    names = human_names(dj.first(study, "PatientName"))
-    return PatientChoice(
-        id=to_fhir_id(patient_id),
-        name=" / ".join(n["text"] for n in names) or UNNAMED,
-        birth_date=_date(dj.text(study, "PatientBirthDate")),
-        sex=dj.text(study, "PatientSex"),
-        studies=count,
-    )
-
-
-def _date(value: str | None) -> str | None:
-    """DICOM DA ``YYYYMMDD`` as ``YYYY-MM-DD`` for display; anything else as it is."""
-    if value and len(value) == 8 and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value
+    EHR launch), or None when no directory is registered or it does not know the patient:
+    the page then shows the bare id."""
+    directory = _directory()
+    return directory.describe_patient(fhir_id) if directory is not None else None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-import re
 import secrets
 
 from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidRequestError, OAuth2Error
@@ -11,13 +10,12 @@ from flask import Blueprint, current_app, jsonify, render_template, request, ses
 from . import authz, discovery, keys, login, picker, revocation, scopes, tokens
 from .db import get_session
 from .grants import context_patient, end_user_scope, find_launch, launch_refusal, scope_has
+from .launches import FHIR_ID, LAUNCH_LIFETIME, AdminError
+from .launches import create_launch as make_launch
 from .models import ACCESS_CLIENT, ACCESS_USER, User, now
 from .server import query_client, server
 
 bp = Blueprint("smart", __name__, template_folder="templates")
-
-#: FHIR id grammar (FHIR R4 §2.24.0.1 id) for the practitioner's patient picker.
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 #: Scopes the user may not deselect on the consent page: they carry no data access.
 FIXED_SCOPES = frozenset({"openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter"})
@@ -295,9 +293,6 @@ def create_launch():
     ``user`` (username), ``need_patient_banner`` (default true). Answers 201 with
     ``{"launch": id, "expires_in": seconds}``.
     """
-    from .cli import LAUNCH_LIFETIME, AdminError
-    from .cli import create_launch as make_launch
-
     try:
         claims = authz.current_grant().claims  # the one bearer parser and token check
     except authz.AuthorizationError as exc:

@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 
 from . import assertions, grants
 from .db import get_session
-from .models import Client, IssuedAccessToken, RefreshToken, now
+from .models import Client, IssuedAccessToken, RefreshToken, digest, now
 
 
 def query_client(client_id: str | None) -> Client | None:
@@ -27,8 +27,6 @@ def save_token(token: dict, request) -> None:
     context, and the access token's ``jti`` with the grant it came from, so that a replayed
     code or refresh token revokes the whole family (RFC 9700 §4.14.2).
     """
-    from .models import digest
-
     session = get_session()
     code = request.authorization_code
     old = request.refresh_token

@@ -15,7 +15,7 @@ def make_app(tmp_path, **config):
                 "FACADE_PACS_URL": FAKE_PACS, "FACADE_PUBLIC_URL": PUBLIC}
     settings.update(config)
     app = create_app(settings)
-    from smart.db import init_db
+    from smart.schema import init_db
     with app.app_context():
         init_db()
     return app

@@ -20,7 +20,7 @@ def mode(path) -> int:
 
 def test_new_sqlite_file_and_folder_are_owner_only(tmp_path, usual_umask):
     from app import create_app
-    from smart.db import init_db
+    from smart.schema import init_db
 
     path = tmp_path / "var" / "facade.db"
     app = create_app({"TESTING": True, "FACADE_DATABASE_URL": f"sqlite:///{path}"})

@@ -1,8 +1,10 @@
-"""Patient picker helpers (smart/picker.py): search text cleaning, QIDO-RS queries, matching."""
+"""Patient picker helpers: search text cleaning (smart/picker.py); QIDO-RS queries, matching, display
+(fhir_facade/picker.py, the PACS side registered with smart)."""
 from __future__ import annotations
 
 import pytest
 
+from fhir_facade import picker as pacs_picker
 from smart import picker
 
 
@@ -18,11 +20,11 @@ def test_clean_query_drops_qido_wildcards(raw, cleaned):
 
 
 def test_matching_keys():
-    assert picker._matching_keys("") == [[("limit", str(picker.STUDY_LIMIT))]]
-    keys = picker._matching_keys("doe jo")
-    assert [("PatientName", "*doe*jo*"), ("limit", str(picker.STUDY_LIMIT))] in keys
+    assert pacs_picker._matching_keys("") == [[("limit", str(pacs_picker.STUDY_LIMIT))]]
+    keys = pacs_picker._matching_keys("doe jo")
+    assert [("PatientName", "*doe*jo*"), ("limit", str(pacs_picker.STUDY_LIMIT))] in keys
     assert not any(k == "PatientID" for q in keys for k, _ in q)  # an id has no spaces
-    assert [("PatientID", "DEMO-0001"), ("limit", str(picker.STUDY_LIMIT))] in picker._matching_keys("DEMO-0001")
+    assert [("PatientID", "DEMO-0001"), ("limit", str(pacs_picker.STUDY_LIMIT))] in pacs_picker._matching_keys("DEMO-0001")
 
 
 @pytest.mark.parametrize("query, hit", [
@@ -30,10 +32,10 @@ def test_matching_keys():
     ("émo", True), ("0002", False), ("doe", False),
 ])
 def test_matches_words_in_id_or_name(query, hit):
-    assert picker._matches(query, "DEMO-0001", "Patient Demo") is hit
+    assert pacs_picker._matches(query, "DEMO-0001", "Patient Demo") is hit
 
 
 def test_date_for_display():
-    assert picker._date("19650412") == "1965-04-12"
-    assert picker._date("1965") == "1965"
-    assert picker._date(None) is None
+    assert pacs_picker._date("19650412") == "1965-04-12"
+    assert pacs_picker._date("1965") == "1965"
+    assert pacs_picker._date(None) is None

@@ -1,0 +1,29 @@
+"""The one module of smart that the facade (``fhir_facade``) may import.
+
+Everything the FHIR API and the DICOMweb proxy need of the authorization server is named
+here, so the boundary between the two packages can be read, and checked (the import-linter
+contracts in ``.importlinter``), in one place:
+
+- authorization of a request (:mod:`smart.authz`): the grant a token carries, the
+  decorators a view declares its needs with, the blueprint guard and the errors;
+- CORS: whether an origin is one of a registered client's;
+- the database and the facade's one table in it (:class:`PatientAlias`);
+- the consent page's patient picker protocol, which the facade implements over the PACS
+  and registers at app start (smart itself never imports the facade).
+"""
+from __future__ import annotations
+
+from .authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
+                    needs, public)
+from .cors import is_allowed_origin
+from .db import get_database
+from .models import PatientAlias
+from .picker import PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory
+
+__all__ = [
+    "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
+    "needs", "public",
+    "is_allowed_origin",
+    "get_database", "PatientAlias",
+    "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
+]

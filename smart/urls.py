@@ -1,0 +1,13 @@
+"""Paths of the authorization server below FACADE_PUBLIC_URL (DESIGN.md "URLs").
+
+A module of its own, below both: discovery publishes them, and the client assertion check
+(:mod:`smart.assertions`, which discovery imports for its algorithms) needs the token URL.
+"""
+from __future__ import annotations
+
+AUTHORIZE_PATH = "/auth/authorize"
+TOKEN_PATH = "/auth/token"
+INTROSPECT_PATH = "/auth/introspect"
+REVOKE_PATH = "/auth/revoke"
+JWKS_PATH = "/.well-known/jwks.json"
+SMART_STYLE_PATH = "/auth/smart-style.json"
