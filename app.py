@@ -50,7 +50,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
-    """Dev-server handler that leaves request logging to ``fhir_facade.accesslog``.
+    """Dev-server handler that leaves request logging to ``fhir_facade.web.accesslog``.
 
     Werkzeug's own line holds the concrete path and query, which can name patients.
     """

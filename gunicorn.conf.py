@@ -16,7 +16,7 @@ timeout = 120
 graceful_timeout = 30
 keepalive = 5
 # Longest request line accepted (bytes; gunicorn's maximum, its default is 4094): WADO-RS frame
-# lists (up to fhir_facade.dicomweb.MAX_FRAME_LIST numbers) and QIDO-RS queries live in the URL.
+# lists (up to fhir_facade.dicomweb.api.MAX_FRAME_LIST numbers) and QIDO-RS queries live in the URL.
 limit_request_line = 8190
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which a
 # second instance on the machine would take over; give it a path of its own to use gunicornc.
@@ -25,7 +25,7 @@ if os.environ.get("FACADE_CONTROL_SOCKET"):
 else:
     control_socket_disable = True
 # No gunicorn access log: concrete paths and query strings can name patients. The app logs
-# each request by route template instead (fhir_facade/accesslog.py, logger facade.access).
+# each request by route template instead (fhir_facade/web/accesslog.py, logger facade.access).
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("FACADE_LOG_LEVEL", "info")
@@ -45,7 +45,7 @@ TRIM_THRESHOLD = 8 * 1024 * 1024
 def post_fork(server, worker):
     """Turn on zero-copy relaying where gunicorn speaks HTTP/1.x itself; keep buffers off mmap.
 
-    Splicing part bodies (``fhir_facade/zerocopy.py``) writes HTTP/1.1 chunk framing beside
+    Splicing part bodies (``fhir_facade/dicomweb/zerocopy.py``) writes HTTP/1.1 chunk framing beside
     gunicorn's own, which is only right when gunicorn frames the answer itself: not behind
     its uWSGI protocol or HTTP/2.
 
@@ -55,7 +55,7 @@ def post_fork(server, worker):
     512 KB frame). A fixed threshold above the buffer sizes reuses heap memory instead;
     the trim threshold bounds what stays resident.
     """
-    from fhir_facade import zerocopy
+    from fhir_facade.dicomweb import zerocopy
 
     cfg = worker.cfg
     if os.environ.get("FACADE_ZERO_COPY", "1") != "0":  # FACADE_ZERO_COPY=0: read and write as usual

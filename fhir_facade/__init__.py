@@ -1,4 +1,9 @@
-"""FHIR R4 API, DICOM->FHIR mapping, PACS client and DICOMweb proxy of the facade."""
+"""FHIR R4 API, DICOM->FHIR mapping, PACS client and DICOMweb proxy of the facade.
+
+Layers, lowest first (each imports only those below it; contracts in ``.importlinter``):
+``dicom`` < ``resources`` < ``pacs`` < ``access`` < {``fhir``, ``dicomweb``} < ``web``.
+The FHIR API and the DICOMweb proxy never import each other; of smart, only ``smart.api``.
+"""
 from __future__ import annotations
 
 from flask import Flask, Response, request
@@ -8,7 +13,12 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 def init_app(app: Flask) -> None:
     """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API
     and the DICOMweb proxy on *app*."""
-    from . import accesslog, cors, dicomweb, fhir, lookups, pacs, picker, studies
+    from fhir_facade.dicomweb import api as dicomweb
+    from fhir_facade.fhir import api as fhir
+    from fhir_facade.fhir import picker
+    from fhir_facade.pacs import client as pacs
+    from fhir_facade.pacs import lookups, studies
+    from fhir_facade.web import accesslog, cors
 
     pacs.init_app(app)
     lookups.init_app(app)

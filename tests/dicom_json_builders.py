@@ -1,5 +1,5 @@
 """Test helper: build DICOM JSON datasets (PS3.18 Annex F) by keyword."""
-from fhir_facade.dicom_json import TAGS
+from fhir_facade.dicom.dicom_json import TAGS
 
 VR = {
     "StudyInstanceUID": "UI", "SeriesInstanceUID": "UI", "SOPInstanceUID": "UI", "SOPClassUID": "UI",

@@ -1,7 +1,7 @@
 """Tests for repairing ISO 2022 JIS X 0208 names a PACS decoded without their escapes."""
 import pytest
 
-from fhir_facade.charsets import repair_jis_group, repair_person_name
+from fhir_facade.dicom.charsets import repair_jis_group, repair_person_name
 
 H32 = ["ISO 2022 IR 13", "ISO 2022 IR 87"]
 

@@ -1,6 +1,6 @@
 """The DICOMweb proxy under its production server (gunicorn, gunicorn.conf.py) against a real Orthanc.
 
-Whole-study retrieval there relays large part bodies with splice(2) (fhir_facade.zerocopy),
+Whole-study retrieval there relays large part bodies with splice(2) (fhir_facade.dicomweb.zerocopy),
 writing to the client socket beside gunicorn's own framing: these tests check the bytes and
 the HTTP framing a client sees, over HTTP/1.1 (chunked, keep-alive) and HTTP/1.0, for HEAD,
 and after a client that went away.
@@ -80,7 +80,7 @@ def _start_gunicorn(env: dict, workdir: Path, *args: str) -> tuple[subprocess.Po
     log_config = workdir / "logging.json"
     log_config.write_text(json.dumps({"loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-        "fhir_facade.zerocopy": {"level": "DEBUG", "handlers": ["error_console"], "propagate": False}}}))
+        "fhir_facade.dicomweb.zerocopy": {"level": "DEBUG", "handlers": ["error_console"], "propagate": False}}}))
     log_path = workdir / "gunicorn.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--log-config-json",

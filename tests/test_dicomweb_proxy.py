@@ -1,4 +1,4 @@
-"""Unit tests for the DICOMweb proxy (fhir_facade.dicomweb) with the PACS faked by `responses`."""
+"""Unit tests for the DICOMweb proxy (fhir_facade.dicomweb.api) with the PACS faked by `responses`."""
 import base64
 import hashlib
 import json
@@ -11,7 +11,7 @@ import responses
 from dicom_json_builders import ds
 from access_helpers import allow
 from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, token  # noqa: F401
-from fhir_facade.dicomweb import rewrite_urls
+from fhir_facade.dicomweb.api import rewrite_urls
 
 STUDY, SERIES, SOP = "1.2.1", "1.2.1.1", "1.2.1.1.1"
 PACS_HOST = "http://localhost:8042/dicom-web"  # Orthanc names itself, not the configured address
@@ -193,7 +193,7 @@ def test_qido_for_another_patients_id_with_a_patient_token_is_empty(fake_app, rs
 def test_qido_for_a_one_way_patient_id_looks_it_up_once_then_asks_for_its_patient_id(fake_app, rsps):
     from urllib.parse import parse_qsl, urlsplit
 
-    from fhir_facade.patient_ids import to_fhir_id
+    from fhir_facade.dicom.patient_ids import to_fhir_id
     patient_id = "WARD3-BED4-" * 6 + "/X"  # rule 3 of the Patient id: only the one-way form is an id
     fhir_id = to_fhir_id(patient_id)
     assert fhir_id.startswith("dcm-h.")
@@ -224,8 +224,8 @@ def test_qido_for_a_one_way_patient_id_looks_it_up_once_then_asks_for_its_patien
 def test_the_study_list_is_read_page_by_page_for_unseen_one_way_ids(fake_app, rsps, monkeypatch):
     from urllib.parse import parse_qsl, urlsplit
 
-    from fhir_facade import studies
-    from fhir_facade.patient_ids import to_fhir_id
+    from fhir_facade.pacs import studies
+    from fhir_facade.dicom.patient_ids import to_fhir_id
     monkeypatch.setattr(studies, "SCAN_PAGE", 2)
     patient_id = "PAGE3-" * 12
     pages = [[ds(StudyInstanceUID="1.2.1", PatientID="P1"), ds(StudyInstanceUID="1.2.2", PatientID="P2")],
@@ -365,8 +365,8 @@ def test_a_pacs_that_breaks_off_before_the_first_part_gets_a_502_not_a_broken_20
 def test_concurrent_unseen_one_way_ids_read_the_study_list_once(fake_app, rsps):
     import threading
 
-    from fhir_facade.patient_ids import to_fhir_id
-    from fhir_facade.studies import get_studies
+    from fhir_facade.dicom.patient_ids import to_fhir_id
+    from fhir_facade.pacs.studies import get_studies
     rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])
     rsps.add(responses.GET, f"{FAKE_PACS}/studies", json=[])
     results = []
@@ -452,7 +452,7 @@ def test_compressed_pixel_data_without_part_lengths_is_406(fake_app, rsps, accep
 
 
 def test_a_failed_study_list_is_not_read_again_at_once(fake_app, rsps):
-    from fhir_facade.patient_ids import to_fhir_id
+    from fhir_facade.dicom.patient_ids import to_fhir_id
     rsps.add(responses.GET, f"{FAKE_PACS}/studies", status=500)
     client = fake_app.test_client()
     for n in range(3):

@@ -124,7 +124,7 @@ def test_dicomweb_client_against_the_facade(orthanc, tmp_path):
 
 
 def test_client_going_away_releases_the_pacs_connection(orthanc, tmp_path, monkeypatch):
-    from fhir_facade.pacs import PacsClient
+    from fhir_facade.pacs.client import PacsClient
 
     demo = orthanc.samples["demo"]
     app = make_app(tmp_path, FACADE_PACS_URL=orthanc.dicomweb_url)

@@ -71,7 +71,7 @@ def test_every_guarded_route_refuses_no_token_and_a_token_without_the_scope(fake
 
 def test_a_route_that_declares_nothing_is_refused(fake_app):
     """Fail closed: a view added without ``authz.needs`` or ``authz.public`` answers 403."""
-    from fhir_facade import fhir
+    from fhir_facade.fhir import api as fhir
     view = fake_app.view_functions["fhir.read_endpoint"]
     declared = getattr(view, "_facade_access")
     try:

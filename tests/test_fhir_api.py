@@ -1,4 +1,4 @@
-"""Unit tests for the FHIR API (fhir_facade.fhir) with the PACS faked by `responses`."""
+"""Unit tests for the FHIR API (fhir_facade.fhir.api) with the PACS faked by `responses`."""
 import re
 
 import pytest

@@ -18,7 +18,7 @@ from pydicom.uid import CTImageStorage, PositronEmissionTomographyImageStorage, 
 
 from access_helpers import allow
 from facade_helpers import bearer, make_app, token
-from fhir_facade.patient_ids import to_fhir_id
+from fhir_facade.dicom.patient_ids import to_fhir_id
 from fhir_validation import validate
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -47,12 +47,16 @@ def test_fhir_facade_may_import_every_smart_module_but_api():
 
 @pytest.mark.parametrize("module, line, contract, chain", [
     ("smart/scopes.py", "import fhir_facade", "smart-never-imports-fhir-facade", "smart.scopes -> fhir_facade"),
-    ("fhir_facade/fhir.py", "from smart import authz", "fhir-facade-imports-only-smart-api",
-     "fhir_facade.fhir -> smart.authz"),
-    ("fhir_facade/pacs.py", "from . import mapping", "pacs-client-knows-no-fhir-or-tokens",
-     "fhir_facade.pacs -> fhir_facade.mapping"),
-    ("fhir_facade/dicomweb.py", "from . import fhir", "fhir-api-and-dicomweb-proxy-independent",
-     "fhir_facade.dicomweb -> fhir_facade.fhir"),
+    ("fhir_facade/fhir/api.py", "from smart import authz", "fhir-facade-imports-only-smart-api",
+     "fhir_facade.fhir.api -> smart.authz"),
+    ("fhir_facade/pacs/client.py", "from fhir_facade.resources import mapping", "pacs-client-knows-no-fhir-or-tokens",
+     "fhir_facade.pacs.client -> fhir_facade.resources.mapping"),
+    ("fhir_facade/dicomweb/api.py", "from fhir_facade.fhir import search_params",
+     "fhir-api-and-dicomweb-proxy-independent", "fhir_facade.dicomweb.api -> fhir_facade.fhir.search_params"),
+    ("fhir_facade/pacs/studies.py", "from fhir_facade.fhir import outcomes", "fhir-facade-layers",
+     "fhir_facade.pacs.studies -> fhir_facade.fhir.outcomes"),
+    ("fhir_facade/dicom/charsets.py", "import flask", "dicom-and-resources-are-pure",
+     "fhir_facade.dicom.charsets -> flask"),
     ("smart/scopes.py", "from . import routes", "no-import-cycles", ".scopes -> .routes"),
 ])
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract, chain):

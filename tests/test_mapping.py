@@ -1,8 +1,8 @@
-"""Tests for DICOM JSON -> FHIR mapping (fhir_facade.mapping); each resource validates with R4B."""
+"""Tests for DICOM JSON -> FHIR mapping (fhir_facade.resources.mapping); each resource validates with R4B."""
 import pytest
 
 from dicom_json_builders import ds
-from fhir_facade import mapping
+from fhir_facade.resources import mapping
 from fhir_validation import validate
 
 CTX = mapping.MappingContext(public_url="https://facade.example/base", timezone="UTC")

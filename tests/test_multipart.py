@@ -1,4 +1,4 @@
-"""Tests for the streaming multipart rewriter (fhir_facade.multipart)."""
+"""Tests for the streaming multipart rewriter (fhir_facade.dicomweb.multipart)."""
 import hashlib
 import io
 
@@ -6,7 +6,7 @@ import pytest
 
 import samples
 import devpacs
-from fhir_facade.multipart import BODY_READ, HEADER_READ, MultipartError, rewrite, transfer_syntax_of, unwrap
+from fhir_facade.dicomweb.multipart import BODY_READ, HEADER_READ, MultipartError, rewrite, transfer_syntax_of, unwrap
 
 
 def body_of(parts, boundary="b0undary", headers=True):

@@ -1,7 +1,7 @@
-"""Tests for DICOMweb content negotiation (fhir_facade.negotiation, PS3.18 Section 8.7)."""
+"""Tests for DICOMweb content negotiation (fhir_facade.dicomweb.negotiation, PS3.18 Section 8.7)."""
 import pytest
 
-from fhir_facade.negotiation import NotAcceptable, choices, choose, media_ranges, parse_media_type
+from fhir_facade.dicomweb.negotiation import NotAcceptable, choices, choose, media_ranges, parse_media_type
 
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -98,13 +98,13 @@ def _split_by_characters(text, separator):
     ('"";;""', ['""', "", '""']),
 ])
 def test_split_quoted_cases(text, pieces):
-    from fhir_facade.negotiation import _split_quoted
+    from fhir_facade.dicomweb.negotiation import _split_quoted
     assert _split_quoted(text, ";") == pieces == _split_by_characters(text, ";")
 
 
 def test_split_quoted_agrees_with_the_character_reading_on_random_text():
     import random
-    from fhir_facade.negotiation import _split_quoted
+    from fhir_facade.dicomweb.negotiation import _split_quoted
     rng = random.Random(5)
     for _ in range(20000):
         text = "".join(rng.choice('ab;,"\\ =\n') for _ in range(rng.randrange(0, 24)))
@@ -113,7 +113,7 @@ def test_split_quoted_agrees_with_the_character_reading_on_random_text():
 
 
 def test_as_stored_choices_name_the_type_to_check():
-    from fhir_facade.negotiation import choices
+    from fhir_facade.dicomweb.negotiation import choices
     jls, octet = choices("frames", 'image/jls, multipart/related; type="application/octet-stream"; q=0.5', frames=1)
     assert (jls.stored_type, jls.transfer_syntax, jls.unwrap) == ("image/jls", "1.2.840.10008.1.2.4.80", True)
     assert octet.stored_type is None and octet.upstream_accept == 'multipart/related; type="application/octet-stream"'

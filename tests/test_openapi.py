@@ -40,7 +40,7 @@ def test_every_flask_route_is_described(fake_app):
 
 
 def test_every_dicomweb_path_below_a_study_is_described():
-    from fhir_facade.dicomweb import RESOURCE_PATHS
+    from fhir_facade.dicomweb.api import RESOURCE_PATHS
     paths = list(spec_paths())
     for shape in RESOURCE_PATHS:
         parts = []
@@ -56,7 +56,7 @@ def test_the_uid_pattern_is_the_servers_uid_check():
     """The spec's UID (PS3.5 Section 9.1: no leading zeros, at most 64 characters) is is_uid."""
     from hypothesis import given, settings, strategies as st
 
-    from fhir_facade.search_params import is_uid
+    from fhir_facade.fhir.search_params import is_uid
 
     uid = yaml.safe_load(SPEC.read_text())["components"]["schemas"]["UID"]
     pattern = re.compile(uid["pattern"])

@@ -1,11 +1,11 @@
-"""Tests for the PACS client's own pieces (fhir_facade.pacs)."""
+"""Tests for the PACS client's own pieces (fhir_facade.pacs.client)."""
 import email.parser
 import http.client
 import io
 
 import pytest
 
-from fhir_facade.pacs import _parse_headers
+from fhir_facade.pacs.client import _parse_headers
 
 
 def _by_the_mime_parser(block: bytes) -> http.client.HTTPMessage:
@@ -103,7 +103,7 @@ def test_what_a_pacs_failure_becomes(reply, then_close, error, status, requests)
     """A silent PACS is a timeout (504) after one wait, not a retried one reported as down (503);
     an answer that is not HTTP, or a body cut short, is a bad answer (502: it was a 500 when the
     body failed, read outside get()); a closed connection is unavailable (503) (review)."""
-    import fhir_facade.pacs as pacs
+    import fhir_facade.pacs.client as pacs
     server = _OneShotServer(reply, then_close=then_close)
     try:
         with pytest.raises(pacs.PacsError) as raised:
@@ -115,7 +115,7 @@ def test_what_a_pacs_failure_becomes(reply, then_close, error, status, requests)
 
 
 def test_a_streamed_body_is_left_to_the_caller():
-    import fhir_facade.pacs as pacs
+    import fhir_facade.pacs.client as pacs
     server = _OneShotServer(JSON_HEAD, then_close=False)
     try:
         response = pacs.PacsClient(server.url, timeout=0.5).get("studies", stream=True)
@@ -132,7 +132,7 @@ def test_a_streamed_body_is_left_to_the_caller():
 def test_connecting(monkeypatch, failure, error, attempts):
     """A connect timeout is final; a refused connection is retried twice (urllib3's
     NewConnectionError is a ConnectTimeoutError too, and had become final with it: review)."""
-    import fhir_facade.pacs as pacs
+    import fhir_facade.pacs.client as pacs
     tried = []
 
     def connect(address, timeout=None, *args, **kw):

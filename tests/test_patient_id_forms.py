@@ -13,7 +13,7 @@ import devpacs
 import samples
 from access_helpers import allow
 from facade_helpers import bearer, make_app, token
-from fhir_facade.patient_ids import to_fhir_id
+from fhir_facade.dicom.patient_ids import to_fhir_id
 
 COMMA = "SMITH,JOHN"
 NEIGHBOUR = "SMITH;JOHN"  # what the wildcard also matches: filtered out
@@ -100,7 +100,7 @@ def test_one_way_ids_are_recorded_once_the_table_exists(forms, caplog):
     allow(app)  # system/ reaches only the client's access list
     system = bearer(token(app, scope="system/*.rs", patient=None))
     client = app.test_client()
-    with caplog.at_level(logging.WARNING, logger="fhir_facade.studies"):
+    with caplog.at_level(logging.WARNING, logger="fhir_facade.pacs.studies"):
         assert client.get("/fhir/Patient?_count=500", headers=system).status_code == 200
     assert any("init-db" in r.getMessage() and LONG_COMMA not in r.getMessage() for r in caplog.records)
     with app.app_context():

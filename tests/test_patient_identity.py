@@ -13,7 +13,7 @@ import pytest
 import devpacs
 import samples
 from facade_helpers import bearer, make_app, token
-from fhir_facade.patient_ids import to_fhir_id
+from fhir_facade.dicom.patient_ids import to_fhir_id
 
 #: holder PatientID -> the PatientIDs a lossy answer makes look like it
 HOLDERS = {
@@ -125,7 +125,7 @@ def charset_world(encoded_pacs, tmp_path_factory):
 def test_every_charset_sample_shows_the_name_as_stored(charset_world):
     """ImagingStudy.subject.display equals the name Patient read gives and pydicom decodes,
     character for character, for every character set (issue 11, item 3)."""
-    from fhir_facade.mapping import human_names
+    from fhir_facade.resources.mapping import human_names
     client, app = charset_world["client"], charset_world["app"]
     assert len(charset_world["stored"]) >= 12
     checked = []
@@ -173,7 +173,7 @@ def test_no_two_random_patient_ids_reach_each_others_studies(property_app, monke
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    monkeypatch.setattr("fhir_facade.studies.SCAN_INTERVAL", 0.0)
+    monkeypatch.setattr("fhir_facade.pacs.studies.SCAN_INTERVAL", 0.0)
 
     app, client = property_app["app"], property_app["client"]
 

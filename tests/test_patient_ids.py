@@ -1,9 +1,9 @@
-"""Tests for the PatientID <-> Patient.id rule (fhir_facade.patient_ids)."""
+"""Tests for the PatientID <-> Patient.id rule (fhir_facade.dicom.patient_ids)."""
 import re
 
 import pytest
 
-from fhir_facade.patient_ids import InvalidPatientId, hashed_id, to_fhir_id, to_patient_id
+from fhir_facade.dicom.patient_ids import InvalidPatientId, hashed_id, to_fhir_id, to_patient_id
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 

@@ -1,8 +1,8 @@
-"""FHIR format negotiation (fhir_facade.render): ``_format`` and Accept, FHIR R4 §2.21.0.6, §3.1.0.10."""
+"""FHIR format negotiation (fhir_facade.fhir.render): ``_format`` and Accept, FHIR R4 §2.21.0.6, §3.1.0.10."""
 import pytest
 
-from fhir_facade.outcomes import NotAcceptable
-from fhir_facade.render import FHIR_JSON, FHIR_XML, negotiate
+from fhir_facade.fhir.outcomes import NotAcceptable
+from fhir_facade.fhir.render import FHIR_JSON, FHIR_XML, negotiate
 
 
 @pytest.mark.parametrize("format_param", ["", " ", ",", ";", ", ;", ";q=1", "html"])

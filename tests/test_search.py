@@ -1,9 +1,9 @@
-"""Tests for FHIR search parsing (fhir_facade.search)."""
+"""Tests for FHIR search parsing (fhir_facade.fhir.search)."""
 import pytest
 
 from dicom_json_builders import ds
-from fhir_facade.outcomes import BadSearch
-from fhir_facade.search import date_predicate, is_uid, parse_study_search
+from fhir_facade.fhir.outcomes import BadSearch
+from fhir_facade.fhir.search import date_predicate, is_uid, parse_study_search
 
 DATES = ["2020-12-31", "2021-01-15", "2021-01-16"]
 

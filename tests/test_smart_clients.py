@@ -213,7 +213,7 @@ def test_the_picker_lists_and_accepts_only_patients_on_the_practitioners_access_
 
 
 def test_picker_lists_searches_and_validates(facade, orthanc):
-    from fhir_facade.patient_ids import to_fhir_id
+    from fhir_facade.dicom.patient_ids import to_fhir_id
 
     browser, page = _picker_page(facade)
     listed = radio_values(page.text)

@@ -1,10 +1,10 @@
 """Patient picker helpers: search text cleaning (smart/picker.py); QIDO-RS queries, matching, display
-(fhir_facade/picker.py, the PACS side registered with smart)."""
+(fhir_facade/fhir/picker.py, the PACS side registered with smart)."""
 from __future__ import annotations
 
 import pytest
 
-from fhir_facade import picker as pacs_picker
+from fhir_facade.fhir import picker as pacs_picker
 from smart import picker
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for the splice(2) relay (fhir_facade.zerocopy) over real loopback socket pairs."""
+"""Unit tests for the splice(2) relay (fhir_facade.dicomweb.zerocopy) over real loopback socket pairs."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from fhir_facade import multipart, zerocopy
+from fhir_facade.dicomweb import multipart
+from fhir_facade.dicomweb import zerocopy
 
 pytestmark = pytest.mark.skipif(not zerocopy._AVAILABLE, reason="splice(2) is Linux-only")
 

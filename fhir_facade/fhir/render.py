@@ -12,7 +12,7 @@ import json
 from fhir.resources.R4B import get_fhir_model_class
 from flask import Response, g, request
 
-from .outcomes import NotAcceptable
+from fhir_facade.fhir.outcomes import NotAcceptable
 
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"

@@ -2,7 +2,7 @@
 
 Every request's path and query are validated and its token authorized (:mod:`smart.authz`)
 before the PACS is asked anything; the representation is negotiated here (406 before the
-PACS), and :mod:`fhir_facade.relay` streams the answer.
+PACS), and :mod:`fhir_facade.dicomweb.relay` streams the answer.
 """
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ from flask import Blueprint, Response, current_app, request
 
 from smart import api as authz  # the one smart module the facade may import
 
-from . import dicom_json as dj
-from .lookups import UnknownStudy, check_study_access, get_lookups
-from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
-from .pacs import PacsError
-from .patient_ids import InvalidPatientId, to_patient_id
-from .relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.access import check_study_access
+from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
+from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
+from fhir_facade.pacs.client import PacsError
+from fhir_facade.dicom.patient_ids import InvalidPatientId, to_patient_id
+from fhir_facade.dicomweb.relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
                     rewrite_urls)
-from .search_params import is_uid
-from .exact import narrowing
-from .studies import get_studies
+from fhir_facade.dicom.uids import is_uid
+from fhir_facade.pacs.exact import narrowing
+from fhir_facade.pacs.studies import get_studies
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ def _pixel_data(study_uid: str, segments: list[str], path: str, params: list[tup
     that cannot be (over :data:`MAX_FRAME_LIST` frames, single-bit frames that need not end
     on a byte boundary, frames the PACS cannot cut or decode), the PACS's own value is
     relayed if it is one part; a Basic Offset Table and fragments (PS3.5 Section A.4) are
-    several: 406 (see :func:`~fhir_facade.relay.relay` ``single``).
+    several: 406 (see :func:`~fhir_facade.dicomweb.relay.relay` ``single``).
 
     Raises
     ------

@@ -1,12 +1,12 @@
 """The CapabilityStatement: exactly the interactions and search parameters that work (FHIR R4 §2.15)."""
 from __future__ import annotations
 
-from .mapping import MappingContext
+from fhir_facade.resources.mapping import MappingContext
 
 SPEC = "http://hl7.org/fhir/SearchParameter"
 
 #: resource type -> (interactions, [(search parameter, type, definition)], includes).
-#: Exactly what :mod:`fhir_facade.fhir` answers; ``tests/test_fhir_api.py`` runs every row.
+#: Exactly what :mod:`fhir_facade.fhir.api` answers; ``tests/test_fhir_api.py`` runs every row.
 RESOURCES = {
     "ImagingStudy": (
         ("read", "search-type"),

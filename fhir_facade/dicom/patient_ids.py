@@ -19,7 +19,7 @@ Rule
 
 A multi-valued PatientID (``bs\\x``: DICOM's value separator inside the element, PS3.5
 Section 6.4) is one identity: its values joined by ``\\`` again
-(:func:`fhir_facade.dicom_json.patient_id`), never its first value. The backslash is
+(:func:`fhir_facade.dicom.dicom_json.patient_id`), never its first value. The backslash is
 escaped by rule 2 (``dcm-bs.5Cx``), so it never meets the id of ``bs``.
 
 Both directions are pure functions; :func:`to_patient_id` inverts :func:`to_fhir_id` for

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import dicom_json as dj
-from .patient_ids import to_fhir_id
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.dicom.patient_ids import to_fhir_id
 
-from .terminology import BODY_PART, CODING_SCHEMES, DCM, GENDER, LATERALITY, SNOMED  # noqa: F401 (re-exported)
+from fhir_facade.resources.terminology import BODY_PART, CODING_SCHEMES, DCM, GENDER, LATERALITY, SNOMED  # noqa: F401 (re-exported)
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 ENDPOINT_CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
@@ -410,7 +410,7 @@ def patient_identifier(ds: dict, ctx: MappingContext) -> dict:
 def patient(ds: dict, ctx: MappingContext) -> dict:
     """Map patient-level DICOM attributes (from any QIDO-RS study answer) to a FHIR R4 Patient.
 
-    ``id`` follows :mod:`fhir_facade.patient_ids`; ``gender`` maps M/F/O and anything
+    ``id`` follows :mod:`fhir_facade.dicom.patient_ids`; ``gender`` maps M/F/O and anything
     else present to ``unknown``; ``birthDate`` keeps only a valid DA value.
     """
     resource: dict = {"resourceType": "Patient", "id": to_fhir_id(dj.patient_id(ds))}

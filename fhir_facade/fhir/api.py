@@ -1,9 +1,9 @@
 """The FHIR R4 API blueprint (``/fhir``): metadata, ImagingStudy, Endpoint and Patient.
 
 Every interaction asks :mod:`smart.authz` first; searches are parsed by
-:mod:`fhir_facade.search` / :mod:`fhir_facade.patient_search`, answered from the PACS by
-:mod:`fhir_facade.studies`, shaped into Bundles by :mod:`fhir_facade.bundle` and written
-by :mod:`fhir_facade.render` in the negotiated format.
+:mod:`fhir_facade.fhir.search` / :mod:`fhir_facade.fhir.patient_search`, answered from the PACS by
+:mod:`fhir_facade.pacs.studies`, shaped into Bundles by :mod:`fhir_facade.fhir.bundle` and written
+by :mod:`fhir_facade.fhir.render` in the negotiated format.
 """
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from . import bundle, capability, mapping
-from . import dicom_json as dj
-from .lookups import UnknownStudy, check_owners, get_lookups
-from .outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
-from .pacs import PacsError
-from .patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
-from .patient_search import parse_endpoint_search, parse_patient_search
-from .render import FHIR_JSON, fhir_response, negotiate, negotiate_request
-from .search import parse_study_search
-from .search_params import ResultParams, is_uid, parse_result_parameter
-from .studies import get_studies
+from fhir_facade.fhir import bundle
+from fhir_facade.fhir import capability
+from fhir_facade.resources import mapping
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.access import check_owners
+from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
+from fhir_facade.fhir.outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
+from fhir_facade.pacs.client import PacsError
+from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
+from fhir_facade.fhir.patient_search import parse_endpoint_search, parse_patient_search
+from fhir_facade.fhir.render import FHIR_JSON, fhir_response, negotiate, negotiate_request
+from fhir_facade.fhir.search import parse_study_search
+from fhir_facade.fhir.search_params import ResultParams, is_uid, parse_result_parameter
+from fhir_facade.pacs.studies import get_studies
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import dicom_json as dj
-from . import mapping
-from .outcomes import BadSearch
-from .patient_ids import InvalidPatientId, to_patient_id
-from .search_params import (DEFAULT_COUNT, MAX_COUNT, ResultParams, check_modifier, coding_matcher,  # noqa: F401
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.resources import mapping
+from fhir_facade.fhir.outcomes import BadSearch
+from fhir_facade.dicom.patient_ids import InvalidPatientId, to_patient_id
+from fhir_facade.fhir.search_params import (DEFAULT_COUNT, MAX_COUNT, ResultParams, check_modifier, coding_matcher,  # noqa: F401
                             date_predicate, date_range, is_uid, parse_result_parameter, reference_id, split_token,
                             split_values, uid_values)
 

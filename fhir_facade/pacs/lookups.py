@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from flask import Flask, current_app
 
-from smart import api as authz  # the one smart module the facade may import
 
-from . import dicom_json as dj
-from .exact import ExactSource, is_exact
-from .pacs import PacsClient
-from .patient_ids import to_fhir_id
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.pacs.exact import ExactSource, is_exact
+from fhir_facade.pacs.client import PacsClient
+from fhir_facade.dicom.patient_ids import to_fhir_id
 
 #: The owner of a study row whose patient cannot be confirmed: no patient's id, so only a
 #: grant to every patient passes (:func:`smart.authz.check_patient`).
@@ -74,7 +73,7 @@ class Lookups:
 
         A StudyInstanceUID is meant to be unique, but a PACS can file the same UID under
         two patients (Orthanc does); access needs every one of them to be allowed. Owners
-        come from exact PatientIDs only (:mod:`fhir_facade.exact`): when a row of the
+        come from exact PatientIDs only (:mod:`fhir_facade.pacs.exact`): when a row of the
         PACS's answer may have been re-encoded lossily, every patient the study's metadata
         names is an owner, and a row that metadata cannot confirm adds
         :data:`UNCONFIRMED`, which no patient's grant allows.
@@ -185,7 +184,7 @@ class Lookups:
         return info
 
     def refused(self, resource: str, choice) -> bool:
-        """Whether the PACS could not produce *choice* (a :class:`~fhir_facade.negotiation.Choice`)
+        """Whether the PACS could not produce *choice* (a :class:`~fhir_facade.dicomweb.negotiation.Choice`)
         for *resource* (a path) twice within the cache time: once may have been a passing failure."""
         with self._lock:
             return self._refused.get((resource, choice), 0) >= REFUSALS
@@ -194,52 +193,6 @@ class Lookups:
         """Count that the PACS could not produce *choice* for *resource*."""
         with self._lock:
             self._refused[(resource, choice)] = self._refused.get((resource, choice), 0) + 1
-
-
-def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy",
-                       series_uid: str | None = None, fresh: bool = False) -> None:
-    """Refuse unless *grant* may read study *study_uid* (every patient it is filed under) and,
-    when named, its series *series_uid* (every patient that series is filed under).
-
-    Used by both the FHIR API and the DICOMweb proxy; the decision itself is
-    :func:`smart.authz.check_patient`.
-
-    Parameters
-    ----------
-    grant : smart.authz.AccessGrant
-    study_uid, series_uid : str
-    resource_type : str
-        The FHIR resource type whose scope decides.
-    fresh : bool
-        Ask the PACS for the study's owners even when cached (a resource holding the whole
-        study: see :meth:`Lookups.patients_of_study`).
-
-    Raises
-    ------
-    UnknownStudy
-        If the PACS knows no such study (or series).
-    smart.authz.Forbidden
-        If any owner of the study or series is outside the patients the grant reaches.
-    PacsError
-        If the PACS fails.
-    """
-    lookups = get_lookups()
-    check_owners(grant, lookups.patients_of_study(study_uid, fresh=fresh), resource_type)
-    if series_uid is not None:
-        for patient in lookups.patients_of_series(study_uid, series_uid):
-            authz.check_patient(grant, resource_type, patient)
-
-
-def check_owners(grant: authz.AccessGrant, owners: frozenset[str], resource_type: str = "ImagingStudy") -> None:
-    """Refuse unless *grant* may see every patient in *owners* (FHIR Patient ids).
-
-    Raises
-    ------
-    smart.authz.Forbidden
-        If any of them is outside the patients the grant reaches.
-    """
-    for patient in owners:
-        authz.check_patient(grant, resource_type, patient)
 
 
 def init_app(app: Flask) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from .search_params import ResultParams
-from .subsetting import select_elements, summarize
+from fhir_facade.fhir.search_params import ResultParams
+from fhir_facade.fhir.subsetting import select_elements, summarize
 
 
 def shape(resource: dict, result: ResultParams) -> dict:

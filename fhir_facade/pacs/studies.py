@@ -15,11 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from smart.api import PatientAlias, get_database
 
-from . import dicom_json as dj
-from . import mapping
-from .exact import ExactSource, exact_copy, narrowing
-from .pacs import PacsClient, PacsError, get_pacs
-from .patient_ids import hashed_id, to_fhir_id
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.resources import mapping
+from fhir_facade.pacs.exact import ExactSource, exact_copy, narrowing
+from fhir_facade.pacs.client import PacsClient, PacsError, get_pacs
+from fhir_facade.dicom.patient_ids import hashed_id, to_fhir_id
 
 #: Study-level attributes asked of QIDO-RS beyond the ones PS3.18 Table 10.6.3-3 requires.
 STUDY_FIELDS = (
@@ -81,7 +81,7 @@ class StudyRepository:
     aliases : PatientAliases, optional
         Where one-way Patient ids and their PatientIDs are shared between workers.
     exact : ExactSource, optional
-        Confirms QIDO-RS rows that may have been re-encoded lossily (:mod:`fhir_facade.exact`).
+        Confirms QIDO-RS rows that may have been re-encoded lossily (:mod:`fhir_facade.pacs.exact`).
     instance_query : {"metadata", "qido"}
         How a study's instances are listed: study-level WADO-RS Retrieve Metadata
         (PS3.18 Section 10.4), or an instance-level QIDO-RS query (Section 10.6). Both
@@ -243,7 +243,7 @@ class StudyRepository:
             query is sent, and none is cached.
 
         A PatientID in *params* names one patient exactly: the PACS is asked for it only
-        when it can match it reliably (:func:`fhir_facade.exact.narrowing`), and only rows
+        when it can match it reliably (:func:`fhir_facade.pacs.exact.narrowing`), and only rows
         whose exact PatientID is that one are kept. Rows the PACS may have re-encoded
         lossily are confirmed from metadata first (:meth:`ExactSource.confirm`).
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from . import dicom_json as dj
-from .charsets import repair_person_name
-from .pacs import PacsClient
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.dicom.charsets import repair_person_name
+from fhir_facade.pacs.client import PacsClient
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def exact_copy(row: dict, source: dict) -> dict:
     """*row* with every attribute it names taken from *source*, an instance's WADO-RS metadata.
 
     Person names are repaired where the PACS decoded an ISO 2022 set without its escapes
-    (:func:`fhir_facade.charsets.repair_person_name`); attributes the PACS computes for
+    (:func:`fhir_facade.dicom.charsets.repair_person_name`); attributes the PACS computes for
     the row (:data:`COMPUTED`) are kept. The copy is marked UTF-8 (ISO_IR 192).
     """
     charsets = [str(v) for v in dj.values(source, "SpecificCharacterSet")]

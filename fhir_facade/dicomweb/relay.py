@@ -3,7 +3,7 @@
 Bodies of retrievals pass through byte for byte, chunk by chunk (multipart part headers are
 rewritten, never part bodies); DICOM JSON answers (QIDO-RS and metadata) are rewritten so that
 RetrieveURL (0008,1190) and BulkDataURI point at the facade. Nothing here decides access:
-:mod:`fhir_facade.dicomweb` authorizes before calling in.
+:mod:`fhir_facade.dicomweb.api` authorizes before calling in.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import requests
 import urllib3
 from flask import Response, current_app, request
 
-from . import dicom_json as dj
-from . import multipart, zerocopy
-from .negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
-from .pacs import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
-from .patient_ids import to_fhir_id
+from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.dicomweb import multipart
+from fhir_facade.dicomweb import zerocopy
+from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
+from fhir_facade.pacs.client import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
+from fhir_facade.dicom.patient_ids import to_fhir_id
 
 CHUNK = 1024 * 1024
 #: Response headers relayed from the PACS with a body relayed as is (hop-by-hop headers,
@@ -547,7 +548,7 @@ def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | 
         Query parameters for the PACS.
     patient_filter : str, optional
         The FHIR Patient id whose rows alone are relayed; rows that may have been
-        re-encoded lossily are confirmed from metadata first (:mod:`fhir_facade.exact`).
+        re-encoded lossily are confirmed from metadata first (:mod:`fhir_facade.pacs.exact`).
     patient_id : str, optional
         That patient's exact PatientID (skips confirming rows that cannot be theirs).
     paging : list of (str, str)

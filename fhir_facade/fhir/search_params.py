@@ -12,23 +12,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .outcomes import BadSearch
-from .subsetting import SUMMARY_MODES
+from fhir_facade.dicom.uids import is_uid  # noqa: F401 (search parameters' UID check, used by search)
+from fhir_facade.fhir.outcomes import BadSearch
+from fhir_facade.fhir.subsetting import SUMMARY_MODES
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DATE_PARAM = re.compile(
     r"(eq|ne|lt|le|gt|ge|sa|eb|ap)?"
     r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?"
 )
-
-
-def is_uid(value: str) -> bool:
-    """True for a syntactically valid DICOM UID (PS3.5 Section 9.1), at most 64 characters."""
-    return len(value) <= 64 and bool(_UID.fullmatch(value)) and all(
-        part == "0" or not part.startswith("0") for part in value.split("."))
 
 
 # --- dates -----------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     direct : callable, optional
         ``count -> iterable of bytes``: relays the next *count* bytes of *body* (the rest
         of a part whose Content-Length is known) by other means, yielding only what must
-        still be sent, in order, before them (:mod:`fhir_facade.zerocopy`).
+        still be sent, in order, before them (:mod:`fhir_facade.dicomweb.zerocopy`).
     out_boundary : str, optional
         The boundary of the body re-emitted (default: *boundary*). A fresh random one keeps
         the answer unambiguous even when the upstream boundary is a fixed word that a part
