@@ -193,7 +193,7 @@ class Facade:
                        check=True, stdout=subprocess.DEVNULL)
         from app import create_app
         from fhir_facade import config
-        from smart.tokens import issue_access_token
+        from smart.tokens.jwt import issue_access_token
 
         app = create_app(config.from_environ(self.env))
         with app.app_context():

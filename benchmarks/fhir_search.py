@@ -93,8 +93,8 @@ def _median_ms(fn, repeat: int) -> float:
 def measure(orthanc_url: str, repeat: int) -> dict:
     """Time bare QIDO-RS, cold FHIR and warm FHIR searches; return medians in ms."""
     from app import create_app
-    from smart.schema import init_db
-    from smart.tokens import issue_access_token
+    from smart.admin.schema import init_db
+    from smart.tokens.jwt import issue_access_token
 
     dicomweb = orthanc_url + "/dicom-web"
     session = requests.Session()

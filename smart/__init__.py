@@ -1,4 +1,9 @@
-"""SMART on FHIR authorization server (SMART App Launch 2.x on Authlib)."""
+"""SMART on FHIR authorization server (SMART App Launch 2.x on Authlib).
+
+Layers, lowest first (contracts in ``.importlinter``): ``scopes`` < ``store`` < ``tokens`` <
+``authz`` < ``oauth`` < {``admin``, ``web``}; :mod:`smart.api` is the one module the facade
+(``fhir_facade``) may import, and smart never imports the facade.
+"""
 from __future__ import annotations
 
 import secrets
@@ -7,9 +12,11 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import IntegrityError
 
-from . import cli, cors, db, schema, server
-from .models import Setting
-from .routes import bp
+from smart.admin import cli, schema
+from smart.oauth import cors, server
+from smart.store import db
+from smart.store.models import Setting
+from smart.web.routes import bp
 
 #: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
 SECRET_KEY_SETTING = "flask_secret_key"

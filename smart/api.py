@@ -13,12 +13,12 @@ contracts in ``.importlinter``), in one place:
 """
 from __future__ import annotations
 
-from .authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
+from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
                     needs, public)
-from .cors import is_allowed_origin
-from .db import get_database
-from .models import PatientAlias
-from .picker import PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory
+from smart.oauth.cors import is_allowed_origin
+from smart.store.db import get_database
+from smart.store.models import PatientAlias
+from smart.web.picker import PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory
 
 __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",

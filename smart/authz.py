@@ -2,7 +2,7 @@
 
 Both the FHIR API and the DICOMweb proxy call :func:`require`, :func:`check_patient` and
 :meth:`AccessGrant.patients`; nothing else decides. Token validation is
-:func:`smart.tokens.decode_access_token`; scope grammar is :mod:`smart.scopes` (SMART App
+:func:`smart.tokens.jwt.decode_access_token`; scope grammar is :mod:`smart.scopes` (SMART App
 Launch 2.2 §Scopes and Launch Context).
 
 Which patients a grant reaches depends on the context of the scope that allows the
@@ -10,7 +10,7 @@ interaction:
 
 - ``patient/``: the token's ``patient`` only;
 - ``user/`` of a patient user (``fhirUser`` ``Patient/x``): that patient only;
-- ``user/`` of any other user: the user's stored access list (:class:`smart.models.PatientAccess`,
+- ``user/`` of any other user: the user's stored access list (:class:`smart.store.models.PatientAccess`,
   by username, the token's ``sub``);
 - ``system/``: the backend client's stored access list (by ``client_id``).
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from flask import current_app, g, request
 from sqlalchemy import select
 
-from . import scopes as scope_grammar
-from . import tokens
-from .db import get_session
-from .models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
+from smart import scopes as scope_grammar
+from smart.tokens import jwt as tokens
+from smart.store.db import get_session
+from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
 
 #: ``scopes.permits`` memoised: every proxied request asks the same few questions of the
 #: same few scope strings, and parsing them each time is most of the decision's cost.
@@ -166,7 +166,7 @@ def read_access_list(kind: str, subject: str) -> frozenset[str] | None:
     Parameters
     ----------
     kind : {"client", "user"}
-        :data:`smart.models.ACCESS_CLIENT` or :data:`smart.models.ACCESS_USER`.
+        :data:`smart.store.models.ACCESS_CLIENT` or :data:`smart.store.models.ACCESS_USER`.
     subject : str
         The client id or the username.
 

@@ -9,8 +9,8 @@ def allow(app, patients=None, client_id="test-client", username=None) -> None:
     Rows are written directly, so the client or user need not be registered.
     """
     from smart import authz
-    from smart.db import get_session
-    from smart.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
+    from smart.store.db import get_session
+    from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
 
     kind, subject = (ACCESS_USER, username) if username else (ACCESS_CLIENT, client_id)
     with app.app_context():

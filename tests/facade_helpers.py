@@ -15,7 +15,7 @@ def make_app(tmp_path, **config):
                 "FACADE_PACS_URL": FAKE_PACS, "FACADE_PUBLIC_URL": PUBLIC}
     settings.update(config)
     app = create_app(settings)
-    from smart.schema import init_db
+    from smart.admin.schema import init_db
     with app.app_context():
         init_db()
     return app
@@ -24,7 +24,7 @@ def make_app(tmp_path, **config):
 def token(app, scope="patient/ImagingStudy.rs patient/Patient.rs", patient="P1", lifetime=3600,
           fhir_user=None) -> str:
     """A real signed access token from the app's own key, as the token endpoint would issue it."""
-    from smart.tokens import issue_access_token
+    from smart.tokens.jwt import issue_access_token
     with app.app_context():
         context = {"patient": patient} if patient else None
         value, _ = issue_access_token("test-client", "tester", scope, context=context, fhir_user=fhir_user,

@@ -20,7 +20,7 @@ FHIR_BASE = PUBLIC_URL + "/fhir"
 def app(tmp_path):
     """The facade built by the factory on a fresh SQLite database (tables created)."""
     from app import create_app
-    from smart.schema import init_db
+    from smart.admin.schema import init_db
 
     application = create_app({
         "TESTING": True,

@@ -90,28 +90,28 @@ class AuthActions:
 
     # --- registration -------------------------------------------------------------------
     def register_public_client(self, client_id=DEFAULT_CLIENT_ID, redirect_uris=(DEFAULT_REDIRECT_URI,), scope=None):
-        from smart.cli import add_client
+        from smart.admin.cli import add_client
 
         with self.app.app_context():
             add_client(client_id, list(redirect_uris), public=True, scope=scope)
         return client_id
 
     def register_confidential_client(self, client_id, secret, redirect_uris=(DEFAULT_REDIRECT_URI,), scope=None):
-        from smart.cli import add_client
+        from smart.admin.cli import add_client
 
         with self.app.app_context():
             add_client(client_id, list(redirect_uris), public=False, secret=secret, scope=scope)
         return client_id
 
     def register_user(self, username="alice", password="correct horse", patient="patient-1", role="patient"):
-        from smart.cli import add_user
+        from smart.admin.cli import add_user
 
         with self.app.app_context():
             add_user(username, password, patient=patient, role=role)
         return username
 
     def ensure_client(self, client_id=DEFAULT_CLIENT_ID, redirect_uri=DEFAULT_REDIRECT_URI):
-        from smart.server import query_client
+        from smart.oauth.server import query_client
 
         with self.app.app_context():
             exists = query_client(client_id) is not None

@@ -54,7 +54,7 @@ def pacs():
 @pytest.fixture
 def app(tmp_path):
     """The facade on the fake PACS with a backend client, a practitioner and a patient user."""
-    from smart.cli import add_client, add_user
+    from smart.admin.cli import add_client, add_user
 
     application = make_app(tmp_path)
     with application.app_context():
@@ -66,7 +66,7 @@ def app(tmp_path):
 
 def _token(app, who: str) -> str:
     """A ``system/`` token of the backend client or a ``user/`` token of the practitioner."""
-    from smart.tokens import issue_access_token
+    from smart.tokens.jwt import issue_access_token
 
     with app.app_context():
         if who == "client":
@@ -187,7 +187,7 @@ def test_the_client_list_is_not_the_users_and_patient_tokens_are_unchanged(app, 
 
 
 def test_a_patient_users_user_scope_stays_their_own_record(app, pacs):
-    from smart.tokens import issue_access_token
+    from smart.tokens.jwt import issue_access_token
 
     with app.app_context():
         value, _ = issue_access_token("viewer", "alice", "user/ImagingStudy.rs user/Patient.rs",
@@ -197,7 +197,7 @@ def test_a_patient_users_user_scope_stays_their_own_record(app, pacs):
 
 def test_practitioner_through_the_ehr_launch(app, pacs):
     """The must-show for a practitioner: a real EHR launch, consent and token exchange."""
-    from smart.cli import add_client, create_launch
+    from smart.admin.cli import add_client, create_launch
     from smart_flow import AuthActions
 
     auth = AuthActions(app.test_client())
@@ -233,7 +233,7 @@ def test_cli_prints_the_list_it_stored(app):
 
 
 def test_plain_functions_behind_the_cli(app):
-    from smart.cli import access_list, grant_access, revoke_access
+    from smart.admin.cli import access_list, grant_access, revoke_access
 
     with app.app_context():
         assert access_list(client_id="backend") == frozenset()
@@ -260,7 +260,7 @@ def test_plain_functions_behind_the_cli(app):
      "Error: user 'alice' is a patient user: their tokens reach their own record only\n"),
 ])
 def test_cli_errors_are_clear_and_store_nothing(app, args, message):
-    from smart.cli import access_list
+    from smart.admin.cli import access_list
 
     result = _cli(app, *args)
     assert (result.exit_code, result.output) == (1, message)
@@ -280,7 +280,7 @@ def test_revoking_named_patients_of_an_all_patients_grant_is_refused(app):
 
 
 def test_init_db_adds_the_access_table_to_an_existing_database(app):
-    from smart.db import get_database
+    from smart.store.db import get_database
 
     engine = get_database(app).engine
     with engine.begin() as connection:
@@ -295,9 +295,9 @@ def test_init_db_adds_the_access_table_to_an_existing_database(app):
 def test_a_grant_made_elsewhere_is_seen_within_the_revocation_cache_time(tmp_path, pacs):
     """Another process's grant (a row written behind this app's cache) is read at the next request
     when ``SMART_REVOCATION_CACHE_SECONDS`` is 0."""
-    from smart.cli import add_client
-    from smart.db import get_database
-    from smart.tokens import issue_access_token
+    from smart.admin.cli import add_client
+    from smart.store.db import get_database
+    from smart.tokens.jwt import issue_access_token
 
     app = make_app(tmp_path, SMART_REVOCATION_CACHE_SECONDS=0)
     with app.app_context():

@@ -61,7 +61,7 @@ def served(orthanc, tmp_path_factory):
                    stdout=subprocess.DEVNULL)
     from app import create_app
     from fhir_facade import config
-    from smart.tokens import issue_access_token
+    from smart.tokens.jwt import issue_access_token
     with create_app(config.from_environ(env)).app_context():
         token, _ = issue_access_token("gunicorn-test", "tester", "patient/ImagingStudy.rs",
                                       context={"patient": PATIENT})

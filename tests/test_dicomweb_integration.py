@@ -49,7 +49,7 @@ def dw(orthanc, tmp_path_factory):
         stored[str(ds.SOPInstanceUID)] = sha(data)
     app = make_app(tmp_path_factory.mktemp("dw"), FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=PUBLIC)
     jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"), stop_before_pixels=True)
-    from smart.cli import add_client
+    from smart.admin.cli import add_client
     with app.app_context():
         add_client("browser-app", [f"{APP_ORIGIN}/callback"], public=True)
     return {

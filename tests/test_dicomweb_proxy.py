@@ -462,7 +462,7 @@ def test_a_failed_study_list_is_not_read_again_at_once(fake_app, rsps):
 
 
 def test_the_picker_shows_an_id_no_patient_id_has_as_unknown(fake_app):
-    from smart.picker import describe_patient
+    from smart.web.picker import describe_patient
     with fake_app.test_request_context():
         assert describe_patient("dcm-h.5F2024.5F0042") is None
 

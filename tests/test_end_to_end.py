@@ -20,7 +20,7 @@ SCOPE = "launch/patient openid fhirUser patient/ImagingStudy.rs patient/Patient.
 @pytest.fixture(scope="module")
 def flow(orthanc, tmp_path_factory):
     app = make_app(tmp_path_factory.mktemp("e2e"), FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=PUBLIC)
-    from smart.cli import add_client, add_user
+    from smart.admin.cli import add_client, add_user
     with app.app_context():
         add_client("e2e-app", [REDIRECT], public=True)
         add_user("demo-patient", "s3cret-pass", patient="DEMO-0001")

@@ -3,13 +3,13 @@ import pytest
 
 from access_helpers import allow
 from facade_helpers import bearer, fake_app  # noqa: F401
-from smart.routes import launch_fields
+from smart.web.routes import launch_fields
 
 
 def launch_token(app) -> str:
     """A Backend Services token of a registered backend client with the ``launch`` scope."""
-    from smart.cli import add_client
-    from smart.tokens import issue_access_token
+    from smart.admin.cli import add_client
+    from smart.tokens.jwt import issue_access_token
 
     with app.app_context():
         add_client("ehr", [], public=False, jwks={"keys": []}, scope="launch")

@@ -90,9 +90,9 @@ def test_one_way_ids_are_recorded_once_the_table_exists(forms, caplog):
     """A database from before the alias table: a warning, then the ids are recorded after init-db."""
     import logging
 
-    from smart.db import get_database
-    from smart.schema import init_db
-    from smart.models import PatientAlias
+    from smart.store.db import get_database
+    from smart.admin.schema import init_db
+    from smart.store.models import PatientAlias
     app = make_app(forms["tmp"].mktemp("old-schema"), FACADE_PACS_URL=forms["orthanc"].dicomweb_url,
                    FACADE_QUERY_CACHE_TTL=0)  # each search asks the PACS, so each sees the id anew
     with app.app_context():

@@ -50,8 +50,8 @@ def fake_pacs_mock():
 
 def backend_token(app) -> str:
     """A ``system/`` token of a registered backend client that may see every patient."""
-    from smart.cli import add_client, grant_access
-    from smart.tokens import issue_access_token
+    from smart.admin.cli import add_client, grant_access
+    from smart.tokens.jwt import issue_access_token
 
     with app.app_context():
         add_client("backend", [], public=False, jwks={"keys": []}, scope=BACKEND_SCOPE)

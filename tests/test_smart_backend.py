@@ -26,7 +26,7 @@ def client_keys():
 
 @pytest.fixture
 def backend(app, client_keys):
-    from smart.cli import add_client
+    from smart.admin.cli import add_client
 
     jwks = {"keys": [k.as_dict(private=False) for k in client_keys.values()]}
     with app.app_context():
@@ -51,7 +51,7 @@ def request_token(client, signed, scope="system/ImagingStudy.rs"):
 
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
 def test_backend_token(app, client, backend, client_keys, alg):
-    from smart.tokens import decode_access_token
+    from smart.tokens.jwt import decode_access_token
 
     response = request_token(client, assertion(client_keys[alg], alg),
                              scope="system/ImagingStudy.rs system/Observation.rs patient/Patient.rs")
@@ -170,7 +170,7 @@ def test_public_client_cannot_authenticate_for_client_credentials(auth, client):
 def test_requested_scope_within_a_registered_scope_is_granted(app, client, client_keys, registered,
                                                               requested, granted):
     """SMART 2.2 §Scopes: .r and .s are parts of .rs, .read of .*, a type of *."""
-    from smart.cli import add_client
+    from smart.admin.cli import add_client
 
     with app.app_context():
         add_client("bulk", [], public=False, scope=registered,
@@ -184,7 +184,7 @@ def test_requested_scope_within_a_registered_scope_is_granted(app, client, clien
 
 
 def test_asymmetric_app_launch_client(app, auth, client_keys):
-    from smart.cli import add_client
+    from smart.admin.cli import add_client
     from smart_flow import DEFAULT_REDIRECT_URI
 
     jwks = {"keys": [client_keys["ES384"].as_dict(private=False)]}
@@ -201,7 +201,7 @@ def test_asymmetric_app_launch_client(app, auth, client_keys):
 
 
 def test_launch_api_for_ehr_backend(app, auth, client_keys):
-    from smart.cli import add_client
+    from smart.admin.cli import add_client
 
     jwks = {"keys": [client_keys["RS384"].as_dict(private=False)]}
     with app.app_context():

@@ -78,7 +78,7 @@ def facade(orthanc, tmp_path_factory):
     public = f"http://127.0.0.1:{port}"
     app = make_app(tmp_path_factory.mktemp("clients"), FACADE_PACS_URL=orthanc.dicomweb_url,
                    FACADE_PUBLIC_URL=public)
-    from smart.cli import add_client, add_user
+    from smart.admin.cli import add_client, add_user
     with app.app_context():
         add_client(PY_CLIENT, [PY_REDIRECT], public=True, name="Python fhirclient")
         add_client("browser-app", [f"{app_origin}/index.html", f"{app_origin}/picker-done.html"], public=True,
@@ -221,7 +221,7 @@ def test_picker_lists_searches_and_validates(facade, orthanc):
     studies = requests.get(f"{orthanc.dicomweb_url}/studies", params={"limit": "200", "includefield": "00100020"},
                            headers={"Accept": "application/dicom+json"}, timeout=30).json()
     pacs_patients = {(ds.get("00100020", {}).get("Value") or [""])[0] for ds in studies}
-    from smart.picker import PICKER_LIMIT
+    from smart.web.picker import PICKER_LIMIT
     assert len(listed) == min(PICKER_LIMIT, len(pacs_patients)) == len(set(listed))
     assert set(listed) <= {to_fhir_id(p) for p in pacs_patients}
     if len(pacs_patients) > PICKER_LIMIT:
@@ -258,7 +258,7 @@ def test_picker_lists_searches_and_validates(facade, orthanc):
 
 def test_picker_without_pacs_falls_back_to_the_id_field(tmp_path):
     app = make_app(tmp_path, FACADE_PACS_URL="http://127.0.0.1:9/dicom-web", FACADE_PUBLIC_URL="http://127.0.0.1:8080")
-    from smart.cli import add_client, add_user
+    from smart.admin.cli import add_client, add_user
     with app.app_context():
         add_client(PY_CLIENT, [PY_REDIRECT], public=True)
         add_user(DOCTOR, DOCTOR_PASSWORD, role="practitioner")
@@ -294,7 +294,7 @@ def _require_browser_tools() -> None:
 
 def test_js_client_ehr_launch_in_chromium(facade, orthanc):
     _require_browser_tools()
-    from smart.cli import create_launch
+    from smart.admin.cli import create_launch
     with facade.app.app_context():
         launch = create_launch(patient="DEMO-0001")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

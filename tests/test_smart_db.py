@@ -20,7 +20,7 @@ def mode(path) -> int:
 
 def test_new_sqlite_file_and_folder_are_owner_only(tmp_path, usual_umask):
     from app import create_app
-    from smart.schema import init_db
+    from smart.admin.schema import init_db
 
     path = tmp_path / "var" / "facade.db"
     app = create_app({"TESTING": True, "FACADE_DATABASE_URL": f"sqlite:///{path}"})
@@ -32,7 +32,7 @@ def test_new_sqlite_file_and_folder_are_owner_only(tmp_path, usual_umask):
 
 
 def test_existing_folder_and_file_are_left_alone(tmp_path, usual_umask):
-    from smart.db import create_database
+    from smart.store.db import create_database
 
     folder = tmp_path / "shared"
     folder.mkdir(mode=0o750)

@@ -19,7 +19,7 @@ def alice(auth):
 
 
 def decode(app, token):
-    from smart.tokens import decode_access_token
+    from smart.tokens.jwt import decode_access_token
 
     with app.app_context():
         return decode_access_token(token)
@@ -170,7 +170,7 @@ def test_code_works_once(app, alice):
     assert second.status_code == 400
     assert second.get_json()["error"] == "invalid_grant"
     # RFC 6749 §4.1.2: tokens issued from a replayed code are revoked.
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     with pytest.raises(InvalidToken, match="revoked"):
         decode(app, first["access_token"])

@@ -21,7 +21,7 @@ def people(auth):
 
 
 def launch_for(app, **kwargs) -> str:
-    from smart.cli import create_launch
+    from smart.admin.cli import create_launch
 
     with app.app_context():
         return create_launch(**kwargs)

@@ -1,5 +1,5 @@
 """Login on the authorization page: no username enumeration by timing, failed logins throttled
-per username and client address (smart/login.py's docstring has the rule)."""
+per username and client address (smart/web/login.py's docstring has the rule)."""
 from __future__ import annotations
 
 import logging
@@ -45,8 +45,8 @@ def checks(monkeypatch):
     """The scheme (``scrypt:...``) of every password hash checked at login, in order."""
     import werkzeug.security
 
-    import smart.login
-    import smart.models
+    import smart.web.login
+    import smart.store.models
 
     checked, lock, real = [], threading.Lock(), werkzeug.security.check_password_hash
 
@@ -55,24 +55,24 @@ def checks(monkeypatch):
             checked.append(pwhash.split("$", 1)[0])
         return real(pwhash, password)
 
-    monkeypatch.setattr(smart.models, "check_password_hash", spy)
-    monkeypatch.setattr(smart.login, "check_password_hash", spy)
+    monkeypatch.setattr(smart.store.models, "check_password_hash", spy)
+    monkeypatch.setattr(smart.web.login, "check_password_hash", spy)
     return checked
 
 
 @pytest.fixture
 def clock(monkeypatch):
     """``clock[0]`` is the login module's time in seconds; tests move it forward."""
-    import smart.login
+    import smart.web.login
 
-    current = [smart.login.now()]
-    monkeypatch.setattr(smart.login, "now", lambda: current[0])
+    current = [smart.web.login.now()]
+    monkeypatch.setattr(smart.web.login, "now", lambda: current[0])
     return current
 
 
 def test_the_documented_limits():
     """README.md states these numbers."""
-    import smart.login as login
+    import smart.web.login as login
 
     assert (login.MAX_PAIR_FAILURES, login.MAX_ADDRESS_FAILURES, login.MAX_USERNAME_FAILURES,
             login.MAX_PAIR_FAILURES_UNDER_ATTACK, login.FAILURE_WINDOW) == (5, 20, 50, 2, 300)
@@ -81,8 +81,8 @@ def test_the_documented_limits():
 def test_unknown_user_costs_one_password_hash_of_the_same_scheme(app, users, checks):
     """An unknown username is checked against a dummy hash of the real scheme, so it takes as
     long as a wrong password for a known one (no enumeration by timing)."""
-    from smart.db import get_session
-    from smart.models import User
+    from smart.store.db import get_session
+    from smart.store.models import User
 
     with app.app_context():
         scheme = get_session().query(User).filter_by(username="alice").one().password_hash.split("$", 1)[0]
@@ -117,11 +117,11 @@ def test_the_fifth_failure_from_an_address_is_the_last_checked(app, users, check
 
 
 def test_refusal_ends_when_the_failures_age_out_and_refusals_do_not_extend_it(app, users, clock):
-    import smart.login
+    import smart.web.login
 
     for _ in range(5):
         attempt(app, "alice", "wrong", ip=A)
-    clock[0] += smart.login.FAILURE_WINDOW - 1
+    clock[0] += smart.web.login.FAILURE_WINDOW - 1
     for _ in range(5):
         assert refused(attempt(app, "alice", "correct horse", ip=A))
     clock[0] += 1
@@ -173,9 +173,9 @@ def test_a_guess_spread_over_many_addresses_gets_two_tries_per_address(app, user
     """Beyond MAX_USERNAME_FAILURES failures of alice from everywhere, each address gets two
     failures for alice instead of five, while her own address (no failures, or one typo)
     still logs in. The limit is lowered to 10 here to keep the test short; the rule is the same."""
-    import smart.login
+    import smart.web.login
 
-    monkeypatch.setattr(smart.login, "MAX_USERNAME_FAILURES", 10)
+    monkeypatch.setattr(smart.web.login, "MAX_USERNAME_FAILURES", 10)
     for ip in ("127.0.0.10", "127.0.0.11"):
         for _ in range(5):
             attempt(app, "alice", "wrong", ip=ip)
@@ -195,14 +195,14 @@ def test_a_guess_spread_over_many_addresses_gets_two_tries_per_address(app, user
     for _ in range(4):
         attempt(app, "bob", "wrong", ip="127.0.0.22")
     assert logged_in(attempt(app, "bob", "battery staple", ip="127.0.0.22"))
-    clock[0] += smart.login.FAILURE_WINDOW
+    clock[0] += smart.web.login.FAILURE_WINDOW
     assert logged_in(attempt(app, "alice", "correct horse", ip="127.0.0.22"))
 
 
 def test_concurrent_guesses_cannot_pass_the_limit(app, users, checks):
     """Each attempt is recorded before it is counted: twelve guesses at once from one
     address get at most five password checks, and the address is refused afterwards."""
-    import smart.login
+    import smart.web.login
 
     barrier = threading.Barrier(12)
     answers = []
@@ -217,8 +217,8 @@ def test_concurrent_guesses_cannot_pass_the_limit(app, users, checks):
     for thread in threads:
         thread.join()
     assert answers == [401] * 12
-    assert len(checks) <= smart.login.MAX_PAIR_FAILURES
-    for _ in range(smart.login.MAX_PAIR_FAILURES - len(checks)):
+    assert len(checks) <= smart.web.login.MAX_PAIR_FAILURES
+    for _ in range(smart.web.login.MAX_PAIR_FAILURES - len(checks)):
         attempt(app, "alice", "wrong", ip=A)
     assert refused(attempt(app, "alice", "correct horse", ip=A))
 

@@ -1,11 +1,11 @@
-"""Patient picker helpers: search text cleaning (smart/picker.py); QIDO-RS queries, matching, display
+"""Patient picker helpers: search text cleaning (smart/web/picker.py); QIDO-RS queries, matching, display
 (fhir_facade/fhir/picker.py, the PACS side registered with smart)."""
 from __future__ import annotations
 
 import pytest
 
 from fhir_facade.fhir import picker as pacs_picker
-from smart import picker
+from smart.web import picker
 
 
 @pytest.mark.parametrize("raw, cleaned", [

@@ -23,7 +23,7 @@ def basic(client_id, secret):
 
 
 def decode(app, token):
-    from smart.tokens import decode_access_token
+    from smart.tokens.jwt import decode_access_token
 
     with app.app_context():
         return decode_access_token(token)
@@ -64,7 +64,7 @@ def test_refresh_token_replay_revokes_the_whole_family(app, alice):
     assert replay.get_json()["error"] == "invalid_grant"
     assert replay.headers["Cache-Control"] == "no-store"
 
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
     for value in live:
         with pytest.raises(InvalidToken, match="revoked"):
             decode(app, value)
@@ -152,7 +152,7 @@ def test_confidential_client_bad_secret(auth, secret):
 
 
 def test_client_secret_is_hashed(app, auth):
-    from smart.server import query_client
+    from smart.oauth.server import query_client
 
     auth.register_confidential_client("conf", "s3cret-value")
     with app.app_context():
@@ -163,7 +163,7 @@ def test_client_secret_is_hashed(app, auth):
 # --- SA-5 introspection, revocation -------------------------------------------------------------
 def confidential_token(auth, client_id="conf", secret="conf-secret", scope=OFFLINE_SCOPE):
     """A token response of confidential client *client_id* (registered on first use)."""
-    from smart.server import query_client
+    from smart.oauth.server import query_client
 
     with auth.app.app_context():
         if query_client(client_id) is None:
@@ -231,7 +231,7 @@ def test_introspection_needs_authentication(alice):
 
 
 def test_revoke_access_and_refresh_tokens(app, alice):
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     token = alice.obtain_token(scope=OFFLINE_SCOPE)
     for value in (token["access_token"], token["refresh_token"]):
@@ -262,7 +262,7 @@ def test_revoke_unknown_token_is_200(alice):
 
 # --- EHR launch -----------------------------------------------------------------------------
 def test_ehr_launch(app, auth):
-    from smart.cli import create_launch
+    from smart.admin.cli import create_launch
 
     auth.register_public_client()
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
@@ -364,7 +364,7 @@ def test_cli_add_client_and_user(app):
     assert launch.exit_code == 0 and len(launch.output.strip()) >= 20
     rotated = runner.invoke(args=["smart", "rotate-key"])
     assert rotated.exit_code == 0
-    from smart.server import query_client
+    from smart.oauth.server import query_client
 
     with app.app_context():
         client = query_client("cli-app")
@@ -377,7 +377,7 @@ def test_cli_secret_makes_confidential_client(app):
     result = runner.invoke(args=["smart", "add-client", "--client-id", "c2",
                                  "--redirect-uri", "https://app.example/cb", "--secret", "pw"])
     assert result.exit_code == 0, result.output
-    from smart.server import query_client
+    from smart.oauth.server import query_client
 
     with app.app_context():
         assert query_client("c2").token_endpoint_auth_method == "client_secret_basic"
@@ -431,7 +431,7 @@ def test_malformed_parameters_never_500(alice, field, value):
 
 
 def test_ehr_launch_for_another_user_is_refused(app, auth):
-    from smart.cli import create_launch
+    from smart.admin.cli import create_launch
 
     auth.register_public_client()
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
@@ -463,9 +463,9 @@ def test_two_refreshes_racing_with_one_token_cannot_both_win(app, alice, monkeyp
     between its check and its rotation) is a replay: invalid_grant, and the grant is revoked."""
     from sqlalchemy import update
 
-    from smart import grants
-    from smart.db import get_database
-    from smart.models import RefreshToken, now
+    from smart.oauth import grants
+    from smart.store.db import get_database
+    from smart.store.models import RefreshToken, now
 
     first = alice.obtain_token(scope=OFFLINE_SCOPE)
     original = grants.RefreshTokenGrant.authenticate_user
@@ -479,6 +479,6 @@ def test_two_refreshes_racing_with_one_token_cannot_both_win(app, alice, monkeyp
     lost = alice.refresh_response(first["refresh_token"])
     assert lost.status_code == 400 and lost.get_json()["error"] == "invalid_grant"
     monkeypatch.setattr(grants.RefreshTokenGrant, "authenticate_user", original)
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
     with pytest.raises(InvalidToken):
         decode(app, first["access_token"])

@@ -14,7 +14,7 @@ from fixtures_app import FHIR_BASE, PUBLIC_URL
 @pytest.fixture
 def issue(app):
     """Issue an access token inside an app context: issue(**overrides) -> (token, claims)."""
-    from smart import tokens
+    from smart.tokens import jwt as tokens
 
     def _issue(scope="patient/ImagingStudy.rs", patient="p1", **kwargs):
         with app.app_context():
@@ -24,7 +24,7 @@ def issue(app):
 
 
 def decode(app, token):
-    from smart.tokens import decode_access_token
+    from smart.tokens.jwt import decode_access_token
 
     with app.app_context():
         return decode_access_token(token)
@@ -48,7 +48,7 @@ def test_decode_returns_claims(app, issue):
 
 
 def test_tampered_payload(app, issue):
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     token, claims = issue()
     header, _, signature = token.split(".")
@@ -64,7 +64,7 @@ def test_tampered_payload(app, issue):
     _b64({"alg": "RS256", "kid": "unknown"}) + "." + _b64({"sub": "x"}) + ".sig",
 ])
 def test_garbage_tokens(app, garbage):
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     with pytest.raises(InvalidToken) as info:
         decode(app, garbage)
@@ -72,7 +72,7 @@ def test_garbage_tokens(app, garbage):
 
 
 def test_expired(app, issue):
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     token, _ = issue(lifetime=-1)
     with pytest.raises(InvalidToken, match="expired"):
@@ -80,7 +80,7 @@ def test_expired(app, issue):
 
 
 def test_expires_while_cached(app, issue, monkeypatch):
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     token, claims = issue()
     decode(app, token)
@@ -91,20 +91,20 @@ def test_expires_while_cached(app, issue, monkeypatch):
 
 def test_wrong_issuer_or_audience(app, issue, tmp_path):
     from app import create_app
-    from smart.tokens import InvalidToken
+    from smart.tokens.jwt import InvalidToken
 
     token, _ = issue()
     # Same database (same keys), other public URL: iss and aud no longer match.
     other = create_app({"TESTING": True, "FACADE_DATABASE_URL": app.config["FACADE_DATABASE_URL"],
                         "FACADE_PUBLIC_URL": "https://other.example"})
     with other.app_context(), pytest.raises(InvalidToken, match="issuer"):
-        from smart.tokens import decode_access_token
+        from smart.tokens.jwt import decode_access_token
 
         decode_access_token(token)
 
 
 def test_revoked(app, issue):
-    from smart.tokens import InvalidToken, revoke_jti
+    from smart.tokens.jwt import InvalidToken, revoke_jti
 
     token, claims = issue()
     decode(app, token)
@@ -115,7 +115,7 @@ def test_revoked(app, issue):
 
 
 def test_rotation_keeps_old_tokens_valid(app, issue, client):
-    from smart import keys
+    from smart.tokens import keys
 
     old_token, _ = issue()
     with app.app_context():
@@ -130,8 +130,8 @@ def test_rotation_keeps_old_tokens_valid(app, issue, client):
 
 
 def test_key_expires_after_retirement(app, issue, monkeypatch):
-    from smart import keys
-    from smart.tokens import InvalidToken
+    from smart.tokens import keys
+    from smart.tokens.jwt import InvalidToken
 
     token, _ = issue(lifetime=7200)  # longer than allowed, to outlive the key
     with app.app_context():
@@ -141,7 +141,7 @@ def test_key_expires_after_retirement(app, issue, monkeypatch):
     with app.app_context():
         app.extensions["smart_keys"].clear()
         with pytest.raises(InvalidToken, match="unknown key"):
-            from smart.tokens import decode_access_token
+            from smart.tokens.jwt import decode_access_token
 
             decode_access_token(token)
 
@@ -155,7 +155,7 @@ def test_jwks_has_no_private_parts(client, app):
 
 
 def test_decode_is_fast_when_warm(app, issue):
-    from smart.tokens import decode_access_token
+    from smart.tokens.jwt import decode_access_token
 
     token, _ = issue()
     with app.app_context():

@@ -47,7 +47,7 @@ def users(auth):
     auth.register_user("alice", "correct horse", patient="patient-1")
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
     auth.register_user("dr-new", "pw-dr-new", patient=None, role="practitioner")
-    from smart.cli import grant_access
+    from smart.admin.cli import grant_access
     with auth.app.app_context():
         grant_access(username="dr", all_patients=True)
     return auth
@@ -99,7 +99,7 @@ ALL = {"patient-1", "patient-2", "patient-3"}
 ])
 def test_end_user_scope_matrix(app, client, users, pacs, username, password, scope, granted, patients):
     from smart.authz import AccessGrant
-    from smart.tokens import decode_access_token
+    from smart.tokens.jwt import decode_access_token
 
     token = users.obtain_token(username, password, scope=scope)
     assert token["scope"] == granted
@@ -131,9 +131,9 @@ def test_refresh_never_yields_system_scopes(app, users):
     """A refresh token stored before this rule (scope with system/) still refreshes without it."""
     from sqlalchemy import update
 
-    from smart.db import get_session
-    from smart.models import RefreshToken
-    from smart.tokens import decode_access_token
+    from smart.store.db import get_session
+    from smart.store.models import RefreshToken
+    from smart.tokens.jwt import decode_access_token
 
     first = users.obtain_token(scope="launch/patient patient/ImagingStudy.rs offline_access")
     with app.app_context():

@@ -52,7 +52,7 @@ def find_patients(query: str, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
     Parameters
     ----------
     query : str
-        What the user typed, without wildcards (``smart.picker.clean_query``).
+        What the user typed, without wildcards (``smart.web.picker.clean_query``).
     limit : int
         Patients returned at most, sorted by name then id.
 

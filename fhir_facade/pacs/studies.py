@@ -509,7 +509,7 @@ class StudyRepository:
 
 
 class PatientAliases:
-    """One-way Patient ids and their PatientIDs in the facade's database (:class:`smart.models.PatientAlias`).
+    """One-way Patient ids and their PatientIDs in the facade's database (:class:`smart.store.models.PatientAlias`).
 
     Parameters
     ----------

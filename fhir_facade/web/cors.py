@@ -1,7 +1,7 @@
 """CORS for the FHIR API and the DICOMweb proxy (Fetch standard §3.2; field case DW-11).
 
 ``/fhir/metadata`` is readable from any origin; every other FHIR and DICOMweb path only
-from the origin of a registered client's redirect URI (:func:`smart.cors.is_allowed_origin`).
+from the origin of a registered client's redirect URI (:func:`smart.oauth.cors.is_allowed_origin`).
 Preflights need no token, and error answers (401, 403, 406, ...) carry the headers too so a
 browser app can read them.
 """

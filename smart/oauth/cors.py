@@ -7,8 +7,8 @@ import time
 from flask import current_app, request
 from sqlalchemy import select
 
-from .db import get_session
-from .models import Client
+from smart.store.db import get_session
+from smart.store.models import Client
 
 #: Seconds the set of registered origins is reused before it is re-read.
 ORIGINS_CACHE_SECONDS = 30.0

@@ -10,9 +10,10 @@ from flask import Flask, current_app
 from flask import request as flask_request
 from sqlalchemy import delete, select
 
-from . import assertions, grants
-from .db import get_session
-from .models import Client, IssuedAccessToken, RefreshToken, digest, now
+from smart.oauth import assertions
+from smart.oauth import grants
+from smart.store.db import get_session
+from smart.store.models import Client, IssuedAccessToken, RefreshToken, digest, now
 
 
 def query_client(client_id: str | None) -> Client | None:

@@ -8,10 +8,12 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import delete, select
 
-from . import authz, cors, keys
-from .db import get_session
-from .launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
-from .models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, User, now
+from smart import authz
+from smart.oauth import cors
+from smart.tokens import keys
+from smart.store.db import get_session
+from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
+from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, User, now
 
 ROLES = ("patient", "practitioner")
 

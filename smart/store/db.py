@@ -1,6 +1,6 @@
 """Database wiring: declarative Base, engine from FACADE_DATABASE_URL, a session per request.
 
-Creating the tables (``init-db``) needs every table module, so it lives above them in :mod:`smart.schema`."""
+Creating the tables (``init-db``) needs every table module, so it lives above them in :mod:`smart.admin.schema`."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """Paths of the authorization server below FACADE_PUBLIC_URL (DESIGN.md "URLs").
 
 A module of its own, below both: discovery publishes them, and the client assertion check
-(:mod:`smart.assertions`, which discovery imports for its algorithms) needs the token URL.
+(:mod:`smart.oauth.assertions`, which discovery imports for its algorithms) needs the token URL.
 """
 from __future__ import annotations
 

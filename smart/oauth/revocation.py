@@ -4,11 +4,12 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import jsonify, request
 
-from . import authz, tokens
-from .db import get_session
-from .grants import RefreshTokenGrant
-from .models import User, now
-from .server import server
+from smart import authz
+from smart.tokens import jwt as tokens
+from smart.store.db import get_session
+from smart.oauth.grants import RefreshTokenGrant
+from smart.store.models import User, now
+from smart.oauth.server import server
 
 #: Client authentication accepted at these endpoints.
 CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]

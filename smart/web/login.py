@@ -26,8 +26,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
-from .db import get_session
-from .models import LoginAttempt, User, hash_secret, now
+from smart.store.db import get_session
+from smart.store.models import LoginAttempt, User, hash_secret, now
 
 #: Failed logins of one username from one client address before that pair is refused.
 MAX_PAIR_FAILURES = 5

@@ -16,9 +16,10 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy import delete, select, update
 
-from . import scopes, tokens
-from .db import get_session
-from .models import (
+from smart import scopes
+from smart.tokens import jwt as tokens
+from smart.store.db import get_session
+from smart.store.models import (
     CODE_LIFETIME,
     AuthorizationCode,
     Client,

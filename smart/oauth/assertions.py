@@ -14,10 +14,10 @@ from joserfc.jwk import KeySet
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-from . import tokens
-from .db import get_session
-from .models import UsedAssertion, now
-from .urls import TOKEN_PATH
+from smart.tokens import jwt as tokens
+from smart.store.db import get_session
+from smart.store.models import UsedAssertion, now
+from smart.oauth.urls import TOKEN_PATH
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from .db import get_session
-from .models import LaunchContext, now
+from smart.store.db import get_session
+from smart.store.models import LaunchContext, now
 
 #: FHIR id grammar (FHIR R4 §2.24.0.1 id): launch context ids, the picker's and the CLI's patient ids.
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

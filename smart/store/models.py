@@ -10,8 +10,8 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from . import scopes
-from .db import Base
+from smart import scopes
+from smart.store.db import Base
 
 #: Client authentication methods at the token endpoint (RFC 7591 §2, SMART 2.2 §Client Authentication).
 PUBLIC_AUTH_METHODS = ("none",)
@@ -289,7 +289,7 @@ class UsedAssertion(Base):
 
 class LoginAttempt(Base):
     """A login attempt on the authorization page that did not succeed (yet), by username and
-    client address; kept for :data:`smart.login.FAILURE_WINDOW` seconds to throttle guessing.
+    client address; kept for :data:`smart.web.login.FAILURE_WINDOW` seconds to throttle guessing.
     In the database so that every worker counts the same attempts."""
 
     __tablename__ = "smart_login_attempt"

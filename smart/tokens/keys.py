@@ -10,8 +10,8 @@ from flask import current_app
 from joserfc.jwk import RSAKey
 from sqlalchemy import select, update
 
-from .db import get_session
-from .models import SigningKey, now
+from smart.store.db import get_session
+from smart.store.models import SigningKey, now
 
 #: Longest lifetime of anything signed with our keys (access tokens, id_tokens), seconds.
 #: A retired key keeps verifying this long after retirement (issue 4, key rotation).
