@@ -14,11 +14,13 @@ contracts in ``.importlinter``), in one place:
 from __future__ import annotations
 
 from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
-                    needs, public)
+                         needs, public)
 from smart.oauth.cors import is_allowed_origin
 from smart.store.db import get_database
 from smart.store.models import PatientAlias
-from smart.web.picker import PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory
+from smart.web.picker import (
+    PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory,
+)
 
 __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",

@@ -28,9 +28,9 @@ from flask import current_app, g, request
 from sqlalchemy import select
 
 from smart import scopes as scope_grammar
-from smart.tokens import jwt as tokens
 from smart.store.db import get_session
 from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
+from smart.tokens import jwt as tokens
 
 #: ``scopes.permits`` memoised: every proxied request asks the same few questions of the
 #: same few scope strings, and parsing them each time is most of the decision's cost.

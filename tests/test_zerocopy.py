@@ -8,8 +8,7 @@ import types
 
 import pytest
 
-from fhir_facade.dicomweb import multipart
-from fhir_facade.dicomweb import zerocopy
+from fhir_facade.dicomweb import multipart, zerocopy
 
 pytestmark = pytest.mark.skipif(not zerocopy._AVAILABLE, reason="splice(2) is Linux-only")
 

@@ -15,16 +15,17 @@ from flask import Blueprint, Response, current_app, request
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.access import check_study_access
-from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
-from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
-from fhir_facade.pacs.client import PacsError
+from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_patient_id
-from fhir_facade.dicomweb.relay import (DicomwebError, NotAvailable, error_response, json_answer, relay,  # noqa: F401 (rewrite_urls: API)
-                    rewrite_urls)
 from fhir_facade.dicom.uids import is_uid
+from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
+from fhir_facade.dicomweb.relay import (  # noqa: F401 (rewrite_urls: API)
+    DicomwebError, NotAvailable, error_response, json_answer, relay, rewrite_urls,
+)
+from fhir_facade.pacs.client import PacsError
 from fhir_facade.pacs.exact import narrowing
+from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
 from fhir_facade.pacs.studies import get_studies
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,10 @@ import urllib3
 from flask import Response, current_app, request
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.dicomweb import multipart
-from fhir_facade.dicomweb import zerocopy
+from fhir_facade.dicom.patient_ids import to_fhir_id
+from fhir_facade.dicomweb import multipart, zerocopy
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
 from fhir_facade.pacs.client import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
-from fhir_facade.dicom.patient_ids import to_fhir_id
 
 CHUNK = 1024 * 1024
 #: Response headers relayed from the PACS with a body relayed as is (hop-by-hop headers,

@@ -14,20 +14,19 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.fhir import bundle
-from fhir_facade.fhir import capability
-from fhir_facade.resources import mapping
-from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.access import check_owners
-from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
-from fhir_facade.fhir.outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
-from fhir_facade.pacs.client import PacsError
+from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
+from fhir_facade.fhir import bundle, capability
+from fhir_facade.fhir.outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
 from fhir_facade.fhir.patient_search import parse_endpoint_search, parse_patient_search
 from fhir_facade.fhir.render import FHIR_JSON, fhir_response, negotiate, negotiate_request
 from fhir_facade.fhir.search import parse_study_search
 from fhir_facade.fhir.search_params import ResultParams, is_uid, parse_result_parameter
+from fhir_facade.pacs.client import PacsError
+from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
 from fhir_facade.pacs.studies import get_studies
+from fhir_facade.resources import mapping
 
 log = logging.getLogger(__name__)
 

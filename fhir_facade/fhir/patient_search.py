@@ -10,10 +10,12 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fhir_facade.fhir.outcomes import BadSearch
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_patient_id
-from fhir_facade.fhir.search_params import (ResultParams, check_modifier, coding_matcher, date_predicate, parse_result_parameter,
-                     reference_id, split_token, split_values)
+from fhir_facade.fhir.outcomes import BadSearch
+from fhir_facade.fhir.search_params import (
+    ResultParams, check_modifier, coding_matcher, date_predicate, parse_result_parameter, reference_id,
+    split_token, split_values,
+)
 
 #: Patient.gender codes (FHIR R4 ValueSet administrative-gender, required binding).
 GENDERS = frozenset({"male", "female", "other", "unknown"})

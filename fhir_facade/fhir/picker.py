@@ -11,11 +11,11 @@ from flask import Flask
 from smart.api import PICKER_LIMIT, UNNAMED, PatientChoice, PickerUnavailable, register_patient_directory
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.resources.mapping import human_names
-from fhir_facade.pacs.client import PacsError
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir.patient_search import normalize
+from fhir_facade.pacs.client import PacsError
 from fhir_facade.pacs.studies import get_studies
+from fhir_facade.resources.mapping import human_names
 
 #: Studies asked of the PACS per query; patients are grouped from them.
 STUDY_LIMIT = 200

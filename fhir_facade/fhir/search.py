@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.resources import mapping
-from fhir_facade.fhir.outcomes import BadSearch
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_patient_id
-from fhir_facade.fhir.search_params import (DEFAULT_COUNT, MAX_COUNT, ResultParams, check_modifier, coding_matcher,  # noqa: F401
-                            date_predicate, date_range, is_uid, parse_result_parameter, reference_id, split_token,
-                            split_values, uid_values)
+from fhir_facade.fhir.outcomes import BadSearch
+from fhir_facade.fhir.search_params import (  # noqa: F401
+    DEFAULT_COUNT, MAX_COUNT, ResultParams, check_modifier, coding_matcher, date_predicate, date_range, is_uid,
+    parse_result_parameter, reference_id, split_token, split_values, uid_values,
+)
+from fhir_facade.resources import mapping
 
 STUDY_INCLUDES = {
     "ImagingStudy:endpoint": "ImagingStudy:endpoint",

@@ -9,9 +9,9 @@ from flask import Flask, current_app
 
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.pacs.exact import ExactSource, is_exact
-from fhir_facade.pacs.client import PacsClient
 from fhir_facade.dicom.patient_ids import to_fhir_id
+from fhir_facade.pacs.client import PacsClient
+from fhir_facade.pacs.exact import ExactSource, is_exact
 
 #: The owner of a study row whose patient cannot be confirmed: no patient's id, so only a
 #: grant to every patient passes (:func:`smart.authz.check_patient`).

@@ -16,10 +16,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from smart.api import PatientAlias, get_database
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.resources import mapping
-from fhir_facade.pacs.exact import ExactSource, exact_copy, narrowing
-from fhir_facade.pacs.client import PacsClient, PacsError, get_pacs
 from fhir_facade.dicom.patient_ids import hashed_id, to_fhir_id
+from fhir_facade.pacs.client import PacsClient, PacsError, get_pacs
+from fhir_facade.pacs.exact import ExactSource, exact_copy, narrowing
+from fhir_facade.resources import mapping
 
 #: Study-level attributes asked of QIDO-RS beyond the ones PS3.18 Table 10.6.3-3 requires.
 STUDY_FIELDS = (

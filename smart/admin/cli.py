@@ -10,10 +10,10 @@ from sqlalchemy import delete, select
 
 from smart import authz
 from smart.oauth import cors
-from smart.tokens import keys
-from smart.store.db import get_session
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
+from smart.store.db import get_session
 from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, User, now
+from smart.tokens import keys
 
 ROLES = ("patient", "practitioner")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 from flask.cli import with_appcontext
 
-from smart.tokens import keys
 from smart.store import models  # noqa: F401  (models registers the tables on Base)
 from smart.store.db import Base, get_database
+from smart.tokens import keys
 
 
 def init_db() -> None:

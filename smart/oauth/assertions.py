@@ -14,10 +14,10 @@ from joserfc.jwk import KeySet
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-from smart.tokens import jwt as tokens
+from smart.oauth.urls import TOKEN_PATH
 from smart.store.db import get_session
 from smart.store.models import UsedAssertion, now
-from smart.oauth.urls import TOKEN_PATH
+from smart.tokens import jwt as tokens
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

@@ -1,11 +1,12 @@
 """Discovery documents: SMART configuration (SMART 2.2 §Using well-known) and OIDC metadata."""
 from __future__ import annotations
 
-from smart.oauth import assertions
-from smart.oauth import grants
-from smart.tokens import keys
+from smart.oauth import assertions, grants
+from smart.oauth.urls import (  # noqa: F401
+    AUTHORIZE_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, SMART_STYLE_PATH, TOKEN_PATH,
+)
 from smart.tokens import jwt as tokens
-from smart.oauth.urls import AUTHORIZE_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, SMART_STYLE_PATH, TOKEN_PATH  # noqa: F401
+from smart.tokens import keys
 
 #: Capabilities this server really implements (SMART 2.2 §Capabilities), plus the
 #: Argonaut "smart-imaging-access" marker. Only list what works end to end.

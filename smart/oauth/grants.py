@@ -17,7 +17,6 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy import delete, select, update
 
 from smart import scopes
-from smart.tokens import jwt as tokens
 from smart.store.db import get_session
 from smart.store.models import (
     CODE_LIFETIME,
@@ -30,6 +29,7 @@ from smart.store.models import (
     digest,
     now,
 )
+from smart.tokens import jwt as tokens
 
 #: Refresh token lifetimes in seconds (SMART 2.2 §Scopes: offline_access / online_access).
 OFFLINE_REFRESH_LIFETIME = 90 * 24 * 3600

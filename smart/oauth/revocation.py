@@ -5,11 +5,11 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import jsonify, request
 
 from smart import authz
-from smart.tokens import jwt as tokens
-from smart.store.db import get_session
 from smart.oauth.grants import RefreshTokenGrant
-from smart.store.models import User, now
 from smart.oauth.server import server
+from smart.store.db import get_session
+from smart.store.models import User, now
+from smart.tokens import jwt as tokens
 
 #: Client authentication accepted at these endpoints.
 CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]

@@ -10,8 +10,7 @@ from flask import Flask, current_app
 from flask import request as flask_request
 from sqlalchemy import delete, select
 
-from smart.oauth import assertions
-from smart.oauth import grants
+from smart.oauth import assertions, grants
 from smart.store.db import get_session
 from smart.store.models import Client, IssuedAccessToken, RefreshToken, digest, now
 

@@ -14,9 +14,9 @@ from joserfc.errors import JoseError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from smart.tokens import keys
 from smart.store.db import get_database, get_session
 from smart.store.models import RevokedToken, now
+from smart.tokens import keys
 
 #: Access token lifetime in seconds (issue 4: at most one hour).
 ACCESS_TOKEN_LIFETIME = 3600

@@ -7,20 +7,17 @@ import secrets
 from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
-from smart import authz
-from smart.oauth import discovery
-from smart.tokens import keys
-from smart.web import login
-from smart.web import picker
-from smart.oauth import revocation
-from smart import scopes
-from smart.tokens import jwt as tokens
-from smart.store.db import get_session
+from smart import authz, scopes
+from smart.oauth import discovery, revocation
 from smart.oauth.grants import context_patient, end_user_scope, find_launch, launch_refusal, scope_has
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError
 from smart.oauth.launches import create_launch as make_launch
-from smart.store.models import ACCESS_CLIENT, ACCESS_USER, User, now
 from smart.oauth.server import query_client, server
+from smart.store.db import get_session
+from smart.store.models import ACCESS_CLIENT, ACCESS_USER, User, now
+from smart.tokens import jwt as tokens
+from smart.tokens import keys
+from smart.web import login, picker
 
 bp = Blueprint("smart", __name__, template_folder="templates")
 
