@@ -18,7 +18,7 @@ from fhir_facade.dicom.patient_ids import to_fhir_id
 #: holder PatientID -> the PatientIDs a lossy answer makes look like it
 HOLDERS = {
     "Nandu-": ["Nandu-日本", "Nandu-中国"],
-    "": ["山田", "王小东", "\\"],
+    "": ["山田", "王小东", "\\", "Ωμέγα", "Люкс"],  # Greek-only, Cyrillic-only: nothing left in Latin-1
     "bs": ["bs\\x"],
     "7": ["Ωμέγα7"],
     "ceyp": ["Люкceмбypг"],

@@ -17,7 +17,6 @@ from smart import api as authz  # the one smart module the facade may import
 
 from fhir_facade.access import check_study_access
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.dicom.patient_ids import InvalidPatientId, to_patient_id
 from fhir_facade.dicom.uids import is_uid
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from fhir_facade.dicomweb.relay import (  # noqa: F401 (rewrite_urls: API)
@@ -332,12 +331,7 @@ def _merged(answers: list[Response], paging: dict[str, str]) -> Response:
 
 def _compartment_patient_id(compartment: str):
     """The exact PatientID of a token's Patient id, or ``...`` when no PatientID has that id."""
-    try:
-        patient_id = to_patient_id(compartment)
-    except InvalidPatientId:  # a token for an id no PatientID has (one issued by an older rule)
-        return ...
-    if patient_id is None:  # the one-way form: its PatientID, if the PACS holds it at all
-        patient_id = get_studies().resolve_hashed(compartment)
+    patient_id = get_studies().patient_id_of(compartment)
     return ... if patient_id is None else patient_id
 
 

@@ -171,7 +171,7 @@ def _valid_ids(allowed: frozenset[str]) -> list[str]:
 def _find_studies(studies, search) -> list[dict]:
     """Study-level answers of one parsed ImagingStudy search, only its patient's if it names one."""
     if search.patient is not None and to_patient_id(search.patient) is None:
-        known = studies.resolve_hashed(search.patient)
+        known = studies.patient_id_of(search.patient)
         found = [] if known is None else studies.find_studies(search.qido + [("PatientID", known)],
                                                               with_series=not search.summary_count)
     else:
@@ -295,15 +295,10 @@ def _patients(studies: list[dict]) -> list[dict]:
 
 def _patient_studies(patient_id: str) -> list[dict]:
     """Study-level answers of one Patient id (newest first), empty when unknown."""
-    try:
-        dicom_id = to_patient_id(patient_id)
-    except InvalidPatientId:
-        return []
     studies = get_studies()
+    dicom_id = studies.patient_id_of(patient_id)
     if dicom_id is None:
-        dicom_id = studies.resolve_hashed(patient_id)
-        if dicom_id is None:
-            return []
+        return []
     found = [ds for ds in studies.find_studies([("PatientID", dicom_id)])
              if to_fhir_id(dj.patient_id(ds)) == patient_id]
     return sorted(found, key=_study_sort_key, reverse=True)

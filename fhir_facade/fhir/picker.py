@@ -11,7 +11,7 @@ from flask import Flask
 from smart.api import PICKER_LIMIT, UNNAMED, PatientChoice, PickerUnavailable, register_patient_directory
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
+from fhir_facade.dicom.patient_ids import to_fhir_id
 from fhir_facade.fhir.patient_search import normalize
 from fhir_facade.pacs.client import PacsError
 from fhir_facade.pacs.studies import get_studies
@@ -103,12 +103,9 @@ def describe_patient(fhir_id: str | None) -> PatientChoice | None:
     EHR launch), or None when the id is not one of ours, the PACS holds no study of it, or
     the PACS fails: the page then shows the bare id."""
     try:
-        patient_id = to_patient_id(fhir_id) if fhir_id else None
-    except InvalidPatientId:  # an id no PatientID has (recorded under an older rule)
-        return None
-    if patient_id is None:
-        return None
-    try:
+        patient_id = get_studies().patient_id_of(fhir_id)
+        if patient_id is None:
+            return None
         studies = get_studies().find_studies([("PatientID", patient_id)])
     except PacsError:
         return None
@@ -137,11 +134,32 @@ def _date(value: str | None) -> str | None:
     return value
 
 
+def find_among(fhir_ids: frozenset[str], query: str, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
+    """The patients of *fhir_ids* (an access list) the PACS holds whose name or id contains
+    *query*: each looked up by its own PatientID, so none is missed past the first studies.
+
+    Raises
+    ------
+    PickerUnavailable
+        If the PACS fails.
+    """
+    choices = []
+    for fhir_id in sorted(fhir_ids):
+        choice = describe_patient(fhir_id)
+        if choice is not None and (not query or _matches(query, fhir_id, choice.name)):
+            choices.append(choice)
+        if len(choices) == limit:
+            break
+    choices.sort(key=lambda c: (c.name == UNNAMED, c.name.lower(), c.id))
+    return choices
+
+
 class PacsPatientDirectory:
     """smart's ``PatientDirectory`` over the facade's PACS (the app's study repository)."""
 
-    def find_patients(self, query: str, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
-        return find_patients(query, limit)
+    def find_patients(self, query: str, limit: int = PICKER_LIMIT,
+                      among: frozenset[str] | None = None) -> list[PatientChoice]:
+        return find_patients(query, limit) if among is None else find_among(among, query, limit)
 
     def describe_patient(self, fhir_id: str | None) -> PatientChoice | None:
         return describe_patient(fhir_id)

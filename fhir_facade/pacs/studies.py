@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from smart.api import PatientAlias, get_database
 
 from fhir_facade.dicom import dicom_json as dj
-from fhir_facade.dicom.patient_ids import hashed_id, to_fhir_id
+from fhir_facade.dicom.patient_ids import InvalidPatientId, hashed_id, to_fhir_id, to_patient_id
 from fhir_facade.pacs.client import PacsClient, PacsError, get_pacs
 from fhir_facade.pacs.exact import ExactSource, exact_copy, narrowing
 from fhir_facade.resources import mapping
@@ -150,6 +150,32 @@ class StudyRepository:
         if new and self.aliases is not None and self.aliases.save(new):
             with self._lock:
                 self._recorded.update(new)
+
+    def patient_id_of(self, fhir_id: str | None) -> str | None:
+        """The exact DICOM PatientID of FHIR Patient id *fhir_id*: the one conversion every
+        route, the access decision and the consent page's picker use.
+
+        Rules 1 and 2 of :mod:`fhir_facade.dicom.patient_ids` are inverted directly; a one-way
+        id (rule 3) is resolved among the PatientIDs seen (:meth:`resolve_hashed`).
+
+        Returns
+        -------
+        str or None
+            ``None`` for an id no PatientID has (malformed, of an older rule, or one-way and
+            unknown to the PACS).
+
+        Raises
+        ------
+        PacsError
+            If the PACS fails while its study list is read for a one-way id.
+        """
+        if not fhir_id:
+            return None
+        try:
+            patient_id = to_patient_id(fhir_id)
+        except InvalidPatientId:
+            return None
+        return self.resolve_hashed(fhir_id) if patient_id is None else patient_id
 
     def resolve_hashed(self, fhir_id: str) -> str | None:
         """Return the PatientID behind a one-way Patient id (patient_ids rule 3), else ``None``.

@@ -52,9 +52,11 @@ def clean_query(text: str | None) -> str:
 class PatientDirectory(Protocol):
     """Where the picker finds patients (the facade implements it over the PACS)."""
 
-    def find_patients(self, query: str, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
+    def find_patients(self, query: str, limit: int = PICKER_LIMIT,
+                      among: frozenset[str] | None = None) -> list[PatientChoice]:
         """Patients whose name or id contains *query* (already :func:`clean_query`-ed; all
-        when empty), at most *limit*; raises :class:`PickerUnavailable` when the source fails."""
+        when empty), at most *limit*, only of the Patient ids *among* when given (a
+        practitioner's access list); raises :class:`PickerUnavailable` when the source fails."""
 
     def describe_patient(self, fhir_id: str | None) -> PatientChoice | None:
         """The picker row of the patient with FHIR id *fhir_id*, or None when it is unknown."""
@@ -73,9 +75,10 @@ def _directory() -> PatientDirectory | None:
     return current_app.extensions.get(EXTENSION)
 
 
-def find_patients(query: str | None, limit: int = PICKER_LIMIT) -> list[PatientChoice]:
+def find_patients(query: str | None, limit: int = PICKER_LIMIT,
+                  among: frozenset[str] | None = None) -> list[PatientChoice]:
     """Patients whose name or PatientID contains *query* (all when empty), from the
-    registered :class:`PatientDirectory`.
+    registered :class:`PatientDirectory`; only those of *among* (Patient ids) when given.
 
     Raises
     ------
@@ -85,7 +88,7 @@ def find_patients(query: str | None, limit: int = PICKER_LIMIT) -> list[PatientC
     directory = _directory()
     if directory is None:
         raise PickerUnavailable()
-    return directory.find_patients(clean_query(query), limit)
+    return directory.find_patients(clean_query(query), limit, among)
 
 
 def describe_patient(fhir_id: str | None) -> PatientChoice | None:

@@ -112,7 +112,7 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
     patients, picker_message = [], None
     if needs_picker:
         try:
-            patients = _reachable(picker.find_patients(query), user)
+            patients = picker.find_patients(query, among=authz.stored_patients(ACCESS_USER, user.username))
         except picker.PickerUnavailable as exc:
             picker_message = exc.message
     return _page(
@@ -138,11 +138,6 @@ def _may_see(user: User, patient: str) -> bool:
     holds *patient*: a standalone launch never reaches past it (SMART Imaging Access)."""
     allowed = authz.stored_patients(ACCESS_USER, user.username)
     return allowed is None or patient in allowed
-
-
-def _reachable(choices: list, user: User) -> list:
-    """The picker's *choices* the practitioner may choose (:func:`_may_see`)."""
-    return [choice for choice in choices if _may_see(user, choice.id)]
 
 
 def _chosen_patient() -> tuple[str | None, str | None]:
