@@ -1,11 +1,14 @@
-"""Shared pytest fixtures: the throwaway Orthanc PACS with the sample studies (dev PACS section)."""
+"""The tests' one fixture system: the facade apps (``app``, ``client``, ``auth``, ``fake_app``) and
+the throwaway Orthanc PACS with the sample studies.
+
+``scripts/`` and ``tests/`` are on the import path through pytest.ini's ``pythonpath``; plain
+helpers (tokens, requests, DICOM JSON builders) live in modules the tests import by name.
+"""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -17,10 +20,6 @@ import pytest
 # `pytest -m "not integration"` runs without a PACS. Set FACADE_TEST_PACS_URL
 # to an already running Orthanc REST root to reuse it instead of starting one.
 # ---------------------------------------------------------------------------
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
 
 
 @dataclass
@@ -99,3 +98,45 @@ def encoded_pacs(request, tmp_path_factory) -> Iterator[PACS]:
     devpacs.ensure_installed()
     with devpacs.Orthanc(tmp_path_factory.mktemp(f"orthanc-{request.param}"), encoding=request.param) as process:
         yield PACS(url=process.url, dicomweb_url=process.dicomweb_url, samples={}, process=process)
+
+
+# --------------------------------------------------------------------------- the facade
+
+@pytest.fixture
+def app(tmp_path):
+    """The facade built by the factory on a fresh SQLite database (tables created), its PACS
+    an address nothing answers at (fake it with ``responses``)."""
+    from app import create_app
+    from facade_helpers import PUBLIC_URL
+    from smart.admin.schema import init_db
+
+    application = create_app({
+        "TESTING": True,
+        "FACADE_DATABASE_URL": f"sqlite:///{tmp_path}/facade.db",
+        "FACADE_PUBLIC_URL": PUBLIC_URL,
+        "FACADE_PACS_URL": "http://pacs.test/dicom-web",
+    })
+    with application.app_context():
+        init_db()
+    yield application
+    application.extensions["smart_db"].engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    """A test client of :func:`app`."""
+    return app.test_client()
+
+
+@pytest.fixture
+def auth(client):
+    """The multi-step SMART flows (register, log in, consent, exchange) on :func:`client`."""
+    from smart_flow import AuthActions
+    return AuthActions(client)
+
+
+@pytest.fixture
+def fake_app(tmp_path):
+    """The facade on ``facade_helpers.FAKE_PACS`` (fake it with ``responses``), public at ``PUBLIC``."""
+    from facade_helpers import make_app
+    return make_app(tmp_path)

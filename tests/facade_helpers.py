@@ -1,12 +1,13 @@
 """Test helpers for the FHIR API and DICOMweb proxy: an app on a fake PACS and tokens."""
 from __future__ import annotations
 
-import pytest
-
 from app import create_app
 
 FAKE_PACS = "http://pacs.internal:8042/dicom-web"
 PUBLIC = "https://facade.example/base"
+#: The public URL of the ``app`` fixture (conftest.py) and its FHIR base.
+PUBLIC_URL = "http://127.0.0.1:8080"
+FHIR_BASE = PUBLIC_URL + "/fhir"
 
 
 def make_app(tmp_path, **config):
@@ -35,7 +36,3 @@ def token(app, scope="patient/ImagingStudy.rs patient/Patient.rs", patient="P1",
 def bearer(value: str) -> dict:
     return {"Authorization": f"Bearer {value}"}
 
-
-@pytest.fixture
-def fake_app(tmp_path):
-    return make_app(tmp_path)

@@ -6,7 +6,6 @@ import re
 import pytest
 from werkzeug.routing import Map
 
-from facade_helpers import fake_app  # noqa: F401
 
 #: Methods a client may try; OPTIONS is always answered (Flask adds it to every rule).
 TRIED = ("GET", "POST", "PUT", "DELETE", "PATCH")

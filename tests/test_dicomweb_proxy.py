@@ -10,7 +10,7 @@ import responses
 
 from dicom_json_builders import ds
 from access_helpers import allow
-from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, token  # noqa: F401
+from facade_helpers import FAKE_PACS, PUBLIC, bearer, token
 from fhir_facade.dicomweb.api import rewrite_urls
 
 STUDY, SERIES, SOP = "1.2.1", "1.2.1.1", "1.2.1.1.1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import responses
 
-from facade_helpers import bearer, fake_app, token  # noqa: F401
+from facade_helpers import bearer, token
 
 #: Routes that answer without a bearer token by design: discovery, keys, the
 #: CapabilityStatement, and the OAuth endpoints (which authenticate the client instead).

@@ -6,7 +6,7 @@ import responses
 
 from dicom_json_builders import ds
 from access_helpers import allow
-from facade_helpers import FAKE_PACS, PUBLIC, bearer, fake_app, make_app, token  # noqa: F401
+from facade_helpers import FAKE_PACS, PUBLIC, bearer, make_app, token
 from fhir_validation import validate
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

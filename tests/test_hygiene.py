@@ -5,7 +5,7 @@ import pytest
 import responses
 
 from dicom_json_builders import ds
-from facade_helpers import FAKE_PACS, bearer, fake_app, token  # noqa: F401
+from facade_helpers import FAKE_PACS, bearer, token
 
 
 def test_access_log_names_route_templates_not_patients(fake_app, caplog):

@@ -2,7 +2,7 @@
 import pytest
 
 from access_helpers import allow
-from facade_helpers import bearer, fake_app  # noqa: F401
+from facade_helpers import bearer
 from smart.web.routes import launch_fields
 
 

@@ -5,7 +5,7 @@ import pytest
 import responses
 
 from access_helpers import allow
-from facade_helpers import FAKE_PACS, bearer, fake_app, token  # noqa: F401
+from facade_helpers import FAKE_PACS, bearer, token
 
 NASTY = ["%00", "%FF%FE", "..%2F..%2Fetc%2Fpasswd", "a" * 5000, "%E2%80%AE", "1.2.3%0D%0AX-Injected:%201",
          "%22%3E%3Cscript%3E", "-1", "9999-12-31", "ge9999-12-31", "0001", "lt0001-01-01", "1e999", "[]", "{}", "%F0%9F%92%A9", "1,,2", "*", "?", "\\", "'"]

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import yaml
 
-from facade_helpers import fake_app  # noqa: F401
 
 SPEC = Path(__file__).resolve().parents[1] / "openapi" / "openapi.yaml"
 

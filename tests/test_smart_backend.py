@@ -8,8 +8,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from fixtures_app import *  # noqa: F401,F403
-from fixtures_app import PUBLIC_URL
+from facade_helpers import PUBLIC_URL
 from access_helpers import allow
 
 TOKEN_URL = PUBLIC_URL + "/auth/token"

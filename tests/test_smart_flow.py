@@ -5,8 +5,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from fixtures_app import *  # noqa: F401,F403
-from fixtures_app import FHIR_BASE, PUBLIC_URL
+from facade_helpers import FHIR_BASE, PUBLIC_URL
 from access_helpers import allow
 from smart_flow import DEFAULT_REDIRECT_URI, DEFAULT_SCOPE, make_verifier, s256
 

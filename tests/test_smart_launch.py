@@ -6,7 +6,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from fixtures_app import *  # noqa: F401,F403
 from smart_flow import DEFAULT_REDIRECT_URI, AuthActions
 
 SCOPE = "launch openid fhirUser patient/ImagingStudy.rs"

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from fixtures_app import *  # noqa: F401,F403
 from smart_flow import AuthActions
 
 GENERIC = "Unknown username or wrong password."

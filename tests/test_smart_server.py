@@ -5,8 +5,7 @@ import base64
 
 import pytest
 
-from fixtures_app import *  # noqa: F401,F403
-from fixtures_app import PUBLIC_URL
+from facade_helpers import PUBLIC_URL
 
 OFFLINE_SCOPE = "launch/patient openid fhirUser patient/ImagingStudy.rs patient/Patient.rs offline_access"
 

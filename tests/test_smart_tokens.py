@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from fixtures_app import *  # noqa: F401,F403
-from fixtures_app import FHIR_BASE, PUBLIC_URL
+from facade_helpers import FHIR_BASE, PUBLIC_URL
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 import responses
 
 from dicom_json_builders import ds
-from fixtures_app import *  # noqa: F401,F403
 
 PACS = "http://pacs.test/dicom-web"
 #: StudyInstanceUID -> PatientID of the fake PACS.
