@@ -20,7 +20,7 @@ from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.uids import is_uid
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from fhir_facade.dicomweb.relay import (  # noqa: F401 (rewrite_urls: API)
-    DicomwebError, NotAvailable, error_response, json_answer, relay, rewrite_urls,
+    DicomwebError, NotAvailable, error_response, json_answer, page, relay, rewrite_urls,
 )
 from fhir_facade.pacs.client import PacsError
 from fhir_facade.pacs.exact import narrowing
@@ -319,9 +319,7 @@ def _merged(answers: list[Response], paging: dict[str, str]) -> Response:
             return answer
         rows += json.loads(answer.get_data())
         warnings += answer.headers.getlist("Warning")
-    offset = int(paging.get("offset", 0))
-    limit = int(paging.get("limit", 0))
-    rows = rows[offset:offset + limit] if limit > 0 else rows[offset:]
+    rows = page(rows, paging)
     response = Response(json.dumps(rows, ensure_ascii=False, separators=(",", ":")), status=200,
                         mimetype="application/dicom+json")
     for warning in dict.fromkeys(warnings):

@@ -564,7 +564,7 @@ def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | 
         exact = current_app.extensions["exact"]
         datasets = [ds for ds in exact.confirm(datasets, ... if patient_id is None else patient_id)
                     if to_fhir_id(dj.patient_id(ds)) == patient_filter]
-        datasets = _page(datasets, dict(paging))
+        datasets = page(datasets, dict(paging))
     rewrite_urls(datasets, get_pacs().base_url, _public_base())
     response = Response(json.dumps(datasets, ensure_ascii=False, separators=(",", ":")), status=200,
                         mimetype=DICOM_JSON)
@@ -572,7 +572,7 @@ def json_answer(path: str, params: list[tuple[str, str]], patient_filter: str | 
     return response
 
 
-def _page(datasets: list, paging: dict) -> list:
+def page(datasets: list, paging: dict) -> list:
     """Apply QIDO-RS ``offset`` and ``limit`` (PS3.18 Section 8.3.4.4) to *datasets*."""
     offset = int(paging.get("offset", 0))
     if "limit" in paging and int(paging["limit"]) > 0:
