@@ -40,7 +40,7 @@ bootstrap() {
     "$venv/bin/python" scripts/devpacs.py ensure-installed >/dev/null
 }
 
-# The browser test (tests/test_smart_clients.py) needs Debian's chromium, node >= 20 and the
+# The browser test (tests/smart/test_smart_clients.py) needs Debian's chromium, node >= 20 and the
 # npm packages pinned in tests/browser/package-lock.json (fhirclient, playwright-core; no
 # browser download: playwright-core drives /usr/bin/chromium). A failed install is reported
 # here and the browser test then fails with the same message; it is never skipped.

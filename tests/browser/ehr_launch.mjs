@@ -1,6 +1,6 @@
 // Drives Debian's chromium with playwright-core through the SMART flows of the browser test.
 //
-// Usage: node ehr_launch.mjs '<json config>'   (tests/test_smart_clients.py builds the config)
+// Usage: node ehr_launch.mjs '<json config>'   (tests/smart/test_smart_clients.py builds the config)
 // Config: chromium, screenshots (folder), launchUrl, pickerUrl, username, password, patientQuery,
 //         patientId, timeoutMs. Prints one JSON object with what the pages showed.
 import { chromium } from "playwright-core";

@@ -25,7 +25,7 @@ import devpacs
 import samples
 from multipart_parsers import parse_by_boundary, parse_by_length
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PATIENT = "DW-GUNICORN"
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 #: 384 x 400 x 16-bit pixels: parts of about 300 KB, well above zerocopy.MIN_SPLICE.

@@ -29,7 +29,7 @@ from facade_helpers import make_app
 from live_server import live_server
 from smart_flow import form_data, form_with_action, make_verifier, parse_forms, s256
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BROWSER = ROOT / "tests" / "browser"
 APP_DIR = BROWSER / "app"
 CLIENT_JS = BROWSER / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
