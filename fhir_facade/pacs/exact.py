@@ -227,26 +227,25 @@ class ExactSource:
             If the PACS fails while metadata is read.
         """
         rows = [row for row in rows if isinstance(row, dict)]
+        exact = [is_exact(row) for row in rows]
+        if all(exact):
+            return rows  # a UTF-8 answer with nothing replaced: nothing to ask
         by_study: dict[str, list[dict]] = {}
-        for row in rows:
-            if not is_exact(row) and (patient_id is ... or could_be(dj.patient_id(row), patient_id)):
-                by_study.setdefault(dj.text(row, "StudyInstanceUID") or "", []).append(row)
         # Patients whose study-level row is exact already: no lossy row of that study is theirs.
         claimed: dict[str, set] = {}
-        for row in rows:
-            if is_exact(row) and not dj.text(row, "SeriesInstanceUID") and not dj.text(row, "SOPInstanceUID"):
-                claimed.setdefault(dj.text(row, "StudyInstanceUID") or "", set()).add(dj.patient_id(row))
+        for row, trusted in zip(rows, exact):
+            study_uid = dj.text(row, "StudyInstanceUID") or ""
+            if not trusted and (patient_id is ... or could_be(dj.patient_id(row), patient_id)):
+                by_study.setdefault(study_uid, []).append(row)
+            elif trusted and not dj.text(row, "SeriesInstanceUID") and not dj.text(row, "SOPInstanceUID"):
+                claimed.setdefault(study_uid, set()).add(dj.patient_id(row))
         replaced: dict[int, dict | None] = {}
         for study_uid, lossy in by_study.items():
             view = self.study(study_uid) if study_uid else StudyView(())
             for row, source in zip(lossy, _sources(view, lossy, claimed.get(study_uid, set()))):
                 replaced[id(row)] = None if source is None else exact_copy(row, source)
-        confirmed = []
-        for row in rows:
-            if is_exact(row):
-                confirmed.append(row)
-            elif replaced.get(id(row)) is not None:
-                confirmed.append(replaced[id(row)])
+        confirmed = [row if trusted else replaced[id(row)] for row, trusted in zip(rows, exact)
+                     if trusted or replaced.get(id(row)) is not None]
         if len(confirmed) < len(rows) and patient_id is ...:
             log.info("%d QIDO-RS rows left out: their patient could not be confirmed", len(rows) - len(confirmed))
         return confirmed
