@@ -203,6 +203,14 @@ def stored_patients(kind: str, subject: str) -> frozenset[str] | None:
     return found
 
 
+def practitioner_may_see(username: str, patient: str) -> bool:
+    """Whether the stored access list of user *username* (``smart grant-access --username``)
+    holds Patient *patient*: no launch, standalone or EHR, gives a practitioner a patient
+    beyond it (SMART Imaging Access: missing authorization is not authorization)."""
+    allowed = stored_patients(ACCESS_USER, username)
+    return allowed is None or patient in allowed
+
+
 def forget_access() -> None:
     """Drop this app's cached access lists (after a grant or revocation)."""
     cache = _access_cache()

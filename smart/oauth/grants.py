@@ -16,7 +16,7 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy import delete, select, update
 
-from smart import scopes
+from smart import authz, scopes
 from smart.store.db import get_session
 from smart.store.models import (
     CODE_LIFETIME,
@@ -91,12 +91,15 @@ def launch_refusal(launch: LaunchContext, user: User) -> str | None:
     """Why the EHR launch *launch* cannot apply to *user*, or None when it can.
 
     A launch bound to a user is for that user only; a patient user only ever works on their
-    own record, so a launch for another patient cannot be theirs (SMART 2.2 §EHR launch).
+    own record, so a launch for another patient cannot be theirs (SMART 2.2 §EHR launch); a
+    practitioner works only on the patients of their access list, whoever made the launch.
     """
     if launch.username and launch.username != user.username:
         return "This launch was created for another user."
     if user.role == "patient" and launch.patient and launch.patient != user.patient:
         return "This launch is for another patient's record."
+    if user.role != "patient" and launch.patient and not authz.practitioner_may_see(user.username, launch.patient):
+        return "You have no access to this patient's records."
     return None
 
 

@@ -133,13 +133,6 @@ def _consent_page(grant, user: User, message: str | None = None, status: int = 2
     )
 
 
-def _may_see(user: User, patient: str) -> bool:
-    """Whether practitioner *user*'s stored access list (``smart grant-access --username``)
-    holds *patient*: a standalone launch never reaches past it (SMART Imaging Access)."""
-    allowed = authz.stored_patients(ACCESS_USER, user.username)
-    return allowed is None or patient in allowed
-
-
 def _chosen_patient() -> tuple[str | None, str | None]:
     """The patient the practitioner chose: one of the listed ones or a typed id.
 
@@ -254,7 +247,7 @@ def authorize():
         patient, problem = _chosen_patient()
         if problem:
             return _consent_page(grant, user, message=problem, status=400)
-        if not _may_see(user, patient):
+        if not authz.practitioner_may_see(user.username, patient):
             return _consent_page(grant, user, message="You have no access to this patient's records.", status=403)
         grant.request.selected_patient = patient
     grant.request.auth_time = session.get("auth_time")

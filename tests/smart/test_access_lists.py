@@ -196,14 +196,16 @@ def test_a_patient_users_user_scope_stays_their_own_record(app, pacs):
 
 
 def test_practitioner_through_the_ehr_launch(app, pacs):
-    """The must-show for a practitioner: a real EHR launch, consent and token exchange."""
+    """The must-show for a practitioner: a real EHR launch, consent and token exchange. The
+    launch names no patient: one naming a patient outside the practitioner's list is refused
+    before any token (the next test)."""
     from smart.admin.cli import add_client, create_launch
     from smart_flow import AuthActions
 
     auth = AuthActions(app.test_client())
     with app.app_context():
         add_client("ehr-app", ["https://app.example/cb"], public=True)
-        launch = create_launch(patient="P", username="dr")
+        launch = create_launch(username="dr")
     tokens = auth.obtain_token("dr", "pw-dr", scope="launch user/ImagingStudy.rs", launch=launch,
                                client_id="ehr-app", redirect_uri="https://app.example/cb")
     assert tokens["scope"] == "launch user/ImagingStudy.rs"
@@ -309,3 +311,35 @@ def test_a_grant_made_elsewhere_is_seen_within_the_revocation_cache_time(tmp_pat
         connection.execute(text("INSERT INTO smart_patient_access (kind, subject, patient, granted_at) "
                                 "VALUES ('client', 'backend', 'P', 0)"))
     assert client.get("/fhir/ImagingStudy?patient=P", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("launch_user", ["dr", None])
+def test_an_ehr_launch_gives_a_practitioner_no_patient_beyond_their_list(app, pacs, launch_user):
+    """A review found that a launch for Q (made by an EHR allowed Q) gave practitioner dr, allowed
+    P only, a patient/ token for Q: the launch is refused with access_denied at the redirect
+    URI, and the same launch for P still works."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from smart.admin.cli import add_client, create_launch
+    from smart_flow import AuthActions
+
+    auth = AuthActions(app.test_client())
+    with app.app_context():
+        add_client("ehr-app", ["https://app.example/cb"], public=True)
+        launch_q = create_launch(patient="Q", username=launch_user)
+        launch_p = create_launch(patient="P", username=launch_user)
+    _cli(app, "grant-access", "--username", "dr", "--patient", "P")
+    scope = "launch patient/ImagingStudy.rs patient/Patient.rs"
+    params, _ = auth.authorize_params(scope=scope, launch=launch_q, client_id="ehr-app",
+                                      redirect_uri="https://app.example/cb", state="s")
+    page = auth.client.get("/auth/authorize", query_string=params)
+    refused = auth.login(page.get_data(as_text=True), "dr", "pw-dr")
+    assert refused.status_code == 302
+    location = urlsplit(refused.headers["Location"])
+    assert location.netloc == "app.example"
+    assert parse_qs(location.query)["error"] == ["access_denied"] and "code" not in parse_qs(location.query)
+    tokens = auth.obtain_token("dr", "pw-dr", scope=scope, launch=launch_p, client_id="ehr-app",
+                               redirect_uri="https://app.example/cb")
+    assert tokens["patient"] == "P"
+    headers = bearer(tokens["access_token"])
+    assert _study_ids(app.test_client(), headers, "?patient=P") == ["1.2.1"]

@@ -218,6 +218,7 @@ def test_launch_api_for_ehr_backend(app, auth, client_keys):
     token = backend_token("ehr", "launch system/Patient.rs")
     assert token["scope"] == "launch system/Patient.rs"
     allow(app, ["patient-5"], client_id="ehr")  # the EHR launches only for patients it was granted
+    allow(app, ["patient-5"], username="dr")  # and its practitioner sees only theirs
     created = auth.client.post("/auth/launch", json={"patient": "patient-5", "need_patient_banner": False},
                                headers={"Authorization": "Bearer " + token["access_token"]})
     assert created.status_code == 201, created.get_data(as_text=True)

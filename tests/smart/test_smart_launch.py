@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from access_helpers import allow
 from smart_flow import DEFAULT_REDIRECT_URI, AuthActions
 
 SCOPE = "launch openid fhirUser patient/ImagingStudy.rs"
@@ -74,6 +75,7 @@ def test_launch_bound_to_another_user_is_refused_before_consent(app, people):
 
 
 def test_practitioner_sees_the_launch_patient(app, people):
+    allow(app, ["patient-9"], username="dr")  # a practitioner's launch stays within their list
     launch = launch_for(app, patient="patient-9")
     page = after_login(people, launch, "dr", "pw-dr")
     assert "patient-9" in context_line(page.get_data(as_text=True))

@@ -5,6 +5,7 @@ import base64
 
 import pytest
 
+from access_helpers import allow
 from facade_helpers import PUBLIC_URL
 
 OFFLINE_SCOPE = "launch/patient openid fhirUser patient/ImagingStudy.rs patient/Patient.rs offline_access"
@@ -265,6 +266,7 @@ def test_ehr_launch(app, auth):
 
     auth.register_public_client()
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
+    allow(app, ["patient-9"], username="dr")  # a practitioner's launch stays within their list
     with app.app_context():
         launch = create_launch(patient="patient-9", encounter="enc-1", need_patient_banner=False)
     code = auth.authorize("dr", "pw-dr", scope="launch openid fhirUser patient/ImagingStudy.rs", launch=launch)
