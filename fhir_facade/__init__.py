@@ -11,14 +11,14 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 
 def init_app(app: Flask) -> None:
-    """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API
-    and the DICOMweb proxy on *app*."""
+    """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API,
+    the DICOMweb proxy and the operator routes (health, readiness, metrics) on *app*."""
     from fhir_facade.dicomweb import api as dicomweb
     from fhir_facade.fhir import api as fhir
     from fhir_facade.fhir import picker
     from fhir_facade.pacs import client as pacs
     from fhir_facade.pacs import lookups, studies
-    from fhir_facade.web import accesslog, cors
+    from fhir_facade.web import accesslog, cors, ops
 
     pacs.init_app(app)
     lookups.init_app(app)
@@ -28,6 +28,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(dicomweb.bp)
     cors.init_app(app)
     accesslog.init_app(app)
+    ops.init_app(app)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -33,6 +33,14 @@ SETTINGS = (
     ("FACADE_TRUSTED_PROXIES", 0, int),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).
     ("FACADE_INSECURE_TRANSPORT", "1", str),
+    # Client networks (CIDRs, comma or blank separated; "none": no address) that may read
+    # /healthz and /readyz, and /metrics (smart.authz.operator).
+    ("FACADE_HEALTH_ALLOW", "127.0.0.0/8, ::1", str),
+    ("FACADE_METRICS_ALLOW", "127.0.0.0/8, ::1", str),
+    # Bearer secret that opens the operator routes from any address (unset: none).
+    ("FACADE_METRICS_TOKEN", None, str),
+    # Seconds the readiness probe waits for the PACS.
+    ("FACADE_READY_TIMEOUT", 2.0, float),
 )
 
 

@@ -7,16 +7,19 @@ contracts in ``.importlinter``), in one place:
 - authorization of a request (:mod:`smart.authz`): the grant a token carries, the
   decorators a view declares its needs with, the blueprint guard and the errors;
 - CORS: whether an origin is one of a registered client's;
-- the database and the facade's one table in it (:class:`PatientAlias`);
+- the database and the facade's one table in it (:class:`PatientAlias`), and whether the
+  database answers (:func:`database_ready`, for the readiness probe);
+- the rule for operator routes (health, metrics): :func:`operator`;
 - the consent page's patient picker protocol, which the facade implements over the PACS
   and registers at app start (smart itself never imports the facade).
 """
 from __future__ import annotations
 
 from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
-                         needs, public)
+                         needs, operator, parse_networks, public)
 from smart.oauth.cors import is_allowed_origin
 from smart.store.db import get_database
+from smart.store.health import database_ready
 from smart.store.models import PatientAlias
 from smart.web.picker import (
     PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory,
@@ -24,8 +27,8 @@ from smart.web.picker import (
 
 __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
-    "needs", "public",
+    "needs", "operator", "parse_networks", "public",
     "is_allowed_origin",
-    "get_database", "PatientAlias",
+    "get_database", "PatientAlias", "database_ready",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
 ]

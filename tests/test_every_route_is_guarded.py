@@ -1,6 +1,8 @@
 """Issue 12: every route that is not public by design refuses a request without a token (401 with
 ``WWW-Authenticate: Bearer``) and one whose token lacks the scope (403), each in its protocol's
-own error shape. The URL map is walked, so a route added later is covered without a new test."""
+own error shape. The URL map is walked, so a route added later is covered without a new test.
+Issue 13: the operator routes (``authz.operator``: health, metrics) need no token but refuse any
+client the operator did not allow (403), with a token or without."""
 from __future__ import annotations
 
 import pytest
@@ -22,11 +24,19 @@ SAMPLES = {"<study_id>": "1.2.3", "<endpoint_id>": "dicomweb", "<patient_id>": "
 NO_SCOPE = "patient/Observation.rs"
 
 
+#: Routes for operators (load balancers, Prometheus), declared with ``authz.operator``.
+OPERATOR = {"/healthz", "/readyz", "/metrics"}
+
+
+def _declared(app, rule):
+    return getattr(app.view_functions[rule.endpoint], "_facade_access", None)
+
+
 def guarded_requests(app) -> list[tuple[str, str]]:
-    """(method, URL) for every method of every route that is not public."""
+    """(method, URL) for every method of every route that is neither public nor an operator's."""
     found = []
     for rule in app.url_map.iter_rules():
-        if rule.rule in PUBLIC:
+        if rule.rule in PUBLIC or rule.rule in OPERATOR:
             continue
         url = rule.rule
         for placeholder, value in SAMPLES.items():
@@ -67,6 +77,29 @@ def test_every_guarded_route_refuses_no_token_and_a_token_without_the_scope(fake
             assert refused.status_code == 403, (method, url, refused.get_data(as_text=True))
             _shape(url, refused)
         assert len(pacs.calls) == 0  # nothing reached the PACS
+
+
+def test_operator_routes_are_exactly_the_ones_declared_so(fake_app):
+    declared = {rule.rule for rule in fake_app.url_map.iter_rules()
+                if isinstance(_declared(fake_app, rule), tuple) and _declared(fake_app, rule)[0] == "operator"}
+    assert declared == OPERATOR
+
+
+def test_every_operator_route_refuses_an_address_not_allowed_even_with_a_valid_token(fake_app):
+    client = fake_app.test_client()
+    valid = bearer(token(fake_app, scope="system/*.rs", patient=None))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as pacs:
+        for rule in fake_app.url_map.iter_rules():
+            if rule.rule not in OPERATOR:
+                continue
+            for method in sorted(rule.methods - {"OPTIONS"}):
+                for headers in ({}, valid):
+                    refused = client.open(rule.rule, method=method, headers=headers,
+                                          environ_base={"REMOTE_ADDR": "198.51.100.4"})
+                    assert refused.status_code == 403, (method, rule.rule)
+                    if method != "HEAD":
+                        assert refused.get_json() == {"error": "access_denied"}
+        assert len(pacs.calls) == 0
 
 
 def test_a_route_that_declares_nothing_is_refused(fake_app):

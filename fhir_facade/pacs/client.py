@@ -6,6 +6,7 @@ import http.client
 import logging
 import re
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -16,10 +17,14 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from fhir_facade.pacs import metrics
+
 log = logging.getLogger(__name__)
 
 #: Media type of QIDO-RS and metadata answers (PS3.18 Section 8.7.3.5.1).
 DICOM_JSON = "application/dicom+json"
+#: StudyInstanceUID the readiness probe asks for: a UUID-derived UID (PS3.5 Annex B.2) no study has.
+PROBE_UID = "2.25.0"
 #: An HTTP field name (RFC 9110 Section 5.1: a token).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -139,11 +144,28 @@ READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 def broken_answer(response: requests.Response, exc: BaseException) -> PacsError:
     """Close the PACS answer *response*, whose body could not be read (*exc*, one of
     :data:`READ_ERRORS`); return the error to answer with: :class:`PacsTimeout` (504) when
-    the PACS stalled for the whole timeout, else :class:`PacsError` (502)."""
+    the PACS stalled for the whole timeout, else :class:`PacsError` (502). Counted in
+    ``facade_pacs_errors`` (:mod:`fhir_facade.pacs.metrics`)."""
+    error = _broken(response, exc)
+    path = urlsplit(response.request.url).path if response.request is not None and response.request.url else ""
+    metrics.count_pacs_error(metrics.operation(path), _error_kind(error))
+    return error
+
+
+def _broken(response: requests.Response, exc: BaseException) -> PacsError:
     response.close()
     if is_timeout(exc):
         return PacsTimeout()
     return PacsError("the PACS broke off its answer")
+
+
+def _error_kind(error: PacsError) -> str:
+    """The ``error`` label of a PACS failure (:data:`fhir_facade.pacs.metrics.ERRORS`)."""
+    if isinstance(error, PacsUnavailable):
+        return "unavailable"
+    if isinstance(error, PacsTimeout):
+        return "timeout"
+    return "invalid"
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -208,7 +230,8 @@ class PacsClient:
         return f"{self.base_url}/{path.lstrip('/')}"
 
     def get(self, path: str, params: Sequence[tuple[str, str]] | Mapping | None = None,
-            headers: Mapping[str, str] | None = None, stream: bool = False) -> requests.Response:
+            headers: Mapping[str, str] | None = None, stream: bool = False,
+            timeout: float | None = None) -> requests.Response:
         """Send a GET to the PACS.
 
         Parameters
@@ -221,11 +244,15 @@ class PacsClient:
             Request headers (e.g. ``Accept``).
         stream : bool
             Leave the body unread so it can be relayed chunk by chunk.
+        timeout : float, optional
+            Connect and read timeout in seconds for this request (default: the client's).
 
         Returns
         -------
         requests.Response
-            Whatever status the PACS answered; the caller decides.
+            Whatever status the PACS answered; the caller decides. Each request is timed
+            (``facade_pacs_request_duration_seconds``) and each failure or 5xx answer counted
+            (``facade_pacs_errors``) by operation kind, never by URL.
 
         Raises
         ------
@@ -237,6 +264,19 @@ class PacsClient:
             An answer that is not HTTP (over 100 header lines, a header line over 64 KiB), or
             unless *stream*, a body cut short.
         """
+        kind = metrics.operation(path)
+        started = time.perf_counter()
+        try:
+            response = self._send(path, params, headers, stream, self.timeout if timeout is None else timeout)
+        except PacsError as exc:
+            metrics.count_pacs_error(kind, _error_kind(exc))
+            raise
+        metrics.observe_pacs(kind, time.perf_counter() - started)
+        if response.status_code >= 500:
+            metrics.count_pacs_error(kind, "server_error")
+        return response
+
+    def _send(self, path: str, params, headers, stream: bool, timeout: float) -> requests.Response:
         # A prepared request sent straight through the pooled adapter: the Session's cookie,
         # hook, redirect and environment machinery costs ~0.25 ms a request and does nothing
         # for a PACS (redirects are not followed; credentials come from our configuration).
@@ -250,7 +290,7 @@ class PacsClient:
             request.prepare_url(url, None)
             request.prepare_headers(headers)
             request.prepare_auth(self.session.auth, url)
-            response = self.adapter.send(request, stream=stream, timeout=self.timeout)
+            response = self.adapter.send(request, stream=stream, timeout=timeout)
         except requests.Timeout as exc:
             log.warning("PACS timeout")
             raise PacsTimeout() from exc
@@ -272,11 +312,37 @@ class PacsClient:
             try:
                 response.content
             except READ_ERRORS as exc:
-                error = broken_answer(response, exc)
+                error = _broken(response, exc)
                 if isinstance(error, PacsTimeout):
                     log.warning("PACS timeout")
                 raise error from exc
         return response
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """Whether the PACS answers a cheap QIDO-RS query within *timeout* seconds.
+
+        Asks for a study UID no PACS holds (``StudyInstanceUID=2.25.0``, ``limit=1``): an
+        indexed look-up answered with an empty list (PS3.18 Section 10.6). For the readiness
+        probe (``GET /readyz``).
+
+        Parameters
+        ----------
+        timeout : float
+            Connect and read timeout in seconds.
+
+        Returns
+        -------
+        bool
+            ``True`` for a 2xx answer; ``False`` when the PACS is unreachable, silent, or
+            answers anything else (a 401 means the facade cannot use it either).
+        """
+        try:
+            response = self.get("studies", params=[("StudyInstanceUID", PROBE_UID), ("limit", "1")],
+                                headers={"Accept": DICOM_JSON}, timeout=timeout)
+        except PacsError:
+            return False
+        response.close()
+        return 200 <= response.status_code < 300
 
     def qido(self, path: str, params: Sequence[tuple[str, str]] | Mapping | None = None) -> list[dict]:
         """Run a QIDO-RS query and return its DICOM JSON datasets (PS3.18 Section 10.6).

@@ -23,6 +23,7 @@ from cachetools import TTLCache
 
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.charsets import repair_person_name
+from fhir_facade.pacs import metrics
 from fhir_facade.pacs.client import PacsClient
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ class ExactSource:
         """
         with self._lock:
             view = None if fresh else self._views.get(study_uid)
+        if not fresh:
+            metrics.count_lookup("study_metadata", view is not None)
         if view is None:
             datasets = self.pacs.metadata(f"studies/{study_uid}/metadata")
             view = StudyView(tuple(ds for ds in datasets if isinstance(ds, dict)))

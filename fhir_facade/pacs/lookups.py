@@ -10,6 +10,7 @@ from flask import Flask, current_app
 
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import to_fhir_id
+from fhir_facade.pacs import metrics
 from fhir_facade.pacs.client import PacsClient
 from fhir_facade.pacs.exact import ExactSource, is_exact
 
@@ -114,6 +115,8 @@ class Lookups:
                    fresh: bool = False) -> frozenset[str]:
         with self._lock:
             owners = None if fresh else self._owners.get(key)
+        if not fresh:
+            metrics.count_lookup(f"{key[0]}_owners", owners is not None)
         if owners is not None:
             return owners
         params = [(keyword, uid), ("includefield", dj.TAGS["PatientID"])]
@@ -166,6 +169,7 @@ class Lookups:
         key = (study_uid, series_uid, sop_uid)
         with self._lock:
             info = self._instances.get(key)
+        metrics.count_lookup("instances", info is not None)
         if info is None:
             rows = self.pacs.qido(f"studies/{study_uid}/series/{series_uid}/instances", [
                 ("SOPInstanceUID", sop_uid), ("includefield", dj.TAGS["NumberOfFrames"]),

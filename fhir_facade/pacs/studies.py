@@ -17,6 +17,7 @@ from smart.api import PatientAlias, get_database
 
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, hashed_id, to_fhir_id, to_patient_id
+from fhir_facade.pacs import metrics
 from fhir_facade.pacs.client import PacsClient, PacsError, get_pacs
 from fhir_facade.pacs.exact import ExactSource, exact_copy, narrowing
 from fhir_facade.resources import mapping
@@ -284,6 +285,7 @@ class StudyRepository:
         if self._queries is not None and answer is None:
             with self._lock:
                 hit = self._queries.get(key)
+            metrics.count_lookup("queries", hit is not None)
             if hit is not None:
                 return list(hit)
         patient_ids = [value for name, value in params if name in ("PatientID", dj.TAGS["PatientID"])]
@@ -344,16 +346,19 @@ class StudyRepository:
         """Cache key of a study's details: its UID and whose study it is."""
         return (dj.text(study, "StudyInstanceUID") or "", dj.patient_id(study))
 
-    def _cached(self, cache: TTLCache, key: tuple, stamp: tuple):
+    def _cached(self, cache: TTLCache, key: tuple, stamp: tuple, name: str | None = None):
+        """The entry of *key* in *cache* if it was made for *stamp*; counted as a look-up in
+        cache *name* (:data:`fhir_facade.pacs.metrics.CACHES`) when one is given."""
         with self._lock:
             hit = cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        return None
+        found = hit[1] if hit is not None and hit[0] == stamp else None
+        if name is not None:
+            metrics.count_lookup(name, found is not None)
+        return found
 
     def _series_of(self, study: dict, stamp: tuple) -> list[dict]:
         key = self._key(study)
-        series = self._cached(self._series, key, stamp)
+        series = self._cached(self._series, key, stamp, "series")
         if series is None:
             series = self.exact.confirm(self.pacs.qido(f"studies/{key[0]}/series",
                                                        include(("StudyInstanceUID",) + SERIES_FIELDS)))
@@ -364,7 +369,7 @@ class StudyRepository:
     def _instances_of(self, study: dict, stamp: tuple, query: str) -> list[dict]:
         key = self._key(study)
         study_uid = key[0]
-        instances = self._cached(self._instances, key, stamp) if query == self.instance_query else None
+        instances = self._cached(self._instances, key, stamp, "instance_lists") if query == self.instance_query else None
         if instances is None:
             if query == "metadata":
                 instances = [{tag: ds[tag] for tag in INSTANCE_TAGS if tag in ds}
@@ -394,7 +399,7 @@ class StudyRepository:
         """Map one study, reusing the mapped resource while its study-level answer is unchanged."""
         fingerprint = json.dumps(study, sort_keys=True)
         key = self._key(study) + (with_instances,)
-        cached = self._cached(self._resources, key, (fingerprint,))
+        cached = self._cached(self._resources, key, (fingerprint,), "imaging_studies")
         if cached is not None:
             return cached
         stamp = self._stamp(study)
@@ -490,6 +495,7 @@ class StudyRepository:
             return study
         with self._lock:
             hit = self._patients.get(key)
+        metrics.count_lookup("patient_modules", hit is not None)
         if hit is not None:
             return hit
         try:
