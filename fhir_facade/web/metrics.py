@@ -15,7 +15,11 @@ import time
 
 from flask import Flask, Response, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest, multiprocess)
+                               disable_created_metrics, generate_latest, multiprocess)
+
+# The ``*_created`` timestamp series would double the exposition and tell Prometheus nothing
+# it does not know (counters reset with the process).
+disable_created_metrics()
 
 #: Upper bounds (seconds) of the request latency buckets.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -67,7 +71,7 @@ def exposition() -> tuple[bytes, str]:
     Returns
     -------
     tuple of (bytes, str)
-        The body and ``Content-Type`` (text format 0.0.4). In multiprocess mode
+        The body and ``Content-Type`` (Prometheus text format). In multiprocess mode
         (``PROMETHEUS_MULTIPROC_DIR`` set) the values of every worker, living or gone,
         aggregated; otherwise this process's default registry.
     """
