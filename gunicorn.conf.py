@@ -6,6 +6,8 @@ holding a process per download.
 """
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('FACADE_HOST', '127.0.0.1')}:{os.environ.get('FACADE_PORT', '8080')}"
 workers = int(os.environ.get("FACADE_WORKERS", multiprocessing.cpu_count()))
@@ -13,7 +15,10 @@ worker_class = os.environ.get("FACADE_WORKER_CLASS", "gthread")
 threads = int(os.environ.get("FACADE_THREADS", 16))
 # Seconds a worker may go silent before it is restarted; streaming keeps the heartbeat alive.
 timeout = 120
-graceful_timeout = 30
+# On SIGTERM the master closes its listening sockets and each worker stops accepting, finishes
+# the requests in flight (a whole study streaming to a slow client among them) and exits; what
+# is still running after this many seconds is cut off (SIGKILL).
+graceful_timeout = int(os.environ.get("FACADE_GRACEFUL_TIMEOUT", 30))
 keepalive = 5
 # Longest request line accepted (bytes; gunicorn's maximum, its default is 4094): WADO-RS frame
 # lists (up to fhir_facade.dicomweb.api.MAX_FRAME_LIST numbers) and QIDO-RS queries live in the URL.
@@ -42,8 +47,32 @@ MMAP_THRESHOLD = 4 * 1024 * 1024
 TRIM_THRESHOLD = 8 * 1024 * 1024
 
 
+def _close_listeners_when_stopping(worker):
+    """Refuse new connections as soon as a worker begins its graceful stop.
+
+    On SIGTERM the master closes its listening sockets, and a gthread worker stops polling
+    its copies but keeps them open until its last request is done: meanwhile the kernel
+    still completes new connections into the backlog, where nobody will ever accept them (a
+    client waits, then sees a reset). Closing the worker's copies when it stops accepting
+    makes a new connection refused at once, so a load balancer moves on to another instance;
+    requests in flight carry on. (gunicorn closes them again at the end: closing is idempotent.)
+    """
+    stop_accepting = getattr(worker, "set_accept_enabled", None)
+    if stop_accepting is None:  # not a gthread worker
+        return
+
+    def set_accept_enabled(enabled):
+        stop_accepting(enabled)
+        if not enabled and not worker.alive:
+            for listener in worker.sockets:
+                listener.close()
+
+    worker.set_accept_enabled = set_accept_enabled
+
+
 def post_fork(server, worker):
-    """Turn on zero-copy relaying where gunicorn speaks HTTP/1.x itself; keep buffers off mmap.
+    """Turn on zero-copy relaying where gunicorn speaks HTTP/1.x itself; keep buffers off mmap;
+    refuse new connections from the start of a graceful stop (:func:`_close_listeners_when_stopping`).
 
     Splicing part bodies (``fhir_facade/dicomweb/zerocopy.py``) writes HTTP/1.1 chunk framing beside
     gunicorn's own, which is only right when gunicorn frames the answer itself: not behind
@@ -57,6 +86,7 @@ def post_fork(server, worker):
     """
     from fhir_facade.dicomweb import zerocopy
 
+    _close_listeners_when_stopping(worker)
     cfg = worker.cfg
     if os.environ.get("FACADE_ZERO_COPY", "1") != "0":  # FACADE_ZERO_COPY=0: read and write as usual
         zerocopy.enable(cfg.protocol, getattr(cfg, "http_protocols", ["h1"]), getattr(cfg, "http2_cleartext", "off"))
@@ -69,3 +99,38 @@ def post_fork(server, worker):
         libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: keep its defaults
+
+
+# --- Prometheus metrics from every worker (fhir_facade/web/metrics.py) -----------------------
+# prometheus-client's multiprocess mode: each worker writes its values to files in
+# PROMETHEUS_MULTIPROC_DIR and a scrape of any worker reads them all. Unless the operator names
+# one, each gunicorn instance makes its own (on /dev/shm where there is one) and removes it on
+# exit. It must be set before a worker imports prometheus_client, so here, in the master.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="facade-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    # Remembered in the environment: a reload (SIGHUP) reads this file again.
+    os.environ["FACADE_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_starting(server):
+    """Start the metrics from zero: files a previous run left would be read as live workers'."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (active streams); its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this instance made."""
+    own = os.environ.get("FACADE_OWN_METRICS_DIR")
+    if own and own == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(own, ignore_errors=True)
