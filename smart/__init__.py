@@ -56,9 +56,12 @@ class PersistentKeySessionInterface(SecureCookieSessionInterface):
 
         Only the login and consent pages use sessions; every FHIR and DICOMweb request
         would otherwise build a signing serializer (~0.05 ms) to find there is nothing to
-        verify. A cookie, valid or not, is read as Flask reads it.
+        verify. A cookie, valid or not, is read as Flask reads it, except on the paths in
+        ``app.config["SESSIONLESS_PATHS"]`` (the health checks, which must not need the database
+        that holds the session key).
         """
-        if not request.cookies.get(self.get_cookie_name(app)):
+        if not request.cookies.get(self.get_cookie_name(app)) or request.path in app.config.get(
+                "SESSIONLESS_PATHS", ()):
             return self.session_class()
         return super().open_session(app, request)
 

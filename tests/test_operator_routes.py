@@ -45,6 +45,20 @@ def test_healthz_answers_ok_without_touching_the_pacs_or_the_database(tmp_path, 
     assert len(pacs.calls) == 0
 
 
+def test_health_checks_open_no_session_so_a_cookie_needs_no_database(tmp_path, pacs):
+    """Flask opens the session before routing, and reading a session cookie needs the signing key
+    stored in the database: the operator routes skip it."""
+    pacs.add(responses.GET, PROBE, json=[], match=QUERY)
+    app = make_app(tmp_path / "db")
+    app.extensions["smart_db"].engine.dispose()
+    shutil.rmtree(tmp_path / "db")
+    client = app.test_client()
+    client.set_cookie("session", "eyJ4IjoxfQ.Z2E.c2lnbmF0dXJl")
+    assert client.get("/healthz", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    ready = client.get("/readyz", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert (ready.status_code, ready.get_json()["failed"]) == (503, ["database"])
+
+
 def test_readyz_is_200_when_the_database_and_the_pacs_answer(fake_app, pacs):
     pacs.add(responses.GET, PROBE, json=[], match=QUERY)
     response = get(fake_app, "/readyz")

@@ -17,6 +17,8 @@ from fhir_facade.web import metrics
 bp = Blueprint("ops", __name__)
 guard(bp)
 
+#: The operator routes' paths: they never open a session (``SESSIONLESS_PATHS``, see smart.__init__).
+OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Seconds a load balancer is asked to wait before probing an unready instance again.
 RETRY_AFTER = "5"
 
@@ -85,4 +87,6 @@ def init_app(app: Flask) -> None:
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from exc
     app.register_blueprint(bp)
+    # Flask opens the session before routing; a session cookie would need the database's key.
+    app.config["SESSIONLESS_PATHS"] = frozenset(app.config.get("SESSIONLESS_PATHS", ())) | OPERATOR_PATHS
     metrics.init_app(app)
