@@ -47,6 +47,19 @@ NO_ROUTE = "<no route>"
 STREAM_PREFIX = "/dicomweb/"
 
 
+#: (method, route, status) -> (request counter, latency histogram) children: ``labels()`` takes a
+#: lock and builds a key on every call. Bounded, as the labels are.
+_children: dict[tuple[str, str, int], tuple] = {}
+
+
+def _metrics_for(method: str, rule: str, status: int) -> tuple:
+    key = (method, rule, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (REQUESTS.labels(method, rule, str(status)), REQUEST_SECONDS.labels(method, rule))
+    return found
+
+
 def _start() -> None:
     g._metrics_started = time.perf_counter()
 
@@ -55,9 +68,10 @@ def _record(response: Response) -> Response:
     started = g.pop("_metrics_started", None)
     rule = request.url_rule.rule if request.url_rule is not None else NO_ROUTE
     method = request.method if request.method in METHODS else "other"
-    REQUESTS.labels(method, rule, str(response.status_code)).inc()
+    count, seconds = _metrics_for(method, rule, response.status_code)
+    count.inc()
     if started is not None:
-        REQUEST_SECONDS.labels(method, rule).observe(time.perf_counter() - started)
+        seconds.observe(time.perf_counter() - started)
     if response.is_streamed and method != "HEAD" and rule.startswith(STREAM_PREFIX):
         ACTIVE_STREAMS.inc()
         # Called by the WSGI server when the body is done or the client went away.
