@@ -86,9 +86,9 @@ def _environment(workdir: Path, pacs_url: str, **extra: str) -> dict:
     port = devpacs.free_port()
     env = dict(os.environ, FACADE_PACS_URL=pacs_url, FACADE_PUBLIC_URL=f"http://127.0.0.1:{port}",
                FACADE_HOST="127.0.0.1", FACADE_PORT=str(port), FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db",
-               FACADE_WORKERS="2", FACADE_THREADS="4", HOME=str(workdir / "home"), **extra)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update({k: v for k, v in extra.items()})
+               FACADE_WORKERS="2", FACADE_THREADS="4", HOME=str(workdir / "home"))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes one unless the test names it
+    env.update(extra)
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "init-db"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return env
@@ -97,8 +97,8 @@ def _environment(workdir: Path, pacs_url: str, **extra: str) -> dict:
 def _scrape(port: int) -> dict:
     status, body = _get(port, "/metrics")
     assert status == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for sample in [None] for s in family.samples}
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
 
 
 def _per_worker(folder: Path, scratch: Path) -> dict[str, float]:
