@@ -1,9 +1,14 @@
 """Issue 13: PACS requests are labelled by DICOMweb operation kind (PS3.18), never by URL."""
 from __future__ import annotations
 
-import pytest
+import io
+import socket
 
-from fhir_facade.pacs.metrics import OPERATIONS, operation
+import pytest
+import requests
+
+from fhir_facade.pacs.client import broken_answer
+from fhir_facade.pacs.metrics import OPERATIONS, PACS_ERRORS, operation
 
 
 @pytest.mark.parametrize("path, kind", [
@@ -28,3 +33,18 @@ from fhir_facade.pacs.metrics import OPERATIONS, operation
 def test_operation_kind_of_a_pacs_path(path, kind):
     assert operation(path) == kind
     assert kind in OPERATIONS
+
+
+@pytest.mark.parametrize("exc, error, status", [
+    (socket.timeout("timed out"), "timeout", 504),
+    (ConnectionResetError("reset"), "invalid", 502),
+])
+def test_a_body_broken_off_while_relaying_is_counted_under_its_operation(exc, error, status):
+    """The relay reads streamed bodies itself and reports failures through broken_answer."""
+    response = requests.Response()
+    response.raw = io.BytesIO(b"partial")
+    response.request = requests.Request("GET", "http://pacs.test/dicom-web/studies/1.2/series/1.3/metadata").prepare()
+    counter = PACS_ERRORS.labels("metadata", error)
+    before = counter._value.get()
+    assert broken_answer(response, exc).status == status
+    assert counter._value.get() == before + 1
