@@ -8,13 +8,15 @@ contracts in ``.importlinter``), in one place:
   decorators a view declares its needs with, the blueprint guard and the errors;
 - CORS: whether an origin is one of a registered client's;
 - the database and the facade's one table in it (:class:`PatientAlias`);
+- how a PACS PatientID becomes the facade's Patient id (for EHR tokens' patients), which
+  the facade registers at app start;
 - the consent page's patient picker protocol, which the facade implements over the PACS
   and registers at app start (smart itself never imports the facade).
 """
 from __future__ import annotations
 
-from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
-                         needs, public)
+from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, Unavailable, check_patient,
+                         current_grant, guard, needs, public, register_patient_id_rule)
 from smart.oauth.cors import is_allowed_origin
 from smart.store.db import get_database
 from smart.store.models import PatientAlias
@@ -24,7 +26,7 @@ from smart.web.picker import (
 
 __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
-    "needs", "public",
+    "needs", "public", "Unavailable", "register_patient_id_rule",
     "is_allowed_origin",
     "get_database", "PatientAlias",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.access import check_owners
+from fhir_facade.access import check_owners, local_patient_params, public_subject
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir import bundle, capability
@@ -46,7 +46,7 @@ def _fhir_error(exc: FhirError):
 
 @bp.errorhandler(authz.AuthorizationError)
 def _authz_error(exc: authz.AuthorizationError):
-    code = "login" if exc.status == 401 else "forbidden"
+    code = {401: "login", 403: "forbidden"}.get(exc.status, "transient")
     realm = f"{current_app.config['FACADE_PUBLIC_URL']}/fhir"
     return _error_response(exc.status, exc.description, code, exc.headers(realm))
 
@@ -153,7 +153,8 @@ def read_imaging_study(study_id: str):
     if not found:
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     with_instances = shape.summary not in ("true", "text") and (shape.elements is None or "series" in shape.elements)
-    return fhir_response(bundle.shape(studies.imaging_studies(found[:1], with_instances)[0], shape))
+    resource = public_subject(grant, studies.imaging_studies(found[:1], with_instances)[0])
+    return fhir_response(bundle.shape(resource, shape))
 
 
 def _valid_ids(allowed: frozenset[str]) -> list[str]:
@@ -207,7 +208,7 @@ def _study_sort_key(ds: dict) -> tuple:
 def search_imaging_study():
     """Search ImagingStudy (FHIR R4 §3.1.1; Argonaut SMART Imaging Access search)."""
     grant = authz.current_grant()
-    params = _query_params()
+    params = local_patient_params(grant, _query_params())
     search = parse_study_search(params, _ctx().timezone, strict=_strict())
     allowed = grant.patients("ImagingStudy", "s")
     if allowed is not None and search.patient is not None and search.patient not in allowed:
@@ -244,7 +245,7 @@ def search_imaging_study():
         wanted = {r["subject"]["reference"] for r in page}
         newest = _newest_per_patient(found)
         includes += _patients([ds for pid, ds in newest.items() if f"Patient/{pid}" in wanted])
-    matches = [bundle.shape(r, search) for r in page]
+    matches = [bundle.shape(public_subject(grant, r), search) for r in page]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "ImagingStudy", matches, total, search, includes))
 
 
