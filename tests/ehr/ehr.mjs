@@ -53,7 +53,10 @@ if (process.env.EHR_FACADE_JWKS) {
 }
 
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'ehr-1', use: 'sig', alg: 'RS256' };
+// A new key at every start, named by its thumbprint: a restarted EHR has rotated its key.
+const jwk = privateKey.export({ format: 'jwk' });
+const kid = crypto.createHash('sha256').update(jwk.n).digest('base64url').slice(0, 16);
+const signingKey = { ...jwk, kid, use: 'sig', alg: 'RS256' };
 
 const provider = new Provider(issuer, {
   clients,
