@@ -6,6 +6,7 @@ import json
 from urllib.parse import urlsplit
 
 import click
+from flask.cli import with_appcontext
 
 from smart.oauth.discovery import ehr_associated_endpoints
 from smart.oauth.launches import AdminError
@@ -119,6 +120,7 @@ def _run(func, *args, **kwargs):
 
 
 @click.command("add-issuer")
+@with_appcontext
 @click.option("--issuer", required=True, help="The EHR authorization server's issuer URL (its tokens' iss).")
 @click.option("--patient-identifier-system", required=True,
               help="Identifier.system of the EHR Patient identifier that is the PACS PatientID (the MRN).")
@@ -138,12 +140,14 @@ def add_issuer_command(issuer, patient_identifier_system, fhir_base, introspecti
 
 
 @click.command("list-issuers")
+@with_appcontext
 def list_issuers_command():
     """List the trusted EHR issuers (as JSON, credentials left out)."""
     click.echo(json.dumps(list_issuers(), indent=2))
 
 
 @click.command("remove-issuer")
+@with_appcontext
 @click.option("--issuer", required=True)
 def remove_issuer_command(issuer):
     """Stop trusting an EHR's tokens."""
@@ -152,6 +156,7 @@ def remove_issuer_command(issuer):
 
 
 @click.command("associated-endpoints")
+@with_appcontext
 def associated_endpoints_command():
     """Print the associated_endpoints fragment for the EHR's .well-known/smart-configuration."""
     click.echo(json.dumps(ehr_associated_endpoints(), indent=2))
