@@ -23,7 +23,7 @@ from fhir_facade.fhir.patient_search import parse_endpoint_search, parse_patient
 from fhir_facade.fhir.render import FHIR_JSON, fhir_response, negotiate, negotiate_request
 from fhir_facade.fhir.search import parse_study_search
 from fhir_facade.fhir.search_params import ResultParams, is_uid, parse_result_parameter
-from fhir_facade.pacs.client import PacsError
+from fhir_facade.pacs.client import PacsError, PacsTimeout
 from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
 from fhir_facade.pacs.studies import get_studies
 from fhir_facade.resources import mapping
@@ -51,10 +51,19 @@ def _authz_error(exc: authz.AuthorizationError):
     return _error_response(exc.status, exc.description, code, exc.headers(realm))
 
 
+#: Seconds a FHIR client is told to wait when the PACS did not answer within FACADE_PACS_TIMEOUT.
+PACS_RETRY_AFTER = "5"
+
+
 @bp.errorhandler(PacsError)
 def _pacs_error(exc: PacsError):
-    code = "timeout" if exc.status == 504 else "transient"
-    return _error_response(exc.status, str(exc), code, exc.headers)
+    if isinstance(exc, PacsTimeout):
+        # SMART Imaging Access: a server MAY answer 503 + Retry-After while a slow backend
+        # gathers data, and apps retry on it; the DICOMweb proxy keeps the gateway's 504
+        # (README "When the PACS is slow").
+        return _error_response(503, f"{exc} within {current_app.config.get('FACADE_PACS_TIMEOUT')} s; "
+                               "try again later", "timeout", {"Retry-After": PACS_RETRY_AFTER})
+    return _error_response(exc.status, str(exc), "transient", exc.headers)
 
 
 def _lenient_format() -> None:

@@ -178,6 +178,16 @@ def test_pacs_down_is_503_with_retry_after(fake_app):
     assert response.get_json()["resourceType"] == "OperationOutcome"
 
 
+def test_a_pacs_slower_than_the_bound_is_503_with_retry_after_on_fhir(fake_app):
+    import requests
+    with responses.RequestsMock() as mock:
+        mock.add(responses.GET, re.compile(f"{FAKE_PACS}/studies.*"), body=requests.ReadTimeout("slow"))
+        response = fake_app.test_client().get("/fhir/ImagingStudy?patient=P1", headers=bearer(token(fake_app)))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["issue"][0]["code"] == "timeout"
+
+
 def test_metadata_and_format_negotiation(fake_app):
     client = fake_app.test_client()
     statement = client.get("/fhir/metadata").get_json()
