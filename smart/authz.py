@@ -318,8 +318,9 @@ def _is_own(token: str) -> bool:
     return iss == tokens.issuer() or (iss is None and not issuers.trusted_issuers())
 
 
-def _ehr_grant(token: str) -> AccessGrant:
-    """The grant of an EHR token: verified (or introspected), its patient mapped.
+def _ehr_grant(token: str, key: str) -> AccessGrant:
+    """The grant of an EHR token (hash *key*): verified (or introspected), its patient mapped,
+    kept as long as the verdict (:func:`smart.tokens.issuers.keep_grant`).
 
     Raises
     ------
@@ -341,9 +342,11 @@ def _ehr_grant(token: str) -> AccessGrant:
     except ehr_patient_ids.PatientNotMapped as exc:
         raise Forbidden(exc.description) from exc
     claims = found.claims
-    return AccessGrant(claims=claims, scope=str(claims.get("scope") or ""), patient=patient,
-                       client_id=claims.get("client_id"), issuer=found.issuer.issuer,
-                       ehr_patient=ehr_patient or None)
+    grant = AccessGrant(claims=claims, scope=str(claims.get("scope") or ""), patient=patient,
+                        client_id=claims.get("client_id"), issuer=found.issuer.issuer,
+                        ehr_patient=ehr_patient or None)
+    issuers.keep_grant(key, grant, found.until)
+    return grant
 
 
 def current_grant() -> AccessGrant:
@@ -365,7 +368,11 @@ def current_grant() -> AccessGrant:
     if grant is not None:
         return grant
     token = bearer_token()
-    if _is_own(token):
+    ehr_key = None if tokens.is_cached(token) else issuers.token_key(token)
+    grant = None if ehr_key is None else issuers.cached_grant(ehr_key)
+    if grant is not None:
+        pass
+    elif _is_own(token):
         try:
             claims = tokens.decode_access_token(token)
         except tokens.InvalidToken as exc:
@@ -373,7 +380,7 @@ def current_grant() -> AccessGrant:
         grant = AccessGrant(claims=claims, scope=str(claims.get("scope") or ""),
                             patient=claims.get("patient"), client_id=claims.get("client_id"))
     else:
-        grant = _ehr_grant(token)
+        grant = _ehr_grant(token, ehr_key)
     g._access_grant = grant
     return grant
 

@@ -112,6 +112,8 @@ class EhrToken:
 
     claims: dict
     issuer: Issuer
+    #: ``time.monotonic()`` until which this verdict may be reused (min(exp, the bound)).
+    until: float = 0.0
 
 
 def _verdict_ttu(_key, value, now):
@@ -131,13 +133,19 @@ class _State:
         self.kid_refetched: dict[str, float] = {}
         #: sha256(token) -> (EhrToken or InvalidToken, monotonic expiry)
         self.verdicts: TLRUCache = TLRUCache(TOKEN_CACHE_SIZE, ttu=_verdict_ttu, timer=time.monotonic)
+        #: sha256(token) -> (what the caller built of an accepted token, monotonic expiry): the
+        #: warm path of smart.authz, one dict look-up
+        self.grants: dict[str, tuple[object, float]] = {}
         #: introspection requests sent (a benchmark reads it)
         self.introspections = 0
 
 
 def state() -> _State:
     """This app's caches."""
-    return current_app.extensions.setdefault("smart_issuers", _State())
+    found = current_app.extensions.get("smart_issuers")
+    if found is None:
+        found = current_app.extensions.setdefault("smart_issuers", _State())
+    return found
 
 
 def forget() -> None:
@@ -162,15 +170,16 @@ def token_key(token: str) -> str:
 
 # --- fetching ---------------------------------------------------------------------------------
 
-def _fetch_json(method: str, url: str, **kwargs) -> dict:
-    """One request to an issuer; a JSON object, or :class:`IssuerUnavailable` (never a 500)."""
+def _fetch_json(method: str, url: str, quiet: bool = False, **kwargs) -> dict:
+    """One request to an issuer; a JSON object, or :class:`IssuerUnavailable` (never a 500).
+    Failures are logged (method, URL, status or error type: never a token), unless *quiet*."""
     try:
         response = state().http.request(method, url, timeout=float(setting("SMART_EHR_TIMEOUT")), **kwargs)
     except requests.RequestException as exc:
         log.warning("EHR request failed: %s %s (%s)", method, url, type(exc).__name__)
         raise IssuerUnavailable() from exc
     if response.status_code != 200:
-        log.warning("EHR answered %s to %s %s", response.status_code, method, url)
+        (log.debug if quiet else log.warning)("EHR answered %s to %s %s", response.status_code, method, url)
         raise IssuerUnavailable(f"the EHR's server answered {response.status_code}")
     try:
         body = response.json()
@@ -196,7 +205,7 @@ def metadata(issuer: Issuer) -> dict:
         return hit[1]
     base = issuer.issuer.rstrip("/")
     try:
-        found = _fetch_json("GET", base + "/.well-known/smart-configuration")
+        found = _fetch_json("GET", base + "/.well-known/smart-configuration", quiet=True)
     except IssuerUnavailable:
         found = _fetch_json("GET", base + "/.well-known/openid-configuration")
     if found.get("issuer", issuer.issuer) != issuer.issuer:
@@ -458,6 +467,23 @@ def decode_ehr_token(token: str) -> EhrToken:
             st.verdicts[key] = (exc, now + float(setting("SMART_EHR_INACTIVE_CACHE_SECONDS")))
         raise
     bound = min(verdict.claims["exp"] - time.time(), float(setting("SMART_EHR_TOKEN_CACHE_SECONDS")))
+    verdict = EhrToken(verdict.claims, verdict.issuer, now + bound)
     with st.lock:
         st.verdicts[key] = (verdict, now + bound)
     return verdict
+
+
+def cached_grant(key: str):
+    """What :func:`keep_grant` kept for the token of hash *key*, while its verdict stands, else None."""
+    hit = state().grants.get(key)
+    if hit is None or hit[1] <= time.monotonic() or hit[0].claims["exp"] <= time.time():
+        return None
+    return hit[0]
+
+
+def keep_grant(key: str, grant, until: float) -> None:
+    """Keep *grant* (built of an accepted token) under its hash *key* until *until* (monotonic)."""
+    grants = state().grants
+    if len(grants) >= TOKEN_CACHE_SIZE:
+        grants.clear()
+    grants[key] = (grant, until)
