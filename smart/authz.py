@@ -83,7 +83,7 @@ class Unavailable(AuthorizationError):
     RFC 9110 §15.6.4): never an acceptance by default, never a 500."""
 
     status = 503
-    error = None
+    error = "temporarily_unavailable"  # RFC 6749 §4.1.2.1, for the OAuth-shaped answers
     default_description = "the token's issuer is unavailable; try again later"
 
     def __init__(self, description: str | None = None, *, retry_after: int = 5):
