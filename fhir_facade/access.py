@@ -42,6 +42,14 @@ def local_patient_params(grant: authz.AccessGrant, params: list[tuple[str, str]]
     return local
 
 
+def public_patient(grant: authz.AccessGrant, patient: dict) -> dict:
+    """A Patient resource with the id the grant's client knows it by: the EHR's Patient id for
+    an EHR token's patient (a copy), else *patient* itself."""
+    if grant.ehr_patient is None or patient.get("id") != grant.patient:
+        return patient
+    return {**patient, "id": grant.ehr_patient}
+
+
 def public_subject(grant: authz.AccessGrant, resource: dict) -> dict:
     """*resource* (an ImagingStudy) with ``subject`` naming the patient as the grant's client
     knows it: the EHR's Patient id for an EHR token's patient (a copy; the cached one stays)."""

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.access import check_owners, local_patient_params, public_subject
+from fhir_facade.access import check_owners, local_patient_params, public_patient, public_subject
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir import bundle, capability
@@ -253,7 +253,8 @@ def search_imaging_study():
     if page and search.include_patient:
         wanted = {r["subject"]["reference"] for r in page}
         newest = _newest_per_patient(found)
-        includes += _patients([ds for pid, ds in newest.items() if f"Patient/{pid}" in wanted])
+        includes += [public_patient(grant, p) for p in _patients(
+            [ds for pid, ds in newest.items() if f"Patient/{pid}" in wanted])]
     matches = [bundle.shape(public_subject(grant, r), search) for r in page]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "ImagingStudy", matches, total, search, includes))
 
@@ -320,6 +321,7 @@ def read_patient(patient_id: str):
     """Read a Patient built from the DICOM patient module of its newest study."""
     grant = authz.current_grant()
     shape = _read_shape()
+    patient_id = grant.local_patient(patient_id)  # an EHR token names its patient by the EHR's id
     try:
         to_patient_id(patient_id)
     except InvalidPatientId as exc:
@@ -329,7 +331,7 @@ def read_patient(patient_id: str):
     if not found:
         raise NotFound(f"Patient/{patient_id} is not known")
     [patient] = _patients(found[:1])
-    return fhir_response(bundle.shape(patient, shape))
+    return fhir_response(bundle.shape(public_patient(grant, patient), shape))
 
 
 @bp.route("/Patient", methods=["GET"])

@@ -115,6 +115,20 @@ def test_another_patients_study_is_refused_on_fhir_and_dicomweb(ehr_world):
     assert own.status_code == 200 and own.get_json()["subject"]["reference"] == "Patient/ehr-alice"
 
 
+def test_the_patient_is_named_by_the_ehrs_id_in_includes_and_reads(ehr_world):
+    token = ehr_world["ehr"].token("imaging-app", scope="launch/patient patient/ImagingStudy.rs patient/Patient.rs")
+    client = ehr_world["client"]
+    bundle = client.get("/fhir/ImagingStudy?patient=ehr-alice&_include=ImagingStudy:patient",
+                        headers=bearer(token)).get_json()
+    patients = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert [p["id"] for p in patients] == ["ehr-alice"]
+    assert {i["value"] for i in patients[0]["identifier"]} == {ehr_world["mrn_a"]}
+    read = client.get("/fhir/Patient/ehr-alice", headers=bearer(token))
+    assert read.status_code == 200 and read.get_json()["id"] == "ehr-alice"
+    assert client.get(f"/fhir/Patient/{ehr_world['mrn_a']}", headers=bearer(token)).status_code == 403
+    assert client.get("/fhir/Patient/ehr-bob", headers=bearer(token)).status_code == 403
+
+
 def test_a_token_revoked_at_the_ehr_is_refused_within_the_cache_bound(ehr_world):
     ehr = ehr_world["ehr"]
     token = ehr.token("imaging-app-opaque")
