@@ -11,7 +11,7 @@
 //   EHR_FACADE_JWKS   optional JSON JWK Set of the facade's introspection key (private_key_jwt)
 //
 // Clients: "imaging-app" (public, PKCE, JWT access tokens), "imaging-app-opaque" (public,
-// PKCE, opaque tokens), "imaging-app-short" (JWT tokens living 2 s), "facade" and
+// PKCE, opaque tokens), "imaging-app-short" (JWT tokens living 3 s), "facade" and
 // "facade-jwt" (introspection only). A resource "https://other.example/fhir" gets JWT tokens
 // for another audience. The login is scripted: /interaction/<uid> logs in `login_hint` and
 // grants what was asked, without a page.
@@ -84,7 +84,7 @@ const provider = new Provider(issuer, {
         return {
           scope,
           audience: indicator,
-          accessTokenTTL: client.clientId === 'imaging-app-short' ? 2 : 600,
+          accessTokenTTL: client.clientId === 'imaging-app-short' ? 3 : 600,
           accessTokenFormat: opaque ? 'opaque' : 'jwt',
           jwt: { sign: { alg: 'RS256' } },
         };
@@ -162,4 +162,4 @@ const server = http.createServer(async (req, res) => {
 server.listen(port, '127.0.0.1', () => {
   process.stdout.write(`EHR listening on ${issuer}\n`);
 });
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+process.on('SIGTERM', () => process.exit(0)); // at once: a stopped EHR is what the tests want

@@ -24,7 +24,7 @@ from multipart_parsers import parse_by_boundary
 PUBLIC = "https://facade.example/base"
 FHIR_BASE = PUBLIC + "/fhir"
 #: The cache bounds of this module's facade (seconds): small, so the tests can outwait them.
-TOKEN_BOUND = 2.0
+TOKEN_BOUND = 3.0
 INACTIVE_BOUND = 1.0
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -188,9 +188,9 @@ def test_tokens_the_facade_must_refuse_get_401(ehr_world, make):
 
 
 def test_an_expired_ehr_token_gets_401(ehr_world):
-    token = ehr_world["ehr"].token("imaging-app-short")  # lives 2 s
+    token = ehr_world["ehr"].token("imaging-app-short")  # lives 3 s
     assert _search(ehr_world, token).status_code == 200
-    time.sleep(2.5)
+    time.sleep(3.5)
     assert _search(ehr_world, token).status_code == 401
 
 
