@@ -6,8 +6,59 @@ Used by both the FHIR API and the DICOMweb proxy; the decision about each patien
 """
 from __future__ import annotations
 
+from flask import Flask
+
+from fhir_facade.dicom.patient_ids import to_fhir_id
 from fhir_facade.pacs.lookups import get_lookups
 from smart import api as authz  # the one smart module the facade may import
+
+#: Search parameters that name the patient of an ImagingStudy (FHIR R4 ImagingStudy search).
+PATIENT_PARAMS = ("patient", "subject")
+
+
+def init_app(app: Flask) -> None:
+    """Tell smart how a PACS PatientID becomes a Patient id here (DESIGN.md "Identifiers"):
+    an EHR token's patient is mapped to a PatientID, and from it to the id every decision uses."""
+    authz.register_patient_id_rule(app, to_fhir_id)
+
+
+def local_patient_params(grant: authz.AccessGrant, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """*params* with each ``patient`` / ``subject`` value the client sent in its grant's ids
+    (an EHR token's: the EHR's Patient id) turned into the facade's (:meth:`AccessGrant.local_patient`).
+
+    Raises
+    ------
+    smart.authz.Forbidden
+        An EHR token with a patient, and a value that is not that patient (SMART Imaging Access).
+    """
+    if grant.ehr_patient is None:
+        return params
+    local = []
+    for name, raw in params:
+        if name.partition(":")[0] in PATIENT_PARAMS:
+            value = raw[len("Patient/"):] if raw.startswith("Patient/") else raw
+            raw = grant.local_patient(value)
+        local.append((name, raw))
+    return local
+
+
+def public_patient(grant: authz.AccessGrant, patient: dict) -> dict:
+    """A Patient resource with the id the grant's client knows it by: the EHR's Patient id for
+    an EHR token's patient (a copy), else *patient* itself."""
+    if grant.ehr_patient is None or patient.get("id") != grant.patient:
+        return patient
+    return {**patient, "id": grant.ehr_patient}
+
+
+def public_subject(grant: authz.AccessGrant, resource: dict) -> dict:
+    """*resource* (an ImagingStudy) with ``subject`` naming the patient as the grant's client
+    knows it: the EHR's Patient id for an EHR token's patient (a copy; the cached one stays)."""
+    if grant.ehr_patient is None:
+        return resource
+    reference = (resource.get("subject") or {}).get("reference", "")
+    if reference != f"Patient/{grant.patient}":
+        return resource
+    return {**resource, "subject": {**resource["subject"], "reference": f"Patient/{grant.ehr_patient}"}}
 
 
 def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: str = "ImagingStudy",

@@ -29,6 +29,15 @@ SETTINGS = (
     ("FACADE_PATIENT_ID_SYSTEM", None, str),
     # Seconds a worker trusts its copy of the revoked-token list (0: read it on every request).
     ("SMART_REVOCATION_CACHE_SECONDS", 1.0, float),
+    # Tokens of trusted EHRs (smart.tokens.issuers): seconds an accepted token's verdict is
+    # reused (never past its exp), a refused one's, the EHR's discovery and JWK Set, an EHR
+    # Patient -> PatientID mapping; seconds to wait for the EHR; Retry-After when it fails.
+    ("SMART_EHR_TOKEN_CACHE_SECONDS", 60.0, float),
+    ("SMART_EHR_INACTIVE_CACHE_SECONDS", 5.0, float),
+    ("SMART_EHR_METADATA_CACHE_SECONDS", 3600.0, float),
+    ("SMART_EHR_PATIENT_CACHE_SECONDS", 300.0, float),
+    ("SMART_EHR_TIMEOUT", 5.0, float),
+    ("SMART_EHR_RETRY_AFTER", 5, int),
     # Reverse proxies in front of the facade whose X-Forwarded-For/-Proto are trusted (0: none).
     ("FACADE_TRUSTED_PROXIES", 0, int),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).

@@ -54,8 +54,16 @@ bootstrap_browser() {
             echo "bootstrap: WARNING: could not install node/npm; the browser test will fail" >&2
     fi
     command -v npm >/dev/null || return 0
-    # npm ci only when package-lock.json changed since the last install.
-    local dir=tests/browser stamp=tests/browser/node_modules/.package-lock.sha256 wanted
+    npm_ci tests/browser
+    # The EHR of the EHR-token tests (tests/smart/test_ehr_tokens.py): oidc-provider, pinned in
+    # tests/ehr/package-lock.json.
+    npm_ci tests/ehr
+}
+
+# npm ci in folder $1, only when its package-lock.json changed since the last install.
+npm_ci() {
+    local dir=$1 wanted
+    local stamp=$dir/node_modules/.package-lock.sha256
     wanted=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         echo "bootstrap: npm ci in $dir" >&2
@@ -63,7 +71,7 @@ bootstrap_browser() {
         if (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null); then
             echo "$wanted" >"$stamp"
         else
-            echo "bootstrap: WARNING: npm ci failed in $dir; the browser test will fail" >&2
+            echo "bootstrap: WARNING: npm ci failed in $dir; the tests that use it will fail" >&2
         fi
     fi
 }

@@ -10,13 +10,15 @@ contracts in ``.importlinter``), in one place:
 - the database and the facade's one table in it (:class:`PatientAlias`), and whether the
   database answers (:func:`database_ready`, for the readiness probe);
 - the rule for operator routes (health, metrics): :func:`operator`;
+- how a PACS PatientID becomes the facade's Patient id (for EHR tokens' patients), which
+  the facade registers at app start;
 - the consent page's patient picker protocol, which the facade implements over the PACS
   and registers at app start (smart itself never imports the facade).
 """
 from __future__ import annotations
 
-from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
-                         needs, operator, parse_networks, public)
+from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, Unavailable, check_patient,
+                         current_grant, guard, needs, operator, parse_networks, public, register_patient_id_rule)
 from smart.oauth.cors import is_allowed_origin
 from smart.store.db import get_database
 from smart.store.health import database_ready
@@ -27,7 +29,7 @@ from smart.web.picker import (
 
 __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
-    "needs", "operator", "parse_networks", "public",
+    "needs", "operator", "parse_networks", "public", "Unavailable", "register_patient_id_rule",
     "is_allowed_origin",
     "get_database", "PatientAlias", "database_ready",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",

@@ -2,8 +2,15 @@
 
 Both the FHIR API and the DICOMweb proxy call :func:`require`, :func:`check_patient` and
 :meth:`AccessGrant.patients`; nothing else decides. Token validation is
-:func:`smart.tokens.jwt.decode_access_token`; scope grammar is :mod:`smart.scopes` (SMART App
-Launch 2.2 §Scopes and Launch Context).
+:func:`smart.tokens.jwt.decode_access_token` for the facade's own tokens and
+:func:`smart.tokens.issuers.decode_ehr_token` for tokens of trusted EHRs; scope grammar is
+:mod:`smart.scopes` (SMART App Launch 2.2 §Scopes and Launch Context).
+
+An EHR token becomes a grant like an own token's, in the facade's Patient ids: its ``patient``
+(the EHR's id) is mapped to the PACS PatientID (:mod:`smart.tokens.ehr_patients`) and that to
+the facade's Patient id by the rule the facade registers (:func:`register_patient_id_rule`);
+the EHR's id stays on the grant (:attr:`AccessGrant.ehr_patient`) for the FHIR answers. The
+access lists of an EHR's backend clients and users are keyed ``<client id or sub>@<issuer>``.
 
 Which patients a grant reaches depends on the context of the scope that allows the
 interaction:
@@ -32,6 +39,8 @@ from sqlalchemy import select
 from smart import scopes as scope_grammar
 from smart.store.db import get_session
 from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, PatientAccess
+from smart.tokens import ehr_patients as ehr_patient_ids
+from smart.tokens import issuers
 from smart.tokens import jwt as tokens
 
 #: ``scopes.permits`` memoised: every proxied request asks the same few questions of the
@@ -71,6 +80,23 @@ class Unauthorized(AuthorizationError):
     """No token, or a token that is malformed, expired, revoked or not ours (401)."""
 
 
+class Unavailable(AuthorizationError):
+    """The EHR that issued the token could not vouch for it in time (503 with ``Retry-After``,
+    RFC 9110 §15.6.4): never an acceptance by default, never a 500."""
+
+    status = 503
+    error = "temporarily_unavailable"  # RFC 6749 §4.1.2.1, for the OAuth-shaped answers
+    default_description = "the token's issuer is unavailable; try again later"
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 5):
+        super().__init__(description)
+        self.retry_after = retry_after
+
+    def headers(self, realm: str) -> dict[str, str]:
+        """``Retry-After`` (RFC 9110 §10.2.3); no challenge: the token was not refused."""
+        return {"Retry-After": str(self.retry_after)}
+
+
 class Forbidden(AuthorizationError):
     """A valid token whose scopes or patient context do not cover the request (403)."""
 
@@ -93,12 +119,19 @@ class AccessGrant:
         FHIR Patient id of the launch context.
     client_id : str or None
         The client the token was issued to.
+    issuer : str or None
+        The trusted EHR that issued the token; ``None`` for the facade's own tokens.
+    ehr_patient : str or None
+        The EHR's Patient id of an EHR token's ``patient`` (``patient`` is then the facade's
+        id of the PatientID it maps to).
     """
 
     claims: dict
     scope: str
     patient: str | None
     client_id: str | None
+    issuer: str | None = None
+    ehr_patient: str | None = None
 
     def context_for(self, resource_type: str, interaction: str) -> str | None:
         """The least restricted context (system, user, patient) whose scopes allow the interaction."""
@@ -140,14 +173,47 @@ class AccessGrant:
             own = self.own_patient()
             if own is not None:
                 return frozenset({own})
-            return stored_patients(ACCESS_USER, str(self.claims.get("sub") or ""))
-        return stored_patients(ACCESS_CLIENT, str(self.client_id or ""))
+            return stored_patients(ACCESS_USER, self.access_subject(self.claims.get("sub")))
+        return stored_patients(ACCESS_CLIENT, self.access_subject(self.client_id))
+
+    def access_subject(self, name) -> str:
+        """The key of a stored access list: the client id or username, ``@issuer`` for an EHR's."""
+        name = str(name or "")
+        return f"{name}@{self.issuer}" if name and self.issuer else name
 
     def own_patient(self) -> str | None:
-        """The Patient id of a patient user (``fhirUser`` ``Patient/x``), else ``None``."""
+        """The Patient id of a patient user (``fhirUser`` ``Patient/x``), else ``None``.
+
+        For an EHR token, only its own mapped ``patient`` when ``fhirUser`` names that Patient.
+        """
         fhir_user = str(self.claims.get("fhirUser") or "")
         marker = "Patient/"
-        return fhir_user[fhir_user.index(marker) + len(marker):] if marker in fhir_user else None
+        own = fhir_user[fhir_user.index(marker) + len(marker):] if marker in fhir_user else None
+        if self.issuer is not None:
+            return self.patient if own is not None and own == self.ehr_patient else None
+        return own
+
+    def public_patient(self, patient: str) -> str:
+        """The id a client of this grant knows Patient *patient* by: the EHR's id for the
+        token's own patient of an EHR token, else the facade's id."""
+        return self.ehr_patient if self.ehr_patient is not None and patient == self.patient else patient
+
+    def local_patient(self, value: str) -> str:
+        """The facade's Patient id for a patient id the client sent (``?patient=``).
+
+        An EHR token with a patient speaks the EHR's ids: its ``patient`` maps to the facade's;
+        any other value is not the token's patient (SMART Imaging Access: 403).
+
+        Raises
+        ------
+        Forbidden
+            An EHR token with a patient, and *value* another patient.
+        """
+        if self.ehr_patient is None:
+            return value
+        if value == self.ehr_patient:
+            return self.patient
+        raise Forbidden("the access token is not for this patient")
 
 
 class _AccessCache:
@@ -239,23 +305,84 @@ def bearer_token() -> str:
     return token
 
 
+def register_patient_id_rule(app, rule) -> None:
+    """Register how a PACS PatientID becomes the facade's Patient id (the facade's rule,
+    DESIGN.md "Identifiers"; smart does not know it). Needed for EHR tokens with a patient."""
+    app.extensions["smart_patient_id_rule"] = rule
+
+
+def _is_own(token: str) -> bool:
+    """Whether *token* is for :func:`tokens.decode_access_token`: one it verified already, one
+    naming the facade as issuer, or one no trusted EHR can have issued (a JWT of nobody's)."""
+    if tokens.is_cached(token):
+        return True
+    iss = issuers.unverified_issuer(token)
+    return iss == tokens.issuer() or (iss is None and not issuers.trusted_issuers())
+
+
+def _ehr_grant(token: str, key: str) -> AccessGrant:
+    """The grant of an EHR token (hash *key*): verified (or introspected), its patient mapped,
+    kept as long as the verdict (:func:`smart.tokens.issuers.keep_grant`).
+
+    Raises
+    ------
+    Unauthorized, Forbidden, Unavailable
+    """
+    try:
+        found = issuers.decode_ehr_token(token)
+        ehr_patient = found.claims.get("patient")
+        patient = None
+        if ehr_patient:
+            rule = current_app.extensions.get("smart_patient_id_rule")
+            if rule is None:
+                raise Forbidden("this server maps no EHR patient")
+            patient = rule(ehr_patient_ids.pacs_patient_id(found.issuer, ehr_patient, token))
+    except tokens.InvalidToken as exc:
+        raise Unauthorized(exc.description) from exc
+    except issuers.IssuerUnavailable as exc:
+        raise Unavailable(exc.description, retry_after=exc.retry_after) from exc
+    except ehr_patient_ids.PatientNotMapped as exc:
+        raise Forbidden(exc.description) from exc
+    claims = found.claims
+    grant = AccessGrant(claims=claims, scope=str(claims.get("scope") or ""), patient=patient,
+                        client_id=claims.get("client_id"), issuer=found.issuer.issuer,
+                        ehr_patient=ehr_patient or None)
+    issuers.keep_grant(key, grant, found.until)
+    return grant
+
+
 def current_grant() -> AccessGrant:
     """Verify the current request's access token once and return its grant.
+
+    The facade's own tokens are checked by :func:`smart.tokens.jwt.decode_access_token`;
+    any other token by :func:`_ehr_grant` (a trusted EHR's, or refused).
 
     Raises
     ------
     Unauthorized
-        No token, or an invalid, expired or revoked token.
+        No token, or an invalid, expired or revoked token, or one of an untrusted issuer.
+    Forbidden
+        An EHR token whose patient the EHR does not map to a PACS PatientID.
+    Unavailable
+        The EHR that issued the token could not be asked in time.
     """
     grant = g.get("_access_grant")
     if grant is not None:
         return grant
-    try:
-        claims = tokens.decode_access_token(bearer_token())
-    except tokens.InvalidToken as exc:
-        raise Unauthorized(exc.description) from exc
-    grant = AccessGrant(claims=claims, scope=str(claims.get("scope") or ""),
-                        patient=claims.get("patient"), client_id=claims.get("client_id"))
+    token = bearer_token()
+    ehr_key = None if tokens.is_cached(token) else issuers.token_key(token)
+    grant = None if ehr_key is None else issuers.cached_grant(ehr_key)
+    if grant is not None:
+        pass
+    elif _is_own(token):
+        try:
+            claims = tokens.decode_access_token(token)
+        except tokens.InvalidToken as exc:
+            raise Unauthorized(exc.description) from exc
+        grant = AccessGrant(claims=claims, scope=str(claims.get("scope") or ""),
+                            patient=claims.get("patient"), client_id=claims.get("client_id"))
+    else:
+        grant = _ehr_grant(token, ehr_key)
     g._access_grant = grant
     return grant
 

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.access import check_owners
+from fhir_facade.access import check_owners, local_patient_params, public_patient, public_subject
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir import bundle, capability
@@ -23,7 +23,7 @@ from fhir_facade.fhir.patient_search import parse_endpoint_search, parse_patient
 from fhir_facade.fhir.render import FHIR_JSON, fhir_response, negotiate, negotiate_request
 from fhir_facade.fhir.search import parse_study_search
 from fhir_facade.fhir.search_params import ResultParams, is_uid, parse_result_parameter
-from fhir_facade.pacs.client import PacsError
+from fhir_facade.pacs.client import PacsError, PacsTimeout
 from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
 from fhir_facade.pacs.studies import get_studies
 from fhir_facade.resources import mapping
@@ -46,15 +46,24 @@ def _fhir_error(exc: FhirError):
 
 @bp.errorhandler(authz.AuthorizationError)
 def _authz_error(exc: authz.AuthorizationError):
-    code = "login" if exc.status == 401 else "forbidden"
+    code = {401: "login", 403: "forbidden"}.get(exc.status, "transient")
     realm = f"{current_app.config['FACADE_PUBLIC_URL']}/fhir"
     return _error_response(exc.status, exc.description, code, exc.headers(realm))
 
 
+#: Seconds a FHIR client is told to wait when the PACS did not answer within FACADE_PACS_TIMEOUT.
+PACS_RETRY_AFTER = "5"
+
+
 @bp.errorhandler(PacsError)
 def _pacs_error(exc: PacsError):
-    code = "timeout" if exc.status == 504 else "transient"
-    return _error_response(exc.status, str(exc), code, exc.headers)
+    if isinstance(exc, PacsTimeout):
+        # SMART Imaging Access: a server MAY answer 503 + Retry-After while a slow backend
+        # gathers data, and apps retry on it; the DICOMweb proxy keeps the gateway's 504
+        # (README "When the PACS is slow").
+        return _error_response(503, f"{exc} within {current_app.config.get('FACADE_PACS_TIMEOUT')} s; "
+                               "try again later", "timeout", {"Retry-After": PACS_RETRY_AFTER})
+    return _error_response(exc.status, str(exc), "transient", exc.headers)
 
 
 def _lenient_format() -> None:
@@ -153,7 +162,8 @@ def read_imaging_study(study_id: str):
     if not found:
         raise NotFound(f"ImagingStudy/{study_id} is not known")
     with_instances = shape.summary not in ("true", "text") and (shape.elements is None or "series" in shape.elements)
-    return fhir_response(bundle.shape(studies.imaging_studies(found[:1], with_instances)[0], shape))
+    resource = public_subject(grant, studies.imaging_studies(found[:1], with_instances)[0])
+    return fhir_response(bundle.shape(resource, shape))
 
 
 def _valid_ids(allowed: frozenset[str]) -> list[str]:
@@ -207,7 +217,7 @@ def _study_sort_key(ds: dict) -> tuple:
 def search_imaging_study():
     """Search ImagingStudy (FHIR R4 §3.1.1; Argonaut SMART Imaging Access search)."""
     grant = authz.current_grant()
-    params = _query_params()
+    params = local_patient_params(grant, _query_params())
     search = parse_study_search(params, _ctx().timezone, strict=_strict())
     allowed = grant.patients("ImagingStudy", "s")
     if allowed is not None and search.patient is not None and search.patient not in allowed:
@@ -243,8 +253,9 @@ def search_imaging_study():
     if page and search.include_patient:
         wanted = {r["subject"]["reference"] for r in page}
         newest = _newest_per_patient(found)
-        includes += _patients([ds for pid, ds in newest.items() if f"Patient/{pid}" in wanted])
-    matches = [bundle.shape(r, search) for r in page]
+        includes += [public_patient(grant, p) for p in _patients(
+            [ds for pid, ds in newest.items() if f"Patient/{pid}" in wanted])]
+    matches = [bundle.shape(public_subject(grant, r), search) for r in page]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "ImagingStudy", matches, total, search, includes))
 
 
@@ -310,6 +321,7 @@ def read_patient(patient_id: str):
     """Read a Patient built from the DICOM patient module of its newest study."""
     grant = authz.current_grant()
     shape = _read_shape()
+    patient_id = grant.local_patient(patient_id)  # an EHR token names its patient by the EHR's id
     try:
         to_patient_id(patient_id)
     except InvalidPatientId as exc:
@@ -319,7 +331,7 @@ def read_patient(patient_id: str):
     if not found:
         raise NotFound(f"Patient/{patient_id} is not known")
     [patient] = _patients(found[:1])
-    return fhir_response(bundle.shape(patient, shape))
+    return fhir_response(bundle.shape(public_patient(grant, patient), shape))
 
 
 @bp.route("/Patient", methods=["GET"])

@@ -15,6 +15,8 @@ RESOURCES = {
          ("_id", "token", f"{SPEC}/Resource-id"),
          ("identifier", "token", f"{SPEC}/clinical-identifier"),
          ("started", "date", f"{SPEC}/ImagingStudy-started"),
+         # The latest StudyDate/Time or SeriesDate/Time the PACS reports (search.last_updated).
+         ("_lastUpdated", "date", f"{SPEC}/Resource-lastUpdated"),
          ("modality", "token", f"{SPEC}/ImagingStudy-modality"),
          ("series", "token", f"{SPEC}/ImagingStudy-series"),
          ("instance", "token", f"{SPEC}/ImagingStudy-instance"),

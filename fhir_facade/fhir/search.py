@@ -82,6 +82,27 @@ def _patient_reference(raw: str) -> str:
     return value
 
 
+def last_updated(resource: dict, zone_name: str) -> str | None:
+    """When the PACS's content of a study last changed, as far as DICOMweb tells: the latest of
+    the study's ``started`` (StudyDate/StudyTime) and its series' ``started``
+    (SeriesDate/SeriesTime). What ``_lastUpdated`` searches (SMART Imaging Access SHALL;
+    README "ImagingStudy search"): DICOMweb exposes no modification time of the PACS's own
+    (Orthanc's LastUpdate is not in QIDO-RS), and a series added to a study later carries
+    its own date."""
+    candidates = [resource.get("started")] + [s.get("started") for s in _series_items(resource)]
+    latest, latest_end = None, None
+    for value in candidates:
+        if not value:
+            continue
+        try:
+            end = date_range(value, zone_name)[1]
+        except ValueError:
+            continue
+        if latest_end is None or end > latest_end:
+            latest, latest_end = value, end
+    return latest
+
+
 def _series_items(resource: dict) -> list[dict]:
     return resource.get("series", [])
 
@@ -142,6 +163,11 @@ def parse_study_search(params: list[tuple[str, str]], zone_name: str, strict: bo
                 start, end = alternatives[0][1]
                 if start or end:
                     search.qido.append(("StudyDate", f"{start}-{end}"))
+        elif base == "_lastUpdated":
+            check_modifier(name)
+            tests = [date_predicate(v, zone_name)[0] for v in split_values(raw)]
+            search.resource_filters.append(
+                lambda r, tests=tests: any(m(last_updated(r, zone_name)) for m in tests))
         elif base == "modality":
             check_modifier(name)
             match = coding_matcher(raw)

@@ -9,10 +9,12 @@ from flask.cli import AppGroup
 from sqlalchemy import delete, select
 
 from smart import authz
+from smart.admin import issuers as issuer_admin
 from smart.oauth import cors
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
 from smart.store.db import get_session
-from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, User, now
+from smart.store.models import (ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, TrustedIssuer, User,
+                                now)
 from smart.tokens import keys
 
 ROLES = ("patient", "practitioner")
@@ -151,6 +153,9 @@ def rotate_key() -> str:
 def _access_subject(client_id: str | None, username: str | None) -> tuple[str, str]:
     """The (kind, subject) of an access list: a backend client's or a practitioner user's.
 
+    ``<client id or sub>@<issuer>`` names a backend client or user of a trusted EHR
+    (``smart add-issuer``), whom this server does not know otherwise.
+
     Raises
     ------
     AdminError
@@ -160,6 +165,11 @@ def _access_subject(client_id: str | None, username: str | None) -> tuple[str, s
     if bool(client_id) == bool(username):
         raise AdminError("give either --client-id or --username")
     session = get_session()
+    subject = client_id or username
+    name, _, issuer = subject.rpartition("@")
+    if name and session.get(TrustedIssuer, issuer) is not None:
+        # A client or user of a trusted EHR (its tokens' client_id or sub, at its iss).
+        return (ACCESS_CLIENT if client_id else ACCESS_USER), subject
     if client_id:
         if session.scalars(select(Client).where(Client.client_id == client_id)).first() is None:
             raise AdminError(f"no client {client_id!r}")
@@ -369,3 +379,7 @@ def revoke_access_command(client_id, username, patients):
     """Take back a backend client's or practitioner user's access (all of it without --patient)."""
     allowed = _run(revoke_access, client_id=client_id, username=username, patients=list(patients))
     click.echo(f"{client_id or username} may see: {describe_access(allowed)}.")
+
+
+for _command in issuer_admin.COMMANDS:
+    smart_cli.add_command(_command)

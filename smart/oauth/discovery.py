@@ -79,6 +79,26 @@ def _url(path: str) -> str:
     return tokens.issuer() + path
 
 
+#: The Argonaut SMART Imaging Access capability of an associated endpoint.
+IMAGING_CAPABILITY = "smart-imaging-access"
+
+
+def associated_endpoints() -> list[dict]:
+    """The ``associated_endpoints`` of the facade's own discovery: its DICOMweb base, which
+    takes the tokens this server issues (SMART App Launch 2.2 §Metadata, SMART Imaging Access)."""
+    return [{"url": tokens.issuer() + "/dicomweb", "capabilities": [IMAGING_CAPABILITY]}]
+
+
+def ehr_associated_endpoints() -> dict:
+    """The fragment an EHR administrator adds to the EHR's ``.well-known/smart-configuration``
+    so that apps launched in the EHR find the facade (SMART Imaging Access "Discovery"): its
+    FHIR base (ImagingStudy search) and DICOMweb base, both taking the EHR's tokens."""
+    return {"associated_endpoints": [
+        {"url": tokens.fhir_base(), "capabilities": [IMAGING_CAPABILITY]},
+        {"url": tokens.issuer() + "/dicomweb", "capabilities": [IMAGING_CAPABILITY]},
+    ]}
+
+
 def smart_configuration() -> dict:
     """The ``.well-known/smart-configuration`` JSON (needs an app context)."""
     return {
@@ -95,6 +115,7 @@ def smart_configuration() -> dict:
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "capabilities": CAPABILITIES,
+        "associated_endpoints": associated_endpoints(),
     }
 
 

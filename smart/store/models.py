@@ -341,3 +341,32 @@ class PatientAccess(Base):
     #: A FHIR Patient id, or :data:`ALL_PATIENTS`.
     patient: Mapped[str] = mapped_column(String(64), primary_key=True)
     granted_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class TrustedIssuer(Base):
+    """An EHR authorization server whose access tokens the facade accepts (issue 17; SMART
+    Imaging Access: the EHR issues the token, the imaging server is its resource server).
+
+    Managed with ``flask smart add-issuer`` / ``list-issuers`` / ``remove-issuer``; read by
+    :mod:`smart.tokens.issuers`. The introspection credential is the facade's own at that EHR
+    (a client secret for ``client_secret_basic``, or a private key for ``private_key_jwt``):
+    it must be usable, so it is stored as given and never printed or logged.
+    """
+
+    __tablename__ = "smart_trusted_issuer"
+
+    #: The ``iss`` of its tokens, exactly (RFC 8414 §2 ``issuer``).
+    issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
+    #: ``Identifier.system`` of the EHR Patient's identifier that is the PACS's PatientID (an MRN).
+    patient_identifier_system: Mapped[str] = mapped_column(Text)
+    #: The EHR's FHIR base for ``Patient/{id}`` reads; None: the issuer URL.
+    fhir_base: Mapped[str | None] = mapped_column(Text)
+    #: The ``aud`` its tokens must name; None: the facade's FHIR base.
+    audience: Mapped[str | None] = mapped_column(Text)
+    #: The facade's client id at the EHR's introspection endpoint; None: no introspection.
+    introspection_client_id: Mapped[str | None] = mapped_column(String(256))
+    #: Client secret for ``client_secret_basic`` (stored as is: it is sent).
+    introspection_secret: Mapped[str | None] = mapped_column(Text)
+    #: PEM private key for ``private_key_jwt`` (RFC 7523 §2.2).
+    introspection_key: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)

@@ -195,6 +195,11 @@ def _revoked_jtis() -> frozenset[str]:
     return state.revoked
 
 
+def is_cached(token: str) -> bool:
+    """Whether *token* was verified here before (one of ours, still in the cache)."""
+    return token in _state().verified
+
+
 def decode_access_token(token: str) -> dict:
     """Verify a JWT access token issued by this server and return its claims.
 

@@ -178,6 +178,16 @@ def test_pacs_down_is_503_with_retry_after(fake_app):
     assert response.get_json()["resourceType"] == "OperationOutcome"
 
 
+def test_a_pacs_slower_than_the_bound_is_503_with_retry_after_on_fhir(fake_app):
+    import requests
+    with responses.RequestsMock() as mock:
+        mock.add(responses.GET, re.compile(f"{FAKE_PACS}/studies.*"), body=requests.ReadTimeout("slow"))
+        response = fake_app.test_client().get("/fhir/ImagingStudy?patient=P1", headers=bearer(token(fake_app)))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["issue"][0]["code"] == "timeout"
+
+
 def test_metadata_and_format_negotiation(fake_app):
     client = fake_app.test_client()
     statement = client.get("/fhir/metadata").get_json()
@@ -504,3 +514,39 @@ def test_a_patients_series_query_runs_alongside_the_study_query_when_cold(fake_a
     assert fresh.test_client().get("/fhir/ImagingStudy?patient=P1&_summary=count",
                                    headers=bearer(token(fresh))).get_json()["total"] == 3
     assert len(series_calls()) == 1
+
+
+# --- _lastUpdated (SMART Imaging Access: patient + _lastUpdated SHALL) ----------------------
+
+@pytest.mark.parametrize("query, found", [
+    ("_lastUpdated=ge2023-01-01", True),   # the series added in 2023 counts
+    ("_lastUpdated=gt2023-03-01", False),
+    ("_lastUpdated=2023-03", True),
+    ("_lastUpdated=lt2022", False),
+    ("_lastUpdated=lt2022,ge2023", True),
+    ("started=ge2023-01-01", False),       # the study itself began in 2021
+])
+def test_last_updated_is_the_latest_study_or_series_date(fake_app, rsps, query, found):
+    fake_pacs(rsps, [study("1.2.1", date="20210115")])
+    rsps.replace(responses.GET, f"{FAKE_PACS}/studies/1.2.1/series", json=[
+        ds(SeriesInstanceUID="1.2.1.1", Modality="CT", SeriesNumber="1", SeriesDate="20210115"),
+        ds(SeriesInstanceUID="1.2.1.2", Modality="CT", SeriesNumber="2", SeriesDate="20230301", SeriesTime="0930")])
+    bundle = fake_app.test_client().get(f"/fhir/ImagingStudy?patient=P1&{query}",
+                                        headers=bearer(token(fake_app))).get_json()
+    assert bundle["total"] == (1 if found else 0), query
+
+
+def test_last_updated_of_a_resource():
+    from fhir_facade.fhir.search import last_updated
+    assert last_updated({"started": "2021-01-15", "series": [{"started": "2023-03-01T09:30:00+00:00"},
+                                                             {"uid": "1"}]}, "UTC") == "2023-03-01T09:30:00+00:00"
+    assert last_updated({"started": "2024-05-01T10:00:00-05:00", "series": [{"started": "2024-05-01"}]},
+                        "UTC") == "2024-05-01"  # the whole day ends after 10:00-05:00
+    assert last_updated({"series": []}, "UTC") is None
+    assert "_lastUpdated" in {p["name"] for p in fake_capability()["rest"][0]["resource"][0]["searchParam"]}
+
+
+def fake_capability():
+    from fhir_facade.fhir.capability import capability_statement
+    from fhir_facade.resources.mapping import MappingContext
+    return capability_statement(MappingContext(public_url=PUBLIC))
