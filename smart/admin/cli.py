@@ -332,12 +332,13 @@ def add_user_command(username, password, patient, role):
 @click.option("--patient", default=None, help="FHIR Patient id in context.")
 @click.option("--encounter", default=None, help="FHIR Encounter id in context.")
 @click.option("--user", "username", default=None, help="Username the EHR launches for.")
-@click.option("--no-banner", is_flag=True, help="need_patient_banner=false (the EHR shows one).")
+@click.option("--banner/--no-banner", default=False, show_default=True,
+              help="need_patient_banner in the token response (default false: the EHR shows the patient).")
 @click.option("--lifetime", type=int, default=LAUNCH_LIFETIME, show_default=True, help="Seconds.")
-def create_launch_command(patient, encounter, username, no_banner, lifetime):
+def create_launch_command(patient, encounter, username, banner, lifetime):
     """Create an EHR launch context and print its launch id."""
     click.echo(_run(create_launch, patient=patient, encounter=encounter, username=username,
-                    need_patient_banner=not no_banner, lifetime=lifetime))
+                    need_patient_banner=banner, lifetime=lifetime))
 
 
 @smart_cli.command("rotate-key")

@@ -261,7 +261,8 @@ class LaunchContext(Base):
     encounter: Mapped[str | None] = mapped_column(String(64))
     #: username of the user the EHR launched for (optional).
     username: Mapped[str | None] = mapped_column(String(128))
-    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: False by default: the launching EHR shows the patient itself (a standalone launch says true).
+    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
     smart_style_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     expires_at: Mapped[int] = mapped_column(Integer)

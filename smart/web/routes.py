@@ -282,7 +282,7 @@ def create_launch():
 
     The caller presents a Backend Services access token (``client_credentials``) whose
     scope includes ``launch``. Body (form or JSON): ``patient``, optional ``encounter``,
-    ``user`` (username), ``need_patient_banner`` (default true). Answers 201 with
+    ``user`` (username), ``need_patient_banner`` (default false: the EHR shows the patient). Answers 201 with
     ``{"launch": id, "expires_in": seconds}``.
     """
     try:
@@ -311,7 +311,7 @@ def create_launch():
     if fields["patient"] is not None and allowed is not None and fields["patient"] not in allowed:
         # The EHR may launch only for patients it was granted (smart grant-access --client-id).
         return _bearer_error(403, "insufficient_scope", "This client may not launch for this patient.")
-    banner = str(data.get("need_patient_banner", "true")).lower() not in ("false", "0", "no")
+    banner = str(data.get("need_patient_banner", "false")).lower() in ("true", "1", "yes")
     try:
         launch_id = make_launch(
             patient=fields["patient"],
