@@ -51,6 +51,8 @@ class Client(Base, ClientMixin):
     client_secret_hash: Mapped[str | None] = mapped_column(String(256))
     client_name: Mapped[str | None] = mapped_column(String(256))
     redirect_uris: Mapped[list] = mapped_column(JSON, default=list)
+    #: Where RP-Initiated Logout 1.0 §3 may send the browser after sign-out (exact strings).
+    post_logout_redirect_uris: Mapped[list | None] = mapped_column(JSON, default=list)
     #: Space-separated scopes the client may be granted; None means any valid SMART scope.
     scope: Mapped[str | None] = mapped_column(Text)
     token_endpoint_auth_method: Mapped[str] = mapped_column(String(64), default="none")
@@ -133,17 +135,21 @@ class User(Base):
     def check_password(self, password: str) -> bool:
         return bool(password) and check_password_hash(self.password_hash, password)
 
-    @property
-    def fhir_user(self) -> str | None:
-        """``fhirUser`` reference (SMART 2.2 §Scopes for requesting identity data)."""
-        if self.fhir_user_reference:
-            return self.fhir_user_reference
-        if self.role == "patient" and self.patient:
-            return f"Patient/{self.patient}"
-        return None
-
     def get_user_id(self) -> int:
         return self.id
+
+    @property
+    def fhir_user(self) -> str | None:
+        """``fhirUser`` reference (SMART 2.2 §Scopes for requesting identity data): the stored
+        one, else ``Patient/<patient>`` for a patient user and ``Practitioner/<id>`` for a
+        practitioner, whose id is the username when it is a valid FHIR id, else a digest of it."""
+        if self.fhir_user_reference:
+            return self.fhir_user_reference
+        if self.role == "patient":
+            return f"Patient/{self.patient}" if self.patient else None
+        name = self.username or ""
+        valid = 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "-.") for c in name)
+        return f"Practitioner/{name if valid else 'u-' + digest(name)[:40]}"
 
 
 class AuthorizationCode(Base, AuthorizationCodeMixin):
@@ -342,3 +348,18 @@ class PatientAccess(Base):
     #: A FHIR Patient id, or :data:`ALL_PATIENTS`.
     patient: Mapped[str] = mapped_column(String(64), primary_key=True)
     granted_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Consent(Base):
+    """Scopes a user approved for a client on the consent page, remembered so that the next
+    authorization request of that client for the same scopes or fewer skips the page
+    (issue 14; OIDC Core 1.0 §3.1.2.4 consent). Withdrawn on the user's apps page."""
+
+    __tablename__ = "smart_consent"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("smart_user.id"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: Every scope approved so far, space separated, sorted.
+    scope: Mapped[str] = mapped_column(Text, default="")
+    granted_at: Mapped[int] = mapped_column(Integer, default=now)
+    updated_at: Mapped[int] = mapped_column(Integer, default=now)
