@@ -16,6 +16,7 @@ from smart.admin import cli, schema
 from smart.oauth import cors, server
 from smart.store import db
 from smart.store.models import Setting
+from smart.web import oidc  # noqa: F401  (registers the OpenID Connect routes on bp)
 from smart.web.routes import bp
 
 #: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
