@@ -153,8 +153,10 @@ def update_client(
                        remove_post_logout_redirect_uris, "post-logout redirect URI")
     if not redirects and not (client.jwks or client.jwks_uri):
         raise AdminError("a client needs at least one redirect URI")
-    # New lists, not changed ones: SQLAlchemy's JSON columns do not see changes in place.
-    client.redirect_uris, client.post_logout_redirect_uris = redirects, logouts
+    # A new list, not a changed one: SQLAlchemy's JSON columns do not see changes in place.
+    client.redirect_uris = redirects
+    if logouts != list(client.post_logout_redirect_uris):
+        client.post_logout_redirect_uris = logouts
     session.commit()
     cors.forget_origins()
     return client

@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.ext.associationproxy import association_proxy
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from smart import scopes
@@ -51,8 +52,6 @@ class Client(Base, ClientMixin):
     client_secret_hash: Mapped[str | None] = mapped_column(String(256))
     client_name: Mapped[str | None] = mapped_column(String(256))
     redirect_uris: Mapped[list] = mapped_column(JSON, default=list)
-    #: Where RP-Initiated Logout 1.0 §3 may send the browser after sign-out (exact strings).
-    post_logout_redirect_uris: Mapped[list | None] = mapped_column(JSON, default=list)
     #: Space-separated scopes the client may be granted; None means any valid SMART scope.
     scope: Mapped[str | None] = mapped_column(Text)
     token_endpoint_auth_method: Mapped[str] = mapped_column(String(64), default="none")
@@ -61,6 +60,13 @@ class Client(Base, ClientMixin):
     jwks: Mapped[dict | None] = mapped_column(JSON)
     jwks_uri: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    #: Rows of :attr:`post_logout_redirect_uris` (a table of their own: ``init-db`` adds it to an
+    #: existing database, where a new column would need a migration).
+    post_logout_rows: Mapped[list[PostLogoutRedirectURI]] = relationship(
+        cascade="all, delete-orphan", order_by="PostLogoutRedirectURI.id")
+    #: Where RP-Initiated Logout 1.0 §3 may send the browser after sign-out (exact strings).
+    post_logout_redirect_uris = association_proxy(
+        "post_logout_rows", "uri", creator=lambda uri: PostLogoutRedirectURI(uri=uri))
 
     @property
     def is_public(self) -> bool:
@@ -113,6 +119,16 @@ class Client(Base, ClientMixin):
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in (self.grant_types or [])
+
+
+class PostLogoutRedirectURI(Base):
+    """One ``post_logout_redirect_uri`` registered for a client (RP-Initiated Logout 1.0 §3)."""
+
+    __tablename__ = "smart_post_logout_redirect_uri"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("smart_client.client_id"), index=True)
+    uri: Mapped[str] = mapped_column(Text)
 
 
 class User(Base):
