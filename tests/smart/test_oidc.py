@@ -352,3 +352,23 @@ def test_cli_update_client_refuses_bad_changes(app, args, message):
     runner.invoke(args=["smart", "add-client", "--client-id", "viewer", "--redirect-uri", "https://v.example/cb"])
     result = runner.invoke(args=["smart", "update-client", *args])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+# --- nothing secret in the logs --------------------------------------------------------------
+def test_no_token_or_patient_reaches_the_log(alice, caplog):
+    import logging
+
+    # The PACS is faked (unanswered): urllib3's own retry warnings name the request URL.
+    with caplog.at_level(logging.DEBUG), responses.RequestsMock():
+        body = alice.obtain_token(scope=OFFLINE, nonce="n-secret-nonce")
+        alice.client.get("/auth/userinfo", headers={"Authorization": "Bearer " + body["access_token"]})
+        authorize(alice, prompt="none")
+        page = alice.client.get("/auth/apps").get_data(as_text=True)
+        alice.submit(page, "withdraw")
+        alice.client.get("/auth/logout", query_string={"id_token_hint": body["id_token"],
+                                                        "post_logout_redirect_uri": LOGOUT_URI, "state": "s"})
+    text = caplog.text
+    assert "/auth/logout" in text  # the access log ran
+    for secret in (body["access_token"], body["id_token"], body["refresh_token"], "patient-1", "correct horse",
+                   "n-secret-nonce"):
+        assert secret not in text
