@@ -152,6 +152,16 @@ def test_prompt_none_with_session_and_consent_gives_a_code(alice):
     assert body["patient"] == "patient-1" and body["scope"] == DEFAULT_SCOPE
 
 
+def test_prompt_none_with_the_id_token_hint_of_another_user_is_login_required(alice):
+    mine = alice.obtain_token()["id_token"]
+    assert "code" in query_of(authorize(alice, prompt="none", id_token_hint=mine)[0])
+    alice.client.get("/auth/logout")
+    alice.register_user("bob", "pw-bob", patient="patient-2")
+    alice.authorize("bob", "pw-bob")
+    for hint in (mine, "a.b.c"):
+        assert query_of(authorize(alice, prompt="none", id_token_hint=hint)[0])["error"] == "login_required"
+
+
 def test_prompt_none_for_a_practitioner_who_must_pick_is_interaction_required(app, auth):
     auth.register_public_client()
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
