@@ -8,7 +8,7 @@ from flask import request
 
 from smart.oauth import consents
 from smart.oauth.grants import end_user_scope, find_launch, launch_refusal, scope_has
-from smart.store.models import Client, User
+from smart.store.models import Client, User, now
 from smart.tokens import jwt as tokens
 
 #: ``prompt`` values this server acts on; others are ignored (OIDC Core 1.0 §3.1.2.1 lists
@@ -19,6 +19,15 @@ PROMPT_VALUES = frozenset({"none", "login", "consent", "select_account"})
 def requested_prompts() -> frozenset[str]:
     """The space-separated ``prompt`` values of the current authorization request."""
     return frozenset((request.values.get("prompt") or "").split())
+
+
+def login_too_old(auth_time: int | None) -> bool:
+    """Whether the request's ``max_age`` (OIDC Core 1.0 §3.1.2.1, seconds) asks for a newer login
+    than the one at *auth_time*; a malformed ``max_age`` is ignored."""
+    raw = request.values.get("max_age") or ""
+    if not raw.isdigit() or len(raw) > 12:
+        return False
+    return auth_time is None or now() - int(auth_time) > int(raw)
 
 
 def needs_picker(grant, user: User) -> bool:

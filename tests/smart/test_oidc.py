@@ -2,6 +2,7 @@
 the apps page, RP-initiated logout, and clients with several redirect and post-logout URIs."""
 from __future__ import annotations
 
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -228,6 +229,18 @@ def test_prompt_consent_shows_the_page_and_prompt_login_the_login(alice):
     assert is_login_page(login)
     after = alice.login(login.get_data(as_text=True), "alice", "correct horse")
     assert "code" in query_of(after)  # signed in again; the consent was remembered
+
+
+def test_max_age_asks_for_a_newer_login(alice, monkeypatch):
+    from smart.web import prompts
+
+    alice.authorize()
+    assert "code" in query_of(authorize(alice, max_age="60")[0])
+    monkeypatch.setattr(prompts, "now", lambda: int(time.time()) + 120)  # two minutes later
+    assert query_of(authorize(alice, prompt="none", max_age="60")[0])["error"] == "login_required"
+    assert is_login_page(authorize(alice, max_age="60")[0])
+    assert "code" in query_of(authorize(alice, max_age="600")[0])
+    assert "code" in query_of(authorize(alice, max_age="soon")[0])  # malformed: ignored
 
 
 def test_remembered_consent_keeps_the_ehr_launch_context(app, auth):
