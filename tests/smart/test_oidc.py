@@ -287,6 +287,17 @@ def test_withdrawing_an_app_revokes_its_tokens_and_forgets_the_consent(alice):
     assert is_consent_page(authorize(alice, scope=OFFLINE)[0])
 
 
+def test_withdrawing_one_app_leaves_the_others_alone(alice):
+    alice.register_public_client("other-app")
+    other = alice.obtain_token(scope=OFFLINE, client_id="other-app")
+    alice.obtain_token(scope=OFFLINE)
+    page = alice.client.get("/auth/apps").get_data(as_text=True)
+    withdraw = next(f for f in parse_forms(page) if ("client_id", "test-app") in f["fields"])
+    assert alice.client.post(withdraw["action"], data=dict(withdraw["fields"])).status_code == 200
+    assert alice.refresh_response(other["refresh_token"], client_id="other-app").status_code == 200
+    assert "code" in query_of(authorize(alice, client_id="other-app")[0])
+
+
 def test_withdrawing_without_the_csrf_token_changes_nothing(alice):
     alice.authorize()
     refused = alice.client.post("/auth/apps", data={"action": "withdraw", "client_id": "test-app"})
