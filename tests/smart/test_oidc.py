@@ -70,6 +70,18 @@ def test_userinfo_names_the_user(alice, method):
                                  "name": "alice", "preferred_username": "alice"}
 
 
+def test_userinfo_names_a_patient_user_as_the_pacs_does(alice):
+    from dicom_json_builders import ds
+
+    body = alice.obtain_token()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as pacs:
+        pacs.add(responses.GET, "http://pacs.test/dicom-web/studies",
+                 json=[ds(StudyInstanceUID="1.2.3", PatientID="patient-1", PatientName="Doe^Jane")])
+        answer = alice.client.get("/auth/userinfo", headers={"Authorization": "Bearer " + body["access_token"]})
+    assert answer.get_json()["name"] == "Jane Doe"
+    assert answer.get_json()["preferred_username"] == "alice"
+
+
 def test_userinfo_without_openid_is_insufficient_scope(alice):
     body = alice.obtain_token(scope="launch/patient patient/ImagingStudy.rs")
     answer = alice.client.get("/auth/userinfo", headers={"Authorization": "Bearer " + body["access_token"]})
