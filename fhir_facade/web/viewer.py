@@ -138,7 +138,7 @@ def _served_file(name: str) -> Path:
 
 
 # --- configuration -------------------------------------------------------------------------------
-def app_config(public_url: str, client_id: str) -> dict:
+def app_config(public_url: str, client_id: str, viewer_base: str | None = None) -> dict:
     """OHIF's ``window.config`` for the facade at *public_url*.
 
     Parameters
@@ -147,6 +147,17 @@ def app_config(public_url: str, client_id: str) -> dict:
         FACADE_PUBLIC_URL (no trailing slash).
     client_id : str
         The viewer's registered public OAuth client (code + PKCE, OIDC Core 1.0 §3.1).
+    viewer_base : str, optional
+        Where the viewer is served, with a trailing slash; default the bundled one,
+        ``<public_url>/viewer/``. An OHIF on another origin passes its own (its redirect URI
+        is ``<viewer_base>callback``, its post-logout URI *viewer_base*).
+
+    Notes
+    -----
+    The bundled viewer's post-logout URI is ``<public_url>/viewer/signed-out``, a page of the
+    facade, not ``/viewer/``: OHIF 3.13 registers a route for the post-logout URI's whole path
+    below its router base, so ``/viewer/`` would also catch its study route ``/viewer/viewer``
+    and loop through the sign-out callback.
 
     Returns
     -------
@@ -157,10 +168,12 @@ def app_config(public_url: str, client_id: str) -> dict:
     """
     public_url = public_url.rstrip("/")
     dicomweb = f"{public_url}/dicomweb"
-    base = base_path(public_url)
+    post_logout = viewer_base or f"{public_url}/viewer/signed-out"
+    viewer_base = viewer_base or f"{public_url}/viewer/"
+    base = urlsplit(viewer_base).path
     return {
         "name": "imaging-fhir-facade",
-        "routerBasename": base.rstrip("/"),
+        "routerBasename": base.rstrip("/") or "/",
         "extensions": [],
         "modes": [],
         "customizationService": {},
@@ -194,9 +207,9 @@ def app_config(public_url: str, client_id: str) -> dict:
         "oidc": [{
             "authority": public_url,
             "client_id": client_id,
-            "redirect_uri": f"{public_url}/viewer/callback",
-            "silent_redirect_uri": f"{public_url}/viewer/silent-refresh.html",
-            "post_logout_redirect_uri": f"{public_url}/viewer/",
+            "redirect_uri": f"{viewer_base}callback",
+            "silent_redirect_uri": f"{viewer_base}silent-refresh.html",
+            "post_logout_redirect_uri": post_logout,
             "response_type": "code",
             "scope": VIEWER_SCOPE,
             "automaticSilentRenew": True,
@@ -252,6 +265,19 @@ def config_js():
                         current_app.config.get("FACADE_VIEWER_CLIENT_ID") or "ohif-viewer")
     body = "window.config = " + json.dumps(config, indent=2) + ";\n"
     response = Response(body, mimetype="text/javascript")
+    response.headers["Cache-Control"] = "no-store"
+    return _secure(response)
+
+
+@bp.get("/signed-out")
+@authz.public
+def signed_out():
+    """The bundled viewer's post-logout page (OIDC RP-Initiated Logout 1.0 §3)."""
+    body = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out</title></head>"
+            "<body><main><h1>You have signed out of the viewer</h1>"
+            f"<p><a id=\"sign-in\" href=\"{base_path(current_app.config['FACADE_PUBLIC_URL'])}\">Sign in again</a></p>"
+            "</main></body></html>")
+    response = Response(body, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return _secure(response)
 
