@@ -100,7 +100,7 @@ async function runViewer(viewer) {
     const navigationsBefore = out.navigations.length;
     const reached = new Promise((resolve) => {
       const check = (frame) => {
-        if (frame === page.mainFrame() && frame.url().startsWith(viewer.postLogoutUrl)) resolve(frame.url());
+        if (frame === page.mainFrame() && frame.url().split("?")[0] === viewer.postLogoutUrl) resolve(frame.url());
       };
       page.on("response", (r) => { if (r.status() >= 400) out.failed.push(`${r.status()} ${r.url().slice(0, 200)}`); });
     page.on("framenavigated", check);
