@@ -23,13 +23,15 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, send_file
 from werkzeug.exceptions import NotFound, ServiceUnavailable
 from werkzeug.security import safe_join
 
 from smart import api as authz  # the one smart module the facade may import
+
+from fhir_facade.resources.mapping import viewer_study_url
 
 #: Where ``npm ci`` in ``viewer/`` puts OHIF's prebuilt files.
 DEFAULT_DIST = Path(__file__).resolve().parents[2] / "viewer" / "node_modules" / "@ohif" / "app" / "dist"
@@ -58,8 +60,9 @@ def base_path(public_url: str) -> str:
 
 
 def viewer_url(public_url: str, study_instance_uid: str) -> str:
-    """The viewer's URL that opens one study (OHIF's ``/viewer?StudyInstanceUIDs=``)."""
-    return f"{public_url.rstrip('/')}/viewer/viewer?StudyInstanceUIDs={quote(study_instance_uid, safe='')}"
+    """The viewer's URL that opens one study (OHIF's ``/viewer?StudyInstanceUIDs=``), as the
+    study's web-viewer Endpoint gives it (:func:`fhir_facade.resources.mapping.viewer_study_url`)."""
+    return viewer_study_url(public_url, study_instance_uid)
 
 
 def _dist() -> Path:
