@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from smart.oauth.grants import revoke_family
 from smart.store.db import get_session
@@ -111,8 +111,8 @@ def withdraw(user: User, client_id: str) -> bool:
     for code_id in sorted(families):
         revoke_family(code_id)
     # Refresh tokens without a family (none are issued so today) are revoked all the same.
-    session.query(RefreshToken).filter(
+    session.execute(update(RefreshToken).where(
         RefreshToken.user_id == user.id, RefreshToken.client_id == client_id, RefreshToken.revoked_at.is_(None),
-    ).update({RefreshToken.revoked_at: now()})
+    ).values(revoked_at=now()))
     session.commit()
     return forgotten.rowcount > 0

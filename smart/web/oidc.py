@@ -16,7 +16,7 @@ from smart.store.db import get_session
 from smart.store.models import User, now
 from smart.tokens import jwt as tokens
 from smart.web import login, picker
-from smart.web.routes import _csrf_ok, _json_error, _page, bp, current_user
+from smart.web.routes import _csrf_ok, _json_error, _page, bp, current_user, describe_scope
 
 
 # --- userinfo ------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def end_session():  # a browser page: it only ends this browser's login session
 # --- the user's approved apps -----------------------------------------------------------------
 def _apps_page(user: User, message: str | None = None, status: int = 200):
     return _page("smart/apps.html", status=status, fields=[], user=user, apps=consents.approved_apps(user),
-                 message=message)
+                 describe=describe_scope, message=message)
 
 
 def _login_page(status: int = 200, message: str | None = None):

@@ -8,7 +8,8 @@ from flask import request
 
 from smart.oauth import consents
 from smart.oauth.grants import end_user_scope, find_launch, launch_refusal, scope_has
-from smart.store.models import Client, User
+from smart.store.models import Client, User, now
+from smart.tokens import jwt as tokens
 
 #: ``prompt`` values this server acts on; others are ignored (OIDC Core 1.0 §3.1.2.1 lists
 #: ``select_account`` too: with one account per browser session there is nothing to select).
@@ -18,6 +19,15 @@ PROMPT_VALUES = frozenset({"none", "login", "consent", "select_account"})
 def requested_prompts() -> frozenset[str]:
     """The space-separated ``prompt`` values of the current authorization request."""
     return frozenset((request.values.get("prompt") or "").split())
+
+
+def login_too_old(auth_time: int | None) -> bool:
+    """Whether the request's ``max_age`` (OIDC Core 1.0 §3.1.2.1, seconds) asks for a newer login
+    than the one at *auth_time*; a malformed ``max_age`` is ignored."""
+    raw = request.values.get("max_age") or ""
+    if not raw.isdigit() or len(raw) > 12:
+        return False
+    return auth_time is None or now() - int(auth_time) > int(raw)
 
 
 def needs_picker(grant, user: User) -> bool:
@@ -61,12 +71,15 @@ def consent_remembered(grant, user: User) -> bool:
 def silent_error(grant, user: User | None) -> OAuth2Error | None:
     """Why a ``prompt=none`` request gets no code, as the error for its redirect URI, or None.
 
-    OIDC Core 1.0 §3.1.2.6: ``login_required`` without a login session, ``access_denied`` for
+    OIDC Core 1.0 §3.1.2.6: ``login_required`` without a login session (or with one of
+    another user than the ``id_token_hint`` names), ``access_denied`` for
     an EHR launch the user may not use, ``interaction_required`` when a patient must be
     picked, ``consent_required`` when the scopes were not approved before.
     """
     if user is None:
         return _redirected(LoginRequiredError("The user is not signed in."), grant)
+    if not _hint_names(grant.request.payload.data.get("id_token_hint"), user):
+        return _redirected(LoginRequiredError("Another user is signed in."), grant)
     requested = end_user_scope(grant.request.scope, user)
     launch = find_launch(grant.request.payload.data.get("launch")) if scope_has(requested, "launch") else None
     refusal = launch_refusal(launch, user) if launch is not None else None
@@ -77,6 +90,17 @@ def silent_error(grant, user: User | None) -> OAuth2Error | None:
     if not consents.covers(user, grant.request.client.client_id, requested):
         return _redirected(ConsentRequiredError("The user has not approved these scopes for this app."), grant)
     return None
+
+
+def _hint_names(hint: str | None, user: User) -> bool:
+    """Whether an ``id_token_hint`` (OIDC Core 1.0 §3.1.2.1), if any, is ours and names *user*:
+    a silent renew must not hand the app a code for whoever else signed in since."""
+    if not hint:
+        return True
+    try:
+        return tokens.decode_id_token_hint(hint).get("sub") == user.username
+    except tokens.InvalidToken:
+        return False
 
 
 def frame_ancestors(client: Client | None) -> str:

@@ -230,6 +230,8 @@ def authorize():
     if problem is not None:
         return _authorization_error(problem)
     action = request.form.get("action") if request.method == "POST" else None
+    if user is not None and action is None and prompts.login_too_old(session.get("auth_time")):
+        user, asked = None, asked | {"login"}  # max_age: the login is too old to count
     if action is None and "none" in asked:
         return _silent_answer(grant, user)
     if action and not _csrf_ok():

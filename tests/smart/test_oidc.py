@@ -2,6 +2,7 @@
 the apps page, RP-initiated logout, and clients with several redirect and post-logout URIs."""
 from __future__ import annotations
 
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -67,6 +68,18 @@ def test_userinfo_names_the_user(alice, method):
     assert answer.headers["Cache-Control"] == "no-store"
     assert answer.get_json() == {"sub": "alice", "fhirUser": FHIR_BASE + "/Patient/patient-1",
                                  "name": "alice", "preferred_username": "alice"}
+
+
+def test_userinfo_names_a_patient_user_as_the_pacs_does(alice):
+    from dicom_json_builders import ds
+
+    body = alice.obtain_token()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as pacs:
+        pacs.add(responses.GET, "http://pacs.test/dicom-web/studies",
+                 json=[ds(StudyInstanceUID="1.2.3", PatientID="patient-1", PatientName="Doe^Jane")])
+        answer = alice.client.get("/auth/userinfo", headers={"Authorization": "Bearer " + body["access_token"]})
+    assert answer.get_json()["name"] == "Jane Doe"
+    assert answer.get_json()["preferred_username"] == "alice"
 
 
 def test_userinfo_without_openid_is_insufficient_scope(alice):
@@ -152,6 +165,16 @@ def test_prompt_none_with_session_and_consent_gives_a_code(alice):
     assert body["patient"] == "patient-1" and body["scope"] == DEFAULT_SCOPE
 
 
+def test_prompt_none_with_the_id_token_hint_of_another_user_is_login_required(alice):
+    mine = alice.obtain_token()["id_token"]
+    assert "code" in query_of(authorize(alice, prompt="none", id_token_hint=mine)[0])
+    alice.client.get("/auth/logout")
+    alice.register_user("bob", "pw-bob", patient="patient-2")
+    alice.authorize("bob", "pw-bob")
+    for hint in (mine, "a.b.c"):
+        assert query_of(authorize(alice, prompt="none", id_token_hint=hint)[0])["error"] == "login_required"
+
+
 def test_prompt_none_for_a_practitioner_who_must_pick_is_interaction_required(app, auth):
     auth.register_public_client()
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
@@ -220,6 +243,18 @@ def test_prompt_consent_shows_the_page_and_prompt_login_the_login(alice):
     assert "code" in query_of(after)  # signed in again; the consent was remembered
 
 
+def test_max_age_asks_for_a_newer_login(alice, monkeypatch):
+    from smart.web import prompts
+
+    alice.authorize()
+    assert "code" in query_of(authorize(alice, max_age="60")[0])
+    monkeypatch.setattr(prompts, "now", lambda: int(time.time()) + 120)  # two minutes later
+    assert query_of(authorize(alice, prompt="none", max_age="60")[0])["error"] == "login_required"
+    assert is_login_page(authorize(alice, max_age="60")[0])
+    assert "code" in query_of(authorize(alice, max_age="600")[0])
+    assert "code" in query_of(authorize(alice, max_age="soon")[0])  # malformed: ignored
+
+
 def test_remembered_consent_keeps_the_ehr_launch_context(app, auth):
     from smart.admin.cli import create_launch
 
@@ -262,6 +297,17 @@ def test_withdrawing_an_app_revokes_its_tokens_and_forgets_the_consent(alice):
     assert refreshed.status_code == 400 and refreshed.get_json()["error"] == "invalid_grant"
     assert alice.client.get("/auth/userinfo", headers=headers).status_code == 401
     assert is_consent_page(authorize(alice, scope=OFFLINE)[0])
+
+
+def test_withdrawing_one_app_leaves_the_others_alone(alice):
+    alice.register_public_client("other-app")
+    other = alice.obtain_token(scope=OFFLINE, client_id="other-app")
+    alice.obtain_token(scope=OFFLINE)
+    page = alice.client.get("/auth/apps").get_data(as_text=True)
+    withdraw = next(f for f in parse_forms(page) if ("client_id", "test-app") in f["fields"])
+    assert alice.client.post(withdraw["action"], data=dict(withdraw["fields"])).status_code == 200
+    assert alice.refresh_response(other["refresh_token"], client_id="other-app").status_code == 200
+    assert "code" in query_of(authorize(alice, client_id="other-app")[0])
 
 
 def test_withdrawing_without_the_csrf_token_changes_nothing(alice):
