@@ -21,7 +21,8 @@ from flask import Response, current_app, request
 
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import to_fhir_id
-from fhir_facade.dicomweb import multipart, zerocopy
+from fhir_facade.dicom.transcoding import TranscodeError, transcode_instance
+from fhir_facade.dicomweb import multipart, transcoded, zerocopy
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
 from fhir_facade.pacs.client import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
 
@@ -138,6 +139,7 @@ def _transcode_refused(status: int, choice: Choice | None) -> bool:
     no transcoding, so a PACS error there stays an error.
     """
     return (choice is not None and (choice.multipart or choice.unwrap) and status in (400, 415, 500, 501)
+            and not choice.transcode  # asked as stored: an error is the PACS's
             and (choice.transfer_syntax != "*" or choice.part_type != "application/dicom"))
 
 
@@ -348,6 +350,34 @@ def _parts_started(head: bytes, boundary: str) -> int:
     return len(seen)
 
 
+def _peek(choice: Choice):
+    """Which parts' first bytes to hold: DICOM parts whose syntax must be named, or checked
+    for transcoding (:mod:`fhir_facade.dicomweb.transcoded`)."""
+    if choice.transcode:
+        return transcoded.is_dicom_part
+    return _needs_transfer_syntax if choice.transfer_syntax == "*" else _never
+
+
+def _transcoded_part(part, start: bytes, body: Iterator[bytes], choice: Choice, small: bool):
+    """The single part of an instance answer in :attr:`Choice.target_syntax`, transcoded if it is
+    not: ``(headers, start, body, small)``, decided before anything is sent.
+
+    Raises
+    ------
+    NotAvailable
+        If the instance cannot be transcoded.
+    """
+    if not transcoded.needs_transcoding(part, start, choice.target_syntax):
+        return part, start, body, small
+    try:
+        data = transcode_instance(b"".join(body), choice.target_syntax)
+    except (TranscodeError, multipart.MultipartError) as exc:
+        raise NotAvailable(f"the instance is not available in {choice.target_syntax}: {exc}") from exc
+    part = [(name, value) for name, value in part if name.lower() not in ("content-type", "content-length")]
+    part.append(("Content-Type", f"application/dicom; transfer-syntax={choice.target_syntax}"))
+    return part, data[:multipart.META_PEEK_BYTES], [data], True
+
+
 def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """*chunks* with its first item already produced (errors in it raise here, not mid-answer)."""
     try:
@@ -423,14 +453,14 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             source = multipart.chunk_reader(itertools.chain([head], iter(lambda: upstream_read(CHUNK), b"")))
     if choice.unwrap:
         try:
-            part, start, body = multipart.unwrap(
-                source, boundary, merge=merge,
-                peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
+            part, start, body = multipart.unwrap(source, boundary, merge=merge, peek=_peek(choice))
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         try:
             _check_stored(part, choice)
+            if choice.transcode:
+                part, start, body, small = _transcoded_part(part, start, body, choice, small)
         except NotAvailable:
             upstream.close()
             raise
@@ -459,18 +489,23 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
         own_boundary = f"facade-{secrets.token_hex(16)}"
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
+        replace = None
+        if choice.transcode:
+            relabel = part_header_rewriter(get_pacs().base_url, _public_base(), known)
+            replace = transcoded.replacer(choice.target_syntax, lambda headers: relabel(headers, b""))
         if merge:
             rewriter = _merged_part(rewriter)
         if single:
             rewriter = _only_part(rewriter)
-        body = multipart.rewrite(source, boundary, rewriter,
-                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
+        body = multipart.rewrite(source, boundary, rewriter, peek=_peek(choice),
                                  direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
-                                 merge=merge)
+                                 merge=merge, replace=replace)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
                                                         else None)
+        if choice.transcode:
+            syntax = choice.transfer_syntax  # not the "*" the PACS was asked for
         if syntax:
             value += f"; transfer-syntax={syntax}"
         try:
@@ -483,6 +518,10 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         except NotAvailable:
             upstream.close()
             raise
+        except TranscodeError as exc:
+            # The first part cannot be had in the syntax asked for: nothing was sent yet.
+            upstream.close()
+            raise NotAvailable(f"the instance is not available in {choice.target_syntax}: {exc}") from exc
         response = Response(body, status=200)
         if small:
             response.headers["Content-Length"] = str(len(body[0]))
