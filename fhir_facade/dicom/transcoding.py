@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, pack_bits, pixel_array
 from pydicom.uid import (
@@ -54,12 +55,35 @@ def can_decode(transfer_syntax: str) -> bool:
         return False
 
 
+_ENCODINGS = {(False, True): ExplicitVRLittleEndian, (True, True): ImplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}
+
+
+def is_part10(data: bytes) -> bool:
+    """Whether *data* starts like a DICOM file: a 128-byte preamble and ``DICM`` (PS3.10 Section 7.1)."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 def _read(part10: bytes):
+    """The dataset of a Part-10 file, or of a bare dataset as some PACS store one (no preamble,
+    no File Meta: Orthanc keeps such files as it received them), its encoding then guessed by
+    pydicom and written into File Meta Information built from the SOP Common module."""
     if len(part10) > MAX_INSTANCE_BYTES:
         raise TranscodeError(f"the instance is larger than {MAX_INSTANCE_BYTES} bytes")
     try:
-        return dcmread(io.BytesIO(part10))
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        if is_part10(part10):
+            return dcmread(io.BytesIO(part10))
+        ds = dcmread(io.BytesIO(part10), force=True)
+        syntax = _ENCODINGS.get(ds.original_encoding)
+        if syntax is None or "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            raise TranscodeError("neither a DICOM file nor a dataset with a SOP Class and Instance UID")
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.preamble = b"\0" * 128
+        return ds
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError, AttributeError) as exc:
         raise TranscodeError(f"not a readable DICOM file: {exc}") from exc
 
 
@@ -103,13 +127,15 @@ def transcode_instance(part10: bytes, transfer_syntax: str) -> bytes:
     if transfer_syntax not in PRODUCIBLE:
         raise TranscodeError(f"the facade does not write {transfer_syntax}")
     ds = _read(part10)
-    if ds.file_meta.TransferSyntaxUID == transfer_syntax:
+    if ds.file_meta.TransferSyntaxUID == transfer_syntax and is_part10(part10):
         return part10
     try:
         _native_pixels(ds)
         ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
         out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
+        # dcmwrite, not save_as: a big endian dataset is written little endian (its Pixel Data
+        # swapped by _native_pixels).
+        dcmwrite(out, ds, enforce_file_format=True)
     except TranscodeError:
         raise
     except Exception as exc:  # a codec's own errors (RuntimeError, ValueError, ...) on damaged data

@@ -36,10 +36,11 @@ def is_dicom_part(headers: Headers) -> bool:
 def needs_transcoding(headers: Headers, start: bytes, transfer_syntax: str) -> bool:
     """Whether a part starting with *start* is a DICOM file (PS3.10 Section 7.1) not in *transfer_syntax*.
 
-    A body without the Part-10 preamble and ``DICM`` is not a file the facade can read: it is
-    relayed as the PACS sent it. One whose File Meta does not end within *start* is read whole.
+    A body without the Part-10 preamble and ``DICM`` is a bare dataset as the PACS stored it,
+    which a client cannot read as a file: it is made one. One whose File Meta does not end
+    within *start* is read whole.
     """
-    if not is_dicom_part(headers) or len(start) < 132 or start[128:132] != b"DICM":
+    if not is_dicom_part(headers):
         return False
     return multipart.transfer_syntax_of(start) != transfer_syntax
 
