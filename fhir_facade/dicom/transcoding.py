@@ -164,11 +164,12 @@ def decode_frames(part10: bytes, numbers: list[int]) -> list[bytes]:
     TranscodeError
         If the instance cannot be read or decoded.
     IndexError
-        If a frame number is beyond NumberOfFrames (the caller answers 404).
+        If a frame number is beyond NumberOfFrames, or there is no Pixel Data (the caller
+        answers 404).
     """
     ds = _read(part10)
     if _PIXEL_DATA not in ds:
-        raise TranscodeError("the instance has no pixel data")
+        raise IndexError("the instance has no pixel data")
     count = int(ds.get("NumberOfFrames", 1) or 1)
     missing = [n for n in numbers if not 1 <= n <= count]
     if missing:
