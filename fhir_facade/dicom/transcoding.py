@@ -112,7 +112,7 @@ def transcode_instance(part10: bytes, transfer_syntax: str) -> bytes:
     part10 : bytes
         The instance as stored (PS3.10 Section 7.1), in any transfer syntax :func:`can_decode`.
     transfer_syntax : str
-        One of :data:`PRODUCIBLE`.
+        One of :data:`PRODUCIBLE`, or ``*``: as stored, only a bare dataset made a Part-10 file.
 
     Returns
     -------
@@ -124,13 +124,16 @@ def transcode_instance(part10: bytes, transfer_syntax: str) -> bytes:
     TranscodeError
         If *transfer_syntax* is not producible, or the instance cannot be read or decoded.
     """
-    if transfer_syntax not in PRODUCIBLE:
+    if transfer_syntax not in PRODUCIBLE and transfer_syntax != "*":
         raise TranscodeError(f"the facade does not write {transfer_syntax}")
     ds = _read(part10)
+    if transfer_syntax == "*":
+        transfer_syntax = ds.file_meta.TransferSyntaxUID
     if ds.file_meta.TransferSyntaxUID == transfer_syntax and is_part10(part10):
         return part10
     try:
-        _native_pixels(ds)
+        if ds.file_meta.TransferSyntaxUID != transfer_syntax:
+            _native_pixels(ds)
         ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
         out = io.BytesIO()
         # dcmwrite, not save_as: a big endian dataset is written little endian (its Pixel Data
@@ -178,6 +181,8 @@ def decode_frames(part10: bytes, numbers: list[int]) -> list[bytes]:
     if stored.is_compressed and not can_decode(stored):
         raise TranscodeError(f"no decoder for the stored transfer syntax {stored}")
     try:
-        return [_frame_bytes(pixel_array(ds, index=n - 1), ds) for n in numbers]
+        # Native frames keep their colour space (a frame is the Pixel Data as stored); decoded
+        # ones are RGB where the codec's output is (YCbCr of JPEG Baseline), as for instances.
+        return [_frame_bytes(pixel_array(ds, index=n - 1, raw=not stored.is_compressed), ds) for n in numbers]
     except Exception as exc:  # a codec's own errors on damaged data
         raise TranscodeError(f"the pixel data cannot be decoded: {exc}") from exc

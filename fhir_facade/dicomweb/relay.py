@@ -350,32 +350,44 @@ def _parts_started(head: bytes, boundary: str) -> int:
     return len(seen)
 
 
+def _written_syntax(choice: Choice) -> str | None:
+    """What the facade makes DICOM parts into: :attr:`Choice.target_syntax` when it transcodes,
+    ``*`` for instances as stored (a bare dataset made a Part-10 file), else ``None``."""
+    if choice.transcode:
+        return choice.target_syntax
+    if choice.part_type == "application/dicom" and choice.transfer_syntax == "*":
+        return "*"
+    return None
+
+
 def _peek(choice: Choice):
     """Which parts' first bytes to hold: DICOM parts whose syntax must be named, or checked
     for transcoding (:mod:`fhir_facade.dicomweb.transcoded`)."""
-    if choice.transcode:
+    if _written_syntax(choice):
         return transcoded.is_dicom_part
     return _needs_transfer_syntax if choice.transfer_syntax == "*" else _never
 
 
 def _transcoded_part(part, start: bytes, body: Iterator[bytes], choice: Choice, small: bool):
-    """The single part of an instance answer in :attr:`Choice.target_syntax`, transcoded if it is
-    not: ``(headers, start, body, small)``, decided before anything is sent.
+    """The single part of an instance answer as :func:`_written_syntax` says, transcoded if it
+    is not yet: ``(headers, start, body, small)``, decided before anything is sent.
 
     Raises
     ------
     NotAvailable
         If the instance cannot be transcoded.
     """
-    if not transcoded.needs_transcoding(part, start, choice.target_syntax):
+    syntax = _written_syntax(choice)
+    if not transcoded.needs_transcoding(part, start, syntax):
         return part, start, body, small
+    data = b"".join(body)
     try:
-        data = transcode_instance(b"".join(body), choice.target_syntax)
-    except (TranscodeError, multipart.MultipartError) as exc:
-        raise NotAvailable(f"the instance is not available in {choice.target_syntax}: {exc}") from exc
-    part = [(name, value) for name, value in part if name.lower() not in ("content-type", "content-length")]
-    part.append(("Content-Type", f"application/dicom; transfer-syntax={choice.target_syntax}"))
-    return part, data[:multipart.META_PEEK_BYTES], [data], True
+        data = transcode_instance(data, syntax)
+    except TranscodeError as exc:
+        if syntax == "*":
+            return part, start, [data], True  # as stored, as the PACS sent it
+        raise NotAvailable(f"the instance is not available in {syntax}: {exc}") from exc
+    return transcoded.relabelled(part, data), data[:multipart.META_PEEK_BYTES], [data], True
 
 
 def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -459,11 +471,14 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         try:
             _check_stored(part, choice)
-            if choice.transcode:
+            if _written_syntax(choice):
                 part, start, body, small = _transcoded_part(part, start, body, choice, small)
         except NotAvailable:
             upstream.close()
             raise
+        except multipart.MultipartError as exc:
+            upstream.close()
+            raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         # Named like a part of a multipart answer (PS3.18 Section 8.7.3.5.2): the Content-Type says the syntax.
         part = _part_headers(part, start, get_pacs().base_url, _public_base(), _known_syntax(choice))
         try:
@@ -490,9 +505,9 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         own_boundary = f"facade-{secrets.token_hex(16)}"
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
         replace = None
-        if choice.transcode:
+        if _written_syntax(choice):
             relabel = part_header_rewriter(get_pacs().base_url, _public_base(), known)
-            replace = transcoded.replacer(choice.target_syntax, lambda headers: relabel(headers, b""))
+            replace = transcoded.replacer(_written_syntax(choice), lambda headers: relabel(headers, b""))
         if merge:
             rewriter = _merged_part(rewriter)
         if single:

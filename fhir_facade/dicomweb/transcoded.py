@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fhir_facade.dicom.transcoding import TranscodeError, transcode_instance
+from fhir_facade.dicom.transcoding import TranscodeError, is_part10, transcode_instance
 from fhir_facade.dicomweb import multipart
 from fhir_facade.dicomweb.negotiation import parse_media_type
 
@@ -42,7 +42,16 @@ def needs_transcoding(headers: Headers, start: bytes, transfer_syntax: str) -> b
     """
     if not is_dicom_part(headers):
         return False
+    if transfer_syntax == "*":  # as stored: only a bare dataset is made a file
+        return not is_part10(start)
     return multipart.transfer_syntax_of(start) != transfer_syntax
+
+
+def relabelled(headers: Headers, data: bytes) -> Headers:
+    """*headers* of a part whose body became the DICOM file *data*: its Content-Type and Content-Length."""
+    kept = [(name, value) for name, value in headers if name.lower() not in ("content-type", "content-length")]
+    return kept + [("Content-Type", f"application/dicom; transfer-syntax={multipart.transfer_syntax_of(data)}"),
+                   ("Content-Length", str(len(data)))]
 
 
 def replacer(transfer_syntax: str, relabel: Callable[[Headers], Headers]) -> multipart.Replacer:
@@ -51,7 +60,9 @@ def replacer(transfer_syntax: str, relabel: Callable[[Headers], Headers]) -> mul
     Parameters
     ----------
     transfer_syntax : str
-        The syntax asked for, one of :data:`fhir_facade.dicom.transcoding.PRODUCIBLE`.
+        The syntax asked for, one of :data:`fhir_facade.dicom.transcoding.PRODUCIBLE`, or ``*``:
+        as stored, a bare dataset made a Part-10 file in its own syntax (relayed as sent if
+        it cannot be read).
     relabel : callable
         ``headers -> headers`` for a transcoded part (Content-Location pointed at the
         facade); it must not need an app context (it runs while the answer streams).
@@ -71,11 +82,10 @@ def replacer(transfer_syntax: str, relabel: Callable[[Headers], Headers]) -> mul
             try:
                 data = transcode_instance(body, transfer_syntax)
             except TranscodeError as exc:
+                if transfer_syntax == "*":
+                    return relabel(headers), body  # as stored, as the PACS sent it
                 log.warning("an instance could not be transcoded to %s: %s", transfer_syntax, exc)
                 raise
-            kept = [(name, value) for name, value in headers
-                    if name.lower() not in ("content-type", "content-length")]
-            return relabel(kept + [("Content-Type", f"application/dicom; transfer-syntax={transfer_syntax}"),
-                                   ("Content-Length", str(len(data)))]), data
+            return relabel(relabelled(headers, data)), data
         return finish
     return replace
