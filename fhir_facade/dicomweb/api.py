@@ -373,9 +373,10 @@ def study_resource(rest: str):
     except NotAvailable:
         # Uncompressed frames the PACS cannot decode: the facade decodes them itself.
         fallback = next((c for c in options if decoded_frames.can_answer(c)), None) if kind == "frames" else None
-        if fallback is None:
+        response = fallback and decoded_frames.answer("studies/" + "/".join(segments[:5]), frame_numbers, fallback)
+        if response is None:
             raise
-        return decoded_frames.answer("studies/" + "/".join(segments[:5]), frame_numbers, fallback)
+        return response
     if segments[-1] == "thumbnail" and response.status_code == 404:
         # A PACS without thumbnails (Orthanc 1.10): the rendered resource in a small viewport,
         # the client's if it names one (PS3.18 Section 8.3.5.1.3).

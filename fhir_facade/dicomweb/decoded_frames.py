@@ -27,9 +27,9 @@ def can_answer(choice: Choice) -> bool:
     return choice.part_type == "application/octet-stream" and choice.transfer_syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN)
 
 
-def _stored_instance(instance_path: str) -> bytes | Response:
+def _stored_instance(instance_path: str) -> bytes | Response | None:
     """The instance at *instance_path* as stored (a Part-10 file, or the bare dataset the PACS
-    holds), or the error answer for what the PACS answered instead (404, 503, ...).
+    holds); the 404 answer when the PACS has no such instance; ``None`` when it fails otherwise.
 
     Raises
     ------
@@ -41,8 +41,10 @@ def _stored_instance(instance_path: str) -> bytes | Response:
     upstream = get_pacs().get(instance_path, headers={"Accept": AS_STORED_INSTANCES, "Accept-Encoding": "identity"},
                               stream=True)
     with upstream:
-        if upstream.status_code != 200:
+        if upstream.status_code in (404, 410):
             return upstream_failure(upstream, None)
+        if upstream.status_code != 200:
+            return None
         media, params = parse_media_type(upstream.headers.get("Content-Type", ""))
         if media != "multipart/related" or not params.get("boundary"):
             raise PacsError("the PACS answered something other than multipart/related")
@@ -59,7 +61,7 @@ def _stored_instance(instance_path: str) -> bytes | Response:
         raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
 
 
-def answer(instance_path: str, numbers: list[int], choice: Choice) -> Response:
+def answer(instance_path: str, numbers: list[int], choice: Choice) -> Response | None:
     """Frames *numbers* (1-based) of the instance at *instance_path*, decoded here, as *choice* asks.
 
     Parameters
@@ -71,6 +73,11 @@ def answer(instance_path: str, numbers: list[int], choice: Choice) -> Response:
     choice : Choice
         Uncompressed frames (:func:`can_answer`): one part, or multipart/related.
 
+    Returns
+    -------
+    Response or None
+        ``None`` when the PACS fails to send the instance (the PACS's refusal stands).
+
     Raises
     ------
     DicomwebError
@@ -78,7 +85,7 @@ def answer(instance_path: str, numbers: list[int], choice: Choice) -> Response:
         pixel data cannot be decoded.
     """
     part10 = _stored_instance(instance_path)
-    if isinstance(part10, Response):
+    if part10 is None or isinstance(part10, Response):
         return part10
     try:
         frames = decode_frames(part10, numbers)

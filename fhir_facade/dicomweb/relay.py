@@ -385,7 +385,7 @@ def _transcoded_part(part, start: bytes, body: Iterator[bytes], choice: Choice, 
         data = transcode_instance(data, syntax)
     except TranscodeError as exc:
         if syntax == "*":
-            return part, start, [data], True  # as stored, as the PACS sent it
+            return part, start, iter([data]), small  # as stored, as the PACS sent it
         raise NotAvailable(f"the instance is not available in {syntax}: {exc}") from exc
     return transcoded.relabelled(part, data), data[:multipart.META_PEEK_BYTES], [data], True
 

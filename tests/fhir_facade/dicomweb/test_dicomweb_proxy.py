@@ -418,6 +418,8 @@ def test_a_representation_the_pacs_refused_is_not_asked_for_again_for_that_insta
 def test_a_passing_pacs_failure_is_not_taken_for_a_refusal(fake_app, rsps):
     frames = f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/1"
     rsps.add(responses.GET, frames, status=500)
+    # ... and so does the instance the facade would decode the frame from itself.
+    rsps.add(responses.GET, f"{FAKE_PACS}/studies/{STUDY}/series/{SERIES}/instances/{SOP}", status=500)
     frame = b"\x01\x02" * 32
     rsps.add(responses.GET, frames, content_type='multipart/related; type="application/octet-stream"; boundary=b',
              body=b"--b\r\nContent-Type: application/octet-stream\r\n\r\n" + frame + b"\r\n--b--\r\n")
