@@ -520,7 +520,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
                                                         else None)
         if choice.transcode:
-            syntax = choice.transfer_syntax  # not the "*" the PACS was asked for
+            syntax = choice.target_syntax  # not the "*" the PACS was asked for
         if syntax:
             value += f"; transfer-syntax={syntax}"
         try:
