@@ -142,7 +142,7 @@ def _source(body: Iterable[bytes] | Reader) -> Reader:
 def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: HeaderRewriter,
             peek: Callable[[Headers], bool] = lambda headers: False,
             direct: Callable[[int], Iterable[bytes]] | None = None, out_boundary: str | None = None,
-            merge: bool = False, replace: Replacer | None = None) -> Iterator[bytes]:
+            merge: bool = False, replace: Replacer | None = None, max_replaced: int = 1 << 30) -> Iterator[bytes]:
     """Re-emit a multipart body with each part's headers passed through *rewrite_headers*.
 
     Parameters
@@ -182,6 +182,9 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
         leaves the answer ending after the previous part, without its close delimiter
         (RFC 2046 Section 5.1.1): detectably incomplete, never a cut part. Its headers
         do not go through *rewrite_headers*.
+    max_replaced : int
+        Most bytes of a part to be replaced held in memory; a longer one raises
+        :class:`MultipartError` (with the same effect as a failing *finish*).
 
     Yields
     ------
@@ -197,6 +200,7 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     dash_boundary = b"--" + (out_boundary or boundary).encode("latin-1")
     separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
     held: tuple[Callable, list[bytes]] | None = None  # a part being read whole, to be replaced
+    held_bytes = 0
     if direct is not None and replace is not None:
         relay_direct = direct
         direct = lambda count: None if held is not None else relay_direct(count)  # noqa: E731
@@ -206,13 +210,16 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
             headers, start = value
             finish = replace(headers, start) if replace is not None else None
             if finish is not None:
-                held = (finish, [start])
+                held, held_bytes = (finish, [start]), len(start)
                 continue
             yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
                             b"\r\n", start))
         elif kind == "body":
             if held is not None:
                 held[1].append(value)
+                held_bytes += len(value)
+                if held_bytes > max_replaced:
+                    raise MultipartError(f"a part to be replaced is longer than {max_replaced} bytes")
                 continue
             yield value
         elif held is not None:  # the end of a part read whole

@@ -21,7 +21,7 @@ from flask import Response, current_app, request
 
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import to_fhir_id
-from fhir_facade.dicom.transcoding import TranscodeError, transcode_instance
+from fhir_facade.dicom.transcoding import MAX_INSTANCE_BYTES, TranscodeError, transcode_instance
 from fhir_facade.dicomweb import multipart, transcoded, zerocopy
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
 from fhir_facade.pacs.client import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
@@ -380,7 +380,13 @@ def _transcoded_part(part, start: bytes, body: Iterator[bytes], choice: Choice, 
     syntax = _written_syntax(choice)
     if not transcoded.needs_transcoding(part, start, syntax):
         return part, start, body, small
-    data = b"".join(body)
+    pieces, size = [], 0
+    for piece in body:
+        size += len(piece)
+        if size > MAX_INSTANCE_BYTES:
+            raise NotAvailable(f"the instance is larger than {MAX_INSTANCE_BYTES} bytes: it is not transcoded")
+        pieces.append(piece)
+    data = b"".join(pieces)
     try:
         data = transcode_instance(data, syntax)
     except TranscodeError as exc:
@@ -514,7 +520,7 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             rewriter = _only_part(rewriter)
         body = multipart.rewrite(source, boundary, rewriter, peek=_peek(choice),
                                  direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
-                                 merge=merge, replace=replace)
+                                 merge=merge, replace=replace, max_replaced=MAX_INSTANCE_BYTES)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
