@@ -12,7 +12,6 @@ import io
 import numpy as np
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, pack_bits, pixel_array
 from pydicom.uid import (
     UID,
@@ -71,9 +70,10 @@ def _read(part10: bytes):
     if len(part10) > MAX_INSTANCE_BYTES:
         raise TranscodeError(f"the instance is larger than {MAX_INSTANCE_BYTES} bytes")
     try:
-        if is_part10(part10):
-            return dcmread(io.BytesIO(part10))
-        ds = dcmread(io.BytesIO(part10), force=True)
+        ds = dcmread(io.BytesIO(part10), force=not is_part10(part10))
+        if "TransferSyntaxUID" in getattr(ds, "file_meta", ()):
+            return ds
+        # A bare dataset, or File Meta without a Transfer Syntax UID: the encoding pydicom found.
         syntax = _ENCODINGS.get(ds.original_encoding)
         if syntax is None or "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
             raise TranscodeError("neither a DICOM file nor a dataset with a SOP Class and Instance UID")
@@ -83,7 +83,9 @@ def _read(part10: bytes):
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.preamble = b"\0" * 128
         return ds
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError, AttributeError) as exc:
+    except TranscodeError:
+        raise
+    except Exception as exc:  # pydicom's parser raises many kinds on arbitrary bytes
         raise TranscodeError(f"not a readable DICOM file: {exc}") from exc
 
 
@@ -129,7 +131,8 @@ def transcode_instance(part10: bytes, transfer_syntax: str) -> bytes:
     ds = _read(part10)
     if transfer_syntax == "*":
         transfer_syntax = ds.file_meta.TransferSyntaxUID
-    if ds.file_meta.TransferSyntaxUID == transfer_syntax and is_part10(part10):
+    if ds.file_meta.TransferSyntaxUID == transfer_syntax and is_part10(part10) and ds.file_meta.get(
+            "MediaStorageSOPInstanceUID"):
         return part10
     try:
         if ds.file_meta.TransferSyntaxUID != transfer_syntax:
@@ -173,7 +176,10 @@ def decode_frames(part10: bytes, numbers: list[int]) -> list[bytes]:
     ds = _read(part10)
     if _PIXEL_DATA not in ds:
         raise IndexError("the instance has no pixel data")
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise TranscodeError(f"NumberOfFrames is not a number: {exc}") from exc
     missing = [n for n in numbers if not 1 <= n <= count]
     if missing:
         raise IndexError(f"frame {missing[0]} does not exist (NumberOfFrames is {count})")
