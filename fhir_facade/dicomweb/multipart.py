@@ -211,6 +211,8 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
             finish = replace(headers, start) if replace is not None else None
             if finish is not None:
                 held, held_bytes = (finish, [start]), len(start)
+                if held_bytes > max_replaced:
+                    raise MultipartError(f"a part to be replaced is longer than {max_replaced} bytes")
                 continue
             yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
                             b"\r\n", start))
