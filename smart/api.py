@@ -7,7 +7,8 @@ contracts in ``.importlinter``), in one place:
 - authorization of a request (:mod:`smart.authz`): the grant a token carries, the
   decorators a view declares its needs with, the blueprint guard and the errors;
 - CORS: whether an origin is one of a registered client's;
-- the database and the facade's one table in it (:class:`PatientAlias`);
+- the database and the facade's one table in it (:class:`PatientAlias`), and what a database
+  outage is (:data:`DATABASE_ERRORS`, :func:`unavailable`: 503 with ``Retry-After``);
 - the consent page's patient picker protocol, which the facade implements over the PACS
   and registers at app start (smart itself never imports the facade).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, check_patient, current_grant, guard,
                          needs, public)
 from smart.oauth.cors import is_allowed_origin
-from smart.store.db import get_database
+from smart.store.db import DATABASE_ERRORS, DatabaseUnavailable, get_database, unavailable
 from smart.store.models import PatientAlias
 from smart.web.picker import (
     PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory,
@@ -26,6 +27,6 @@ __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
     "needs", "public",
     "is_allowed_origin",
-    "get_database", "PatientAlias",
+    "get_database", "PatientAlias", "DATABASE_ERRORS", "DatabaseUnavailable", "unavailable",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
 ]
