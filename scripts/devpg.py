@@ -8,6 +8,7 @@ the cluster belongs to Debian's ``postgres`` user (or ``FACADE_PG_OS_USER``).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import os
 import pwd
@@ -103,14 +104,20 @@ def _os_user() -> pwd.struct_passwd | None:
                             "(Debian's postgresql package creates 'postgres'; or set FACADE_PG_OS_USER)") from None
 
 
-def _set_parent_death_signal() -> None:
-    """Ask Linux to SIGTERM the child when the parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
-    try:
-        import ctypes
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGTERM the child when the parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    Runs in the child after it became the cluster's OS user, which may not read our Python
+    installation: nothing is imported here, the C library was loaded by the parent.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)
 
 
 class PostgreSQL:

@@ -36,7 +36,7 @@ CONNECT_TIMEOUT = 5
 #: SQLAlchemy errors that mean "the database cannot serve now" (down, unreachable, pool
 #: exhausted, schema missing); others (integrity, data) are bugs and stay 500s.
 DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.ProgrammingError,
-                   sa_exc.TimeoutError, sa_exc.DisconnectionError)
+                   sa_exc.InternalError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
 
 
 class Base(DeclarativeBase):
@@ -118,8 +118,16 @@ def unavailable(exc: BaseException, log_outage: bool = True) -> DatabaseUnavaila
                   f"run `{INIT_DB_COMMAND}`" if error.uninitialised else "answering 503 until it is back")
     try:
         g.db_failed = True
-    except RuntimeError:
-        pass
+        session = g.get("db_session")
+    except RuntimeError:  # no app context
+        return error
+    if session is not None:
+        # PostgreSQL refuses every later statement of a failed transaction: end it, so that
+        # what still runs in this request (saving the session cookie) meets the outage itself.
+        try:
+            session.rollback()
+        except DATABASE_ERRORS:
+            pass
     return error
 
 
