@@ -54,9 +54,8 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
-            # Stream WADO-RS answers as they come; do not spool them to disk.
-            proxy_buffering off;
-            proxy_request_buffering off;
+            # Buffering on (nginx's default), as the README advises: a slow client then holds
+            # an nginx buffer, not one of the instance's threads.
             proxy_read_timeout 300s;
             add_header {header} $upstream_addr always;
         }}
