@@ -52,6 +52,7 @@ def test_database_stopped_then_started_again(tmp_path, cluster, pacs):
     assert {name: r.status_code for name, r in before.items()} == dict.fromkeys(before, 200)
     tokens["refresh_token"] = before["token"].get_json().get("refresh_token", tokens["refresh_token"])
 
+    headers = bearer(tokens["access_token"])
     cluster.stop()
     try:
         down = probes(client, tokens)
@@ -70,6 +71,18 @@ def test_database_stopped_then_started_again(tmp_path, cluster, pacs):
         assert (page.status_code, page.get_json()["error"]) == (503, "temporarily_unavailable")
         # The public keys were read before the outage: the JWK Set is still served from the cache.
         assert client.get("/.well-known/jwks.json").status_code == 200
+        # A browser's requests carry an Origin, checked against the registered clients in the
+        # after_request hooks (where an exception would be a bare 500): still the protocols' answers.
+        app.extensions.pop("smart_origins", None)  # as after ORIGINS_CACHE_SECONDS
+        origin = {"Origin": "http://127.0.0.1:9999"}
+        assert client.get("/fhir/metadata", headers=origin).status_code == 200
+        assert client.get(f"/fhir/ImagingStudy?patient={fake_pacs.PATIENT_ID}",
+                          headers={**headers, **origin}).status_code == 503
+        assert client.options("/auth/token", headers={**origin, "Access-Control-Request-Method": "POST"}
+                              ).status_code in (200, 204)
+        assert client.post("/auth/token", data={"grant_type": "refresh_token", "client_id": "test-app",
+                                                "refresh_token": tokens["refresh_token"]},
+                           headers=origin).status_code == 503
     finally:
         cluster.start()
 
