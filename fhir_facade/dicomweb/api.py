@@ -54,6 +54,15 @@ def _pacs_error(exc: PacsError):
     return error_response(exc.status, str(exc), exc.headers)
 
 
+def _database_error(exc: Exception):
+    error = authz.unavailable(exc)
+    return error_response(error.status, error.description, error.headers())
+
+
+for _error_class in authz.DATABASE_ERRORS:
+    bp.register_error_handler(_error_class, _database_error)
+
+
 # --- path and query validation ------------------------------------------------------------
 
 #: Path shapes below ``studies/{StudyInstanceUID}`` (PS3.18 Tables 10.4.1-1 and 10.6.1-1) ->
