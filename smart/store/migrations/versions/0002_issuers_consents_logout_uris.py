@@ -1,6 +1,8 @@
 """Trusted EHR issuers (issue 17), remembered consent and post-logout redirect URIs (issue 14).
 
-Three new tables; no existing table changes, so rows of 0001 stay as they are.
+Three new tables; no existing table changes, so rows of 0001 stay as they are. Like 0001, a
+table that exists already is left as it is (a database stamped by hand, or one ``create_all``
+made from these models in a test), so ``init-db`` never fails half-way on it.
 
 Revision ID: 0002
 Revises: 0001
@@ -16,7 +18,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create ``smart_trusted_issuer``, ``smart_consent`` and ``smart_post_logout_redirect_uri``."""
+    """Create ``smart_trusted_issuer``, ``smart_consent`` and ``smart_post_logout_redirect_uri``
+    where missing."""
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if "smart_trusted_issuer" not in existing:
+        _create_trusted_issuer()
+    if "smart_consent" not in existing:
+        _create_consent()
+    if "smart_post_logout_redirect_uri" not in existing:
+        _create_post_logout_redirect_uri()
+
+
+def _create_trusted_issuer() -> None:
     op.create_table(
         "smart_trusted_issuer",
         sa.Column("issuer", sa.String(512), nullable=False),
@@ -29,6 +42,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("issuer"),
     )
+
+
+def _create_consent() -> None:
     op.create_table(
         "smart_consent",
         sa.Column("user_id", sa.Integer(), nullable=False),
@@ -39,6 +55,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["user_id"], ["smart_user.id"]),
         sa.PrimaryKeyConstraint("user_id", "client_id"),
     )
+
+
+def _create_post_logout_redirect_uri() -> None:
     op.create_table(
         "smart_post_logout_redirect_uri",
         sa.Column("id", sa.Integer(), nullable=False),
