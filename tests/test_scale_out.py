@@ -200,7 +200,9 @@ def _refresh_token(base: str) -> str:
     params, verifier = authorize_params(base)
     page = browser.request("GET", "/auth/authorize", params=params)
     page = browser.post_form(page.text, "login", {"username": "fleet-patient", "password": "fleet-pass"})
-    redirect = browser.post_form(page.text, "consent", button=("decision", "approve"))
+    # the first launch shows the consent page; later ones find the consent remembered (issue 14)
+    redirect = page if page.status_code == 302 else browser.post_form(
+        page.text, "consent", button=("decision", "approve"))
     code = parse_qs(urlsplit(redirect.headers["Location"]).query)["code"][0]
     return browser.request("POST", "/auth/token", data={
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "client_id": "fleet-app",
