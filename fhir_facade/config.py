@@ -40,6 +40,11 @@ SETTINGS = (
     ("SMART_EHR_RETRY_AFTER", 5, int),
     # Reverse proxies in front of the facade whose X-Forwarded-For/-Proto are trusted (0: none).
     ("FACADE_TRUSTED_PROXIES", 0, int),
+    # The bundled viewer (/viewer/): OHIF's prebuilt dist (default: viewer/node_modules/@ohif/app/dist),
+    # the folder of its files rewritten for the base path, and its registered public OAuth client.
+    ("FACADE_VIEWER_DIST", None, str),
+    ("FACADE_VIEWER_CACHE", "var/viewer-cache", str),
+    ("FACADE_VIEWER_CLIENT_ID", "ohif-viewer", str),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).
     ("FACADE_INSECURE_TRANSPORT", "1", str),
     # Client networks (CIDRs, comma or blank separated; "none": no address) that may read

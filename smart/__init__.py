@@ -16,6 +16,7 @@ from smart.admin import cli, schema
 from smart.oauth import cors, server
 from smart.store import db
 from smart.store.models import Setting
+from smart.web import oidc  # noqa: F401  (registers the OpenID Connect routes on bp)
 from smart.web.routes import bp
 
 #: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
@@ -68,10 +69,23 @@ class PersistentKeySessionInterface(SecureCookieSessionInterface):
 
 def _no_store(response):
     # RFC 6749 §5.1 / RFC 6750: token and auth pages must not be cached.
-    if request.endpoint in cors.CLIENT_ENDPOINTS or request.endpoint == "smart.authorize":
+    if request.endpoint in cors.CLIENT_ENDPOINTS or request.endpoint in SESSION_ENDPOINTS:
         response.headers["Cache-Control"] = "no-store"
         response.headers["Pragma"] = "no-cache"
     return response
+
+
+def _unframeable(response):
+    # Clickjacking: no page or redirect of the authorization server is framed, except a
+    # prompt=none answer, which sets frame-ancestors to its client's origins (silent renew).
+    if request.endpoint in SESSION_ENDPOINTS and "Content-Security-Policy" not in response.headers:
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+#: Endpoints of the browser pages (login session, forms).
+SESSION_ENDPOINTS = frozenset({"smart.authorize", "smart.end_session", "smart.apps"})
 
 
 def init_app(app: Flask) -> None:
@@ -92,3 +106,4 @@ def init_app(app: Flask) -> None:
 
 bp.after_request(cors.add_cors_headers)
 bp.after_request(_no_store)
+bp.after_request(_unframeable)

@@ -16,7 +16,7 @@ ORIGINS_CACHE_SECONDS = 30.0
 #: Endpoints readable from any origin (public metadata, no credentials).
 PUBLIC_ENDPOINTS = {"smart.smart_configuration", "smart.openid_configuration", "smart.jwks", "smart.smart_style"}
 #: Endpoints readable only from an origin of a registered client's redirect URI.
-CLIENT_ENDPOINTS = {"smart.token", "smart.introspect", "smart.revoke", "smart.create_launch"}
+CLIENT_ENDPOINTS = {"smart.token", "smart.introspect", "smart.revoke", "smart.create_launch", "smart.userinfo"}
 
 ALLOW_HEADERS = "Authorization, Content-Type, Accept"
 
