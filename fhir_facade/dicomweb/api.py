@@ -261,12 +261,19 @@ def _negotiate_all(kind: str, frames: int = 0) -> list[Choice]:
 @authz.needs("ImagingStudy", "s")
 def search_all():
     """QIDO-RS searches at the top level (PS3.18 Section 10.6), limited to the patients the token
-    reaches (:meth:`smart.authz.AccessGrant.patients`)."""
+    reaches and, for a share link's token, to its study (:meth:`smart.authz.AccessGrant.study_search`)."""
     grant = authz.current_grant()
     params = _query()
     _negotiate("json")
-    allowed = grant.patients("ImagingStudy", "s")
+    allowed, study = grant.study_search("ImagingStudy")
     level = qido_level(request.path)  # the route: studies, series or instances
+    if study is not None:
+        # A share link's token: its one study, whatever StudyInstanceUID was asked (another is none).
+        asked = {v for n, v in params if n in ("StudyInstanceUID", dj.TAGS["StudyInstanceUID"])}
+        if asked and asked != {study}:
+            return Response("[]", status=200, mimetype="application/dicom+json")
+        params = [(n, v) for n, v in params if n not in ("StudyInstanceUID", dj.TAGS["StudyInstanceUID"])]
+        params.append(("StudyInstanceUID", study))
     if allowed is None:
         return json_answer(level, normalize_includefield(params, level))
     targets = _reachable_patient_ids(allowed)
