@@ -18,6 +18,7 @@ from smart import api as authz  # the one smart module the facade may import
 from fhir_facade.access import check_study_access
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.uids import is_uid
+from fhir_facade.dicomweb import media
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from fhir_facade.dicomweb.relay import (  # noqa: F401 (rewrite_urls: API)
     DicomwebError, NotAvailable, error_response, json_answer, page, relay, rewrite_urls,
@@ -351,6 +352,9 @@ def study_resource(rest: str):
     kind, resource = classify(segments[1:])
     params = _query()
     authorize_study(study_uid, segments)
+    if kind in ("study", "series") and media.wants_zip(request.args.get("accept") or request.headers.get("Accept")):
+        # The study or series as DICOM media in one ZIP (issue 15), instead of multipart.
+        return media.zip_response(study_uid, segments[2] if kind == "series" else None)
     # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
     frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
     options = _negotiate_all(kind, frames=len(frame_numbers))
