@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from flask import Flask
 
+from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import to_fhir_id
 from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
+from fhir_facade.pacs.studies import get_studies
 from smart import api as authz  # the one smart module the facade may import
 
 #: Search parameters that name the patient of an ImagingStudy (FHIR R4 ImagingStudy search).
@@ -21,6 +23,21 @@ def init_app(app: Flask) -> None:
     an EHR token's patient is mapped to a PatientID, and from it to the id every decision uses."""
     authz.register_patient_id_rule(app, to_fhir_id)
     authz.register_study_owners(app, study_owners)
+    authz.register_patient_studies(app, patient_studies)
+
+
+def patient_studies(patient: str) -> list[dict]:
+    """Patient *patient*'s studies for the "My images" page (issue 15), newest first: ``uid``,
+    ``date``, ``description``, ``modalities``; only studies whose PatientID is exactly theirs."""
+    studies = get_studies()
+    dicom_id = studies.patient_id_of(patient)
+    if dicom_id is None:
+        return []
+    found = [ds for ds in studies.find_studies([("PatientID", dicom_id)]) if to_fhir_id(dj.patient_id(ds)) == patient]
+    listed = [{"uid": dj.text(ds, "StudyInstanceUID"), "date": dj.text(ds, "StudyDate") or "",
+               "description": dj.text(ds, "StudyDescription") or "",
+               "modalities": " ".join((ds.get("00080061") or {}).get("Value") or [])} for ds in found]
+    return sorted(listed, key=lambda s: s["date"], reverse=True)
 
 
 def study_owners(study_uid: str) -> frozenset[str] | None:

@@ -23,7 +23,7 @@ from smart.oauth.cors import is_allowed_origin
 from smart.store.db import get_database
 from smart.store.health import database_ready
 from smart.store.models import PatientAlias
-from smart.tokens.shares import register_study_owners
+from smart.tokens.shares import register_patient_studies, register_study_owners
 from smart.web.picker import (
     PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory,
 )
@@ -33,5 +33,6 @@ __all__ = [
     "needs", "operator", "parse_networks", "public", "Unavailable", "register_patient_id_rule",
     "is_allowed_origin",
     "get_database", "PatientAlias", "database_ready", "register_study_owners",
+    "register_patient_studies",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
 ]

@@ -20,6 +20,7 @@ PUBLIC = {
     # Browser pages whose credential is the login session (and their forms' CSRF token), not a
     # bearer token: RP-initiated logout, and the signed-in user's approved apps (issue 14).
     "/auth/logout", "/auth/apps",
+    "/auth/images",  # the patient's "My images" page (issue 15)
     # The bundled viewer's static files, its generated configuration and its post-logout page.
     "/viewer/", "/viewer/<path:name>", "/viewer/app-config.js", "/viewer/signed-out",
 }

@@ -244,3 +244,15 @@ def study_owners(study_uid: str) -> frozenset[str] | None:
     if owners is None:
         raise ShareError("this server cannot tell whose a study is")
     return owners(study_uid)
+
+
+def register_patient_studies(app, studies: Callable[[str], list[dict]]) -> None:
+    """Register how a patient's studies are listed for the "My images" page: *studies(patient)*
+    returns dicts with ``uid``, ``date``, ``description`` and ``modalities``, newest first."""
+    app.extensions["smart_patient_studies"] = studies
+
+
+def patient_studies(patient: str) -> list[dict]:
+    """The studies of Patient *patient* (:func:`register_patient_studies`); empty without a rule."""
+    studies = current_app.extensions.get("smart_patient_studies")
+    return [] if studies is None else studies(patient)

@@ -19,14 +19,17 @@ button that downloads the study as a DICOM-media ZIP.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+import time
+
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, session
 from werkzeug.security import check_password_hash
 
 from smart import authz
+from smart.store.models import now
 from smart.tokens import jwt as tokens
 from smart.tokens import shares
 from smart.web import login
-from smart.web.routes import _csrf_ok, _csrf_token
+from smart.web.routes import _csrf_ok, _csrf_token, current_user
 
 bp = Blueprint("shares", __name__, template_folder="templates")
 
@@ -150,3 +153,73 @@ def redeem(secret: str):
     study = None if share.study == shares.ALL_STUDIES else share.study
     return _page("smart/share_view.html", token=token, study=study, expires_at=claims["exp"],
                  base=tokens.issuer())
+
+
+# --- the patient's "My images" page --------------------------------------------------------
+#: The patient's page of studies and share links (a browser page: the login session is its
+#: credential, the session's CSRF token its forms').
+IMAGES_PATH = "/auth/images"
+
+
+def _images_page(user, status: int = 200, message: str | None = None, link: str | None = None):
+    return _page("smart/images.html", status=status, user=user, studies=shares.patient_studies(user.patient),
+                 shares=[shares.describe(s) for s in shares.shares_of(user.patient)], message=message, link=link,
+                 max_days=max(1, shares.max_seconds() // 86400), default_days=shares.DEFAULT_SHARE_SECONDS // 86400,
+                 when=_when)
+
+
+def _when(seconds: int | None) -> str:
+    return "never" if not seconds else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def _images_login(status: int = 200, message: str | None = None):
+    response = _page("smart/login.html", status=status, fields=[], form_action=IMAGES_PATH, message=message)
+    return response
+
+
+def _share_from_form(user):
+    """Create a share from the page's form; returns the page."""
+    try:
+        days = int(request.form.get("days") or shares.DEFAULT_SHARE_SECONDS // 86400)
+    except ValueError:
+        return _images_page(user, 400, "Give the number of days as a whole number.")
+    body = {"study": request.form.get("study", ""), "expires_in": days * 86400, "pin": request.form.get("pin") or None}
+    try:
+        study, expires_in, pin = shares.parse_request(body)
+    except shares.ShareError as exc:
+        return _images_page(user, 400, f"Not shared: {exc.description}.")
+    if study != shares.ALL_STUDIES and shares.study_owners(study) != frozenset({user.patient}):
+        return _images_page(user, 403, "Not shared: that study is not only yours.")
+    _, secret = shares.create_share(user.patient, study, expires_in, pin, user.username)
+    return _images_page(user, 201, "Shared. Copy the link now: it is shown only once.", link=share_url(secret))
+
+
+@bp.route(IMAGES_PATH, methods=["GET", "POST"])
+def images():  # a browser page: the login session is its credential, CSRF tokens its forms
+    """The signed-in patient's "My images" page (issue 15): their studies, a form to share one
+    (or all) with an expiry and an optional PIN, their links with last use, and Revoke."""
+    user = current_user()
+    if request.method == "POST" and not _csrf_ok():
+        return _images_login(400, "The form expired; please sign in again.")
+    action = request.form.get("action") if request.method == "POST" else None
+    if action == "login":
+        candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
+                                       request.remote_addr)
+        if candidate is None:
+            return _images_login(401, "Unknown username or wrong password.")
+        session.clear()
+        session["user_id"] = candidate.id
+        session["auth_time"] = now()
+        return redirect(IMAGES_PATH, code=303)
+    if user is None:
+        return _images_login()
+    if user.role != "patient" or not user.patient:
+        return _page("smart/error.html", status=403, error="access_denied",
+                     description="This page is for patients: their own images.")
+    if action == "share":
+        return _share_from_form(user)
+    if action == "revoke":
+        if shares.revoke(request.form.get("share_id", ""), user.patient):
+            return _images_page(user, message="Link revoked: it no longer opens.")
+        return _images_page(user, 404, "That link was not on your list.")
+    return _images_page(user)

@@ -154,3 +154,33 @@ def test_no_share_secret_in_the_database_or_the_logs(sh, caplog):
     assert "98765" not in dump
     assert sh["db"].read_bytes().find(secret.encode()) == -1
     assert secret not in caplog.text and share_token not in caplog.text
+
+
+def test_my_images_page_lists_shares_creates_and_revokes(sh):
+    from smart.admin.cli import add_user
+    with sh["app"].app_context():
+        add_user("share-patient", "share-patient-pw", patient=PATIENT)
+    browser = sh["app"].test_client()
+    login = browser.get("/auth/images")
+    assert b'name="password"' in login.data
+    csrf = re.search(rb'name="csrf_token" value="([^"]+)"', login.data).group(1).decode()
+    signed_in = browser.post("/auth/images", data={"action": "login", "username": "share-patient",
+                                                   "password": "share-patient-pw", "csrf_token": csrf})
+    assert signed_in.status_code == 303
+    page = browser.get("/auth/images")
+    assert page.status_code == 200
+    assert sh["a"].encode() in page.data and sh["b"].encode() in page.data and sh["other"].encode() not in page.data
+    csrf = re.search(rb'name="csrf_token" value="([^"]+)"', page.data).group(1).decode()
+    made = browser.post("/auth/images", data={"action": "share", "study": sh["a"], "days": "2", "pin": "2468",
+                                              "csrf_token": csrf})
+    assert made.status_code == 201
+    url = re.search(rb'id="share-link" href="([^"]+)"', made.data).group(1).decode()
+    share_id = re.findall(rb'data-share="([^"]+)"', made.data)[0].decode()
+    assert redeem(sh, url, pin="2468")[1]
+    assert browser.post("/auth/images", data={"action": "share", "study": sh["other"], "days": "2",
+                                              "csrf_token": csrf}).status_code == 403
+    assert browser.post("/auth/images", data={"action": "revoke", "share_id": share_id,
+                                              "csrf_token": "forged"}).status_code == 400
+    revoked = browser.post("/auth/images", data={"action": "revoke", "share_id": share_id, "csrf_token": csrf})
+    assert revoked.status_code == 200 and f'data-share="{share_id}"'.encode() not in revoked.data
+    assert redeem(sh, url, pin="2468")[0].status_code == 404
