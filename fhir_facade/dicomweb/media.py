@@ -7,12 +7,14 @@ case components (``PT000000/ST000000/SE000000/IM000000``, PS3.10 Section 8.2 and
 ``DICOMDIR`` (PS3.10 Section 7.2, Basic Directory IOD of PS3.3 Annex F) at the root, written by
 pydicom's :class:`~pydicom.fileset.FileSet` from the headers of the very files in the ZIP.
 
-Memory is bounded: the instances are fetched and zipped one at a time (stream-zip, without
-compression: DICOM pixel data hardly shrinks and deflating would halve throughput), so the
-facade holds at most one instance and the headers of the others. The ``DICOMDIR`` is therefore
-the last member: a ZIP's central directory lets readers find it wherever it is, and only
-headers that were really sent are listed. The File IDs are those the FileSet assigns as each
-instance is added (appended in order, they do not change), checked again when it is written.
+Memory is bounded: the study comes from the PACS as one WADO-RS retrieval, parsed as it streams
+(:func:`fhir_facade.dicomweb.multipart.each_part`), and each instance is zipped as it arrives
+(stream-zip, without compression: DICOM pixel data hardly shrinks and deflating would halve
+throughput), so the facade holds one instance and the headers of the others. The ``DICOMDIR`` is
+therefore the last member: a ZIP's central directory lets readers find it wherever it is, and
+only headers that were really sent are listed. The File IDs are given as the instances arrive,
+by FileSet's own rule (:class:`Names`), and checked against the FileSet's when it writes the
+DICOMDIR; as FileSet is slow (quadratic), a DICOMDIR is kept per app for the same instances.
 
 A failure of the PACS after the answer started can only break the stream off: the client then
 holds a truncated ZIP, which every unzip tool reports (no central directory).
@@ -24,14 +26,16 @@ import io
 import os
 import tempfile
 import time
+import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import pydicom
-from flask import Response, stream_with_context
+from flask import Response, current_app, stream_with_context
 from pydicom.fileset import FileSet
 from stream_zip import NO_COMPRESSION_64, stream_zip
 
-from fhir_facade.dicom import dicom_json as dj
+from fhir_facade.dicomweb import multipart
 from fhir_facade.pacs.client import PacsError, get_pacs
 
 
@@ -40,6 +44,10 @@ ZIP = "application/zip"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 #: Permissions of the ZIP's members (read-only files).
 MEMBER_MODE = 0o100444
+#: Bytes read from the PACS, and written to the client, at a time.
+CHUNK = 256 * 1024
+#: DICOMDIRs kept per app (:func:`dicomdir`); one of 300 instances is about 80 kB.
+DICOMDIR_CACHE_SIZE = 64
 
 
 class MediaError(PacsError):
@@ -64,108 +72,145 @@ def wants_zip(accept: str | None) -> bool:
     return False
 
 
-def instances(study_uid: str, series_uid: str | None = None) -> list[tuple[str, str]]:
-    """(SeriesInstanceUID, SOPInstanceUID) of every instance of the study (or one series), by
-    series in the PACS's order, then InstanceNumber.
+def _boundary(content_type: str) -> str | None:
+    return next((p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")
+                 if p.strip().lower().startswith("boundary=")), None)
+
+
+def stored_instances(study_uid: str, series_uid: str | None = None):
+    """The study's (or series') instances as the PACS stores them, one at a time, from one WADO-RS
+    retrieval (``transfer-syntax=*``) parsed as it streams.
+
+    Returns
+    -------
+    iterator of bytes
+        PS3.10 files. The PACS was asked before this returns, so a refusal is an exception here.
 
     Raises
     ------
     PacsError
+        The PACS failed, or did not answer 200 with a multipart body.
     """
-    path = f"studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "") + "/instances"
-    rows = get_pacs().qido(path, [("includefield", "00200013"), ("includefield", "0020000E")])
-    order: dict[str, int] = {}
-    found = []
-    for row in rows:
-        series, sop = dj.text(row, "SeriesInstanceUID"), dj.text(row, "SOPInstanceUID")
-        if not series or not sop:
-            continue
-        order.setdefault(series, len(order))
-        number = (row.get("00200013") or {}).get("Value") or [0]
-        found.append((order[series], number[0] if isinstance(number[0], int) else 0, sop, series))
-    return [(series, sop) for _, _, sop, series in sorted(found)]
+    path = f"studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")
+    response = get_pacs().get(path, headers={"Accept": AS_STORED}, stream=True)
+    boundary = _boundary(response.headers.get("Content-Type", ""))
+    if response.status_code != 200 or not boundary:
+        status = response.status_code
+        response.close()
+        raise MediaError(f"the PACS answered {status} without the instances", upstream_status=status)
+
+    def parts():
+        try:
+            yield from multipart.each_part(response.iter_content(CHUNK), boundary)
+        finally:
+            response.close()
+    return parts()
 
 
-def single_part(response) -> bytes:
-    """The one part of a multipart/related answer holding one instance.
+class Names:
+    """PS3.10 File IDs as pydicom's FileSet assigns them (PS3.10 Section 8.2: components of at
+    most 8 upper case characters): ``PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn``, each number the
+    record's place among its siblings in the order they first appear."""
+
+    def __init__(self) -> None:
+        self.children: dict[tuple, dict[str, int]] = {}
+
+    def _index(self, parent: tuple, key: str) -> int:
+        siblings = self.children.setdefault(parent, {})
+        return siblings.setdefault(key, len(siblings))
+
+    def file_id(self, header) -> str:
+        """The File ID of an instance (its header: PatientID, the UIDs)."""
+        keys = (str(header.get("PatientID", "")), str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+                str(header.SOPInstanceUID))
+        parts, parent = [], ()
+        for prefix, key in zip(("PT", "ST", "SE", "IM"), keys):
+            parts.append(f"{prefix}{self._index(parent, key):06d}")
+            parent = parent + (key,)
+        return "/".join(parts)
+
+
+def _directory_cache() -> OrderedDict:
+    return current_app.extensions.setdefault("facade_dicomdirs", OrderedDict())
+
+
+def dicomdir(heads: list[bytes], names: list[str], key: tuple) -> bytes:
+    """The ``DICOMDIR`` of instances whose files begin with *heads* (up to Pixel Data), named
+    *names*, written by pydicom's FileSet.
+
+    FileSet costs time quadratic in the instances (about 5 s for 300), so the result is kept
+    per app under *key* (every File ID, SOP Instance UID, length and CRC of the header bytes):
+    the same study downloaded again gets it at once, a changed one a new one.
 
     Raises
     ------
     MediaError
-        No boundary, or no part.
+        The FileSet named an instance otherwise than *names* (never seen; the ZIP would be wrong).
     """
-    content_type = response.headers.get("Content-Type", "")
-    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")
-                     if p.strip().lower().startswith("boundary=")), None)
-    body = response.content
-    if not boundary:
-        raise MediaError("the PACS answered an instance without a multipart boundary")
-    delimiter = b"--" + boundary.encode()
-    start = body.find(delimiter)
-    head_end = body.find(b"\r\n\r\n", start)
-    end = body.rfind(b"\r\n" + delimiter)
-    if start < 0 or head_end < 0 or end <= head_end:
-        raise MediaError("the PACS answered an instance that is not one multipart part")
-    return body[head_end + 4:end]
-
-
-def fetch(study_uid: str, series_uid: str, sop_uid: str) -> bytes:
-    """One instance as the PACS stores it (PS3.10 file bytes).
-
-    Raises
-    ------
-    PacsError
-        The PACS failed, or answered anything but 200 with one part.
-    """
-    path = f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
-    response = get_pacs().get(path, headers={"Accept": AS_STORED})
-    if response.status_code != 200:
-        raise MediaError(f"the PACS answered {response.status_code} for an instance", upstream_status=response.status_code)
-    return single_part(response)
-
-
-def dicomdir(file_set: FileSet, expected: list[str]) -> bytes:
-    """The ``DICOMDIR`` of *file_set*, checked to name the instances as *expected* (File IDs)."""
-    if [instance.FileID for instance in file_set] != expected:
-        raise MediaError("the DICOMDIR's File IDs changed while zipping")
+    cache = _directory_cache()
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        return found
+    file_set = FileSet()
+    file_set.ID = "FACADE"
+    for head in heads:
+        file_set.add(pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True))
+    if [instance.FileID.replace(os.sep, "/") for instance in file_set] != names:
+        raise MediaError("the DICOMDIR's File IDs are not the ZIP's")
     with tempfile.TemporaryDirectory(prefix="facade-dicomdir-") as folder:
         file_set.write(folder)
         with open(os.path.join(folder, "DICOMDIR"), "rb") as out:
-            return out.read()
+            data = out.read()
+    cache[key] = data
+    while len(cache) > DICOMDIR_CACHE_SIZE:
+        cache.popitem(last=False)
+    return data
 
 
-def members(study_uid: str, listed: list[tuple[str, str]]) -> Iterator[tuple]:
-    """stream-zip members: each instance under its File ID, then the ``DICOMDIR``."""
-    file_set = FileSet()
-    file_set.ID = "FACADE"
-    names: list[str] = []
+def members(parts: Iterator[bytes]) -> Iterator[tuple]:
+    """stream-zip members: each instance under its File ID as it arrives, then the ``DICOMDIR``.
+
+    Of each instance only its header bytes (up to Pixel Data) are kept, for the DICOMDIR.
+
+    Raises
+    ------
+    MediaError
+        An instance pydicom cannot read (the stream then breaks off).
+    """
+    names, heads, key = Names(), [], []
+    listed: list[str] = []
     modified_at = datetime.datetime(*time.gmtime()[:6])
-    for series_uid, sop_uid in listed:
-        data = fetch(study_uid, series_uid, sop_uid)
+    for data in parts:
+        source = io.BytesIO(data)
         try:
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            name = file_set.add(header).FileID.replace(os.sep, "/")
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+            name = names.file_id(header)
         except Exception as exc:  # pydicom raises many kinds for a damaged file
             raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
-        names.append(name.replace("/", os.sep))
+        head = data[:source.tell()]
+        key.append((name, str(header.SOPInstanceUID), len(data), zlib.crc32(head)))
+        heads.append(head)
+        listed.append(name)
+        del header, source  # a FileDataset read from a buffer keeps the buffer
         yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
-        del data, header
-    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (dicomdir(file_set, names),)
+        del data
+    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (dicomdir(heads, listed, tuple(key)),)
 
 
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
     """The study (or series) as a streaming DICOM-media ZIP (``application/zip``).
 
-    The instance list is asked before the answer starts (a PACS failure then is a proper error);
-    authorization is the caller's (the proxy's ``authorize_study``).
+    The PACS is asked before the answer starts (a refusal then is a proper error); authorization
+    is the caller's (the proxy's ``authorize_study``).
 
     Raises
     ------
     PacsError
         The PACS failed before the answer started.
     """
-    listed = instances(study_uid, series_uid)
-    body = stream_with_context(stream_zip(members(study_uid, listed), chunk_size=256 * 1024))
+    parts = stored_instances(study_uid, series_uid)
+    body = stream_with_context(stream_zip(members(parts), chunk_size=CHUNK))
     response = Response(body, mimetype=ZIP)
     response.headers["Content-Disposition"] = f'attachment; filename="study-{study_uid}.zip"'
     response.headers["Cache-Control"] = "no-store"
