@@ -104,3 +104,28 @@ def test_zip_only_when_asked_and_only_for_whom_the_study_is(zs):
 def test_wants_zip(accept, wanted):
     from fhir_facade.dicomweb.media import wants_zip
     assert wants_zip(accept) is wanted
+
+
+def test_each_part_yields_whole_parts_however_the_body_is_cut():
+    from fhir_facade.dicomweb.multipart import each_part
+    bodies = [b"first\r\n--not-the-boundary", b"", b"x" * 100_000]
+    body = b"".join(b"--B0undary\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for part in bodies)
+    body += b"--B0undary--\r\n"
+    for size in (1, 7, 4096, len(body)):
+        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        assert list(each_part(chunks, "B0undary")) == bodies, size
+
+
+def test_names_are_the_file_ids_pydicom_gives(tmp_path):
+    import samples
+    from fhir_facade.dicomweb.media import Names
+    names, file_set, ours = Names(), FileSet(), []
+    study = pydicom.uid.generate_uid()
+    series = [pydicom.uid.generate_uid() for _ in range(3)]
+    for patient, series_uid in (("A", series[0]), ("B", series[1]), ("A", series[2]), ("A", series[0])):
+        ds = samples.make_instance(PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series_uid)
+        ds = pydicom.dcmread(io.BytesIO(devpacs.to_part10(ds)))
+        ours.append(names.file_id(ds))
+        file_set.add(ds)
+    assert [i.FileID.replace("\\", "/") for i in file_set] == ours
+    assert ours[3] == "PT000000/ST000000/SE000000/IM000001" and ours[2] == "PT000000/ST000000/SE000001/IM000000"
