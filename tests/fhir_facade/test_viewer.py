@@ -105,6 +105,10 @@ def test_the_config_is_generated_from_the_public_url_without_aud(client):
     assert response.status_code == 200 and response.mimetype == "text/javascript"
     assert response.headers["Cache-Control"] == "no-store"
     text = response.get_data(as_text=True)
+    # Issue 15: the switch that drops sign-in in a tab a share page opened comes last.
+    from fhir_facade.web.viewer import SHARE_SWITCH
+    assert text.endswith(SHARE_SWITCH) and "sessionStorage.getItem('facade-share')" in SHARE_SWITCH
+    text = text[:-len(SHARE_SWITCH)]
     assert text.startswith("window.config = ") and text.rstrip().endswith(";")
     config = json.loads(text[len("window.config = "):].rstrip().rstrip(";"))
     assert "OHIF" not in text.split("friendlyName")[0]  # the dist's own config is not served
