@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 def init_app(app: Flask) -> None:
     """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API,
-    the DICOMweb proxy, the operator routes (health, readiness, metrics) and the bundled viewer on *app*."""
+    the DICOMweb proxy, the bundled viewer and the operator routes (health, readiness, metrics) on *app*."""
     from fhir_facade import access, cli
     from fhir_facade.dicomweb import api as dicomweb
     from fhir_facade.fhir import api as fhir

@@ -10,6 +10,13 @@ SETTINGS = (
     ("FACADE_PACS_PASSWORD", None, str),
     ("FACADE_PUBLIC_URL", "http://127.0.0.1:8080", str),
     ("FACADE_DATABASE_URL", "sqlite:///var/facade.db", str),
+    # Connection pool of a server database (PostgreSQL), per worker process: connections kept
+    # open, extra ones allowed under load, seconds before a connection is replaced, seconds a
+    # request waits for a free connection (then 503).
+    ("FACADE_DB_POOL_SIZE", 5, int),
+    ("FACADE_DB_MAX_OVERFLOW", 10, int),
+    ("FACADE_DB_POOL_RECYCLE", 1800, int),
+    ("FACADE_DB_POOL_TIMEOUT", 10.0, float),
     ("FACADE_HOST", "127.0.0.1", str),
     ("FACADE_PORT", 8080, int),
     # Zone used for DICOM times that carry no TimezoneOffsetFromUTC (FH-4).

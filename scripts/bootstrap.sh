@@ -65,6 +65,21 @@ bootstrap_viewer() {
     fi
 }
 
+# The database tests on PostgreSQL (scripts/devpg.py: a throwaway cluster of Debian's binaries) and
+# the scale-out test (two instances behind Debian's nginx, scripts/scaleout.py) need the packages
+# postgresql and nginx-light; neither system service is used. A failed install is reported here and
+# those tests then fail with their own message.
+bootstrap_servers() {
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        apt_install postgresql ||
+            echo "bootstrap: WARNING: could not install postgresql; the PostgreSQL tests will fail" >&2
+    fi
+    if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+        apt_install nginx-light ||
+            echo "bootstrap: WARNING: could not install nginx-light; the scale-out test will fail" >&2
+    fi
+}
+
 # The browser test (tests/smart/test_smart_clients.py) needs Debian's chromium, node >= 20 and the
 # npm packages pinned in tests/browser/package-lock.json (fhirclient, playwright-core; no
 # browser download: playwright-core drives /usr/bin/chromium). A failed install is reported

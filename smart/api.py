@@ -7,8 +7,9 @@ contracts in ``.importlinter``), in one place:
 - authorization of a request (:mod:`smart.authz`): the grant a token carries, the
   decorators a view declares its needs with, the blueprint guard and the errors;
 - CORS: whether an origin is one of a registered client's;
-- the database and the facade's one table in it (:class:`PatientAlias`), and whether the
-  database answers (:func:`database_ready`, for the readiness probe);
+- the database and the facade's one table in it (:class:`PatientAlias`), what a database
+  outage is (:data:`DATABASE_ERRORS`, :func:`unavailable`: 503 with ``Retry-After``), and whether
+  the database answers (:func:`database_ready`, for the readiness probe);
 - the rule for operator routes (health, metrics): :func:`operator`;
 - how a PACS PatientID becomes the facade's Patient id (for EHR tokens' patients), which
   the facade registers at app start;
@@ -20,7 +21,7 @@ from __future__ import annotations
 from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, Unavailable, check_patient, check_study,
                          current_grant, guard, needs, operator, parse_networks, public, register_patient_id_rule)
 from smart.oauth.cors import is_allowed_origin
-from smart.store.db import get_database
+from smart.store.db import DATABASE_ERRORS, DatabaseUnavailable, get_database, unavailable
 from smart.store.health import database_ready
 from smart.store.models import PatientAlias
 from smart.tokens.shares import register_patient_studies, register_study_owners
@@ -32,7 +33,7 @@ __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "check_study", "current_grant", "guard",
     "needs", "operator", "parse_networks", "public", "Unavailable", "register_patient_id_rule",
     "is_allowed_origin",
-    "get_database", "PatientAlias", "database_ready", "register_study_owners",
-    "register_patient_studies",
+    "get_database", "PatientAlias", "DATABASE_ERRORS", "DatabaseUnavailable", "unavailable", "database_ready",
+    "register_study_owners", "register_patient_studies",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
 ]

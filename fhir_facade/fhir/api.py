@@ -66,6 +66,15 @@ def _pacs_error(exc: PacsError):
     return _error_response(exc.status, str(exc), "transient", exc.headers)
 
 
+def _database_error(exc: Exception):
+    error = authz.unavailable(exc)
+    return _error_response(error.status, error.description, "transient", error.headers())
+
+
+for _error_class in authz.DATABASE_ERRORS:
+    bp.register_error_handler(_error_class, _database_error)
+
+
 def _lenient_format() -> None:
     if "fhir_format" not in g:
         try:

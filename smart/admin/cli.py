@@ -5,12 +5,12 @@ import json
 from urllib.parse import urlsplit
 
 import click
-from flask.cli import AppGroup
 from sqlalchemy import delete, select
 
 from smart import authz
 from smart.admin import issuers as issuer_admin
 from smart.oauth import cors
+from smart.admin.schema import DatabaseGroup
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
 from smart.store.db import get_session
 from smart.store.models import (ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, TrustedIssuer, User,
@@ -353,7 +353,7 @@ def describe_access(allowed: frozenset[str] | None) -> str:
     return ", ".join(sorted(allowed)) if allowed else "no patients"
 
 
-smart_cli = AppGroup("smart", help="Administer the SMART authorization server.")
+smart_cli = DatabaseGroup("smart", help="Administer the SMART authorization server.")
 
 
 def _run(func, *args, **kwargs):

@@ -394,6 +394,7 @@ class TrustedIssuer(Base):
     introspection_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
+
 class Consent(Base):
     """Scopes a user approved for a client on the consent page, remembered so that the next
     authorization request of that client for the same scopes or fewer skips the page

@@ -131,7 +131,9 @@ def test_a_public_url_with_a_path_moves_the_viewer_below_it(tmp_path, dist):
     client = app.test_client()
     assert b'window.PUBLIC_URL="/facade/viewer/"' in client.get("/viewer/").data
     assert b'__webpack_require__.p = "/facade/viewer/"' in client.get("/viewer/app.bundle.0123456789abcdef.js").data
-    config = json.loads(client.get("/viewer/app-config.js").get_data(as_text=True)[16:].rstrip().rstrip(";"))
+    from fhir_facade.web.viewer import SHARE_SWITCH
+    text = client.get("/viewer/app-config.js").get_data(as_text=True).removesuffix(SHARE_SWITCH)
+    config = json.loads(text[16:].rstrip().rstrip(";"))
     assert config["routerBasename"] == "/facade/viewer"
     assert config["oidc"][0]["redirect_uri"] == "https://imaging.example/facade/viewer/callback"
     assert config["dataSources"][0]["configuration"]["wadoRoot"] == "https://imaging.example/facade/dicomweb"
