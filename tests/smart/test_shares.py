@@ -184,3 +184,15 @@ def test_my_images_page_lists_shares_creates_and_revokes(sh):
     revoked = browser.post("/auth/images", data={"action": "revoke", "share_id": share_id, "csrf_token": csrf})
     assert revoked.status_code == 200 and f'data-share="{share_id}"'.encode() not in revoked.data
     assert redeem(sh, url, pin="2468")[0].status_code == 404
+
+
+def test_a_share_of_all_studies_reaches_the_patient_only(sh):
+    body = create(sh, {"study": "all"}).get_json()
+    _, share_token = redeem(sh, body["url"])
+    for study, status in ((sh["a"], 200), (sh["b"], 200), (sh["other"], 403), (sh["mixed"], 403)):
+        assert dicomweb(sh, f"studies/{study}/series", share_token).status_code == status, study
+    listed = {row["0020000D"]["Value"][0] for row in dicomweb(sh, "studies", share_token).get_json()}
+    assert {sh["a"], sh["b"]} <= listed and sh["other"] not in listed
+    fhir = sh["app"].test_client()
+    assert fhir.get(f"/fhir/ImagingStudy?patient={OTHER}", headers=bearer(share_token)).status_code == 403
+    assert fhir.get(f"/fhir/ImagingStudy?patient={PATIENT}", headers=bearer(share_token)).status_code == 200
