@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 def init_app(app: Flask) -> None:
     """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API,
     the DICOMweb proxy, the bundled viewer and the operator routes (health, readiness, metrics) on *app*."""
-    from fhir_facade import access
+    from fhir_facade import access, cli
     from fhir_facade.dicomweb import api as dicomweb
     from fhir_facade.fhir import api as fhir
     from fhir_facade.fhir import picker
@@ -26,6 +26,7 @@ def init_app(app: Flask) -> None:
     studies.init_app(app)
     picker.init_app(app)
     access.init_app(app)
+    cli.init_app(app)
     app.register_blueprint(fhir.bp)
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(viewer.bp)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from flask import Flask
 
+from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import to_fhir_id
-from fhir_facade.pacs.lookups import get_lookups
+from fhir_facade.pacs.lookups import UnknownStudy, get_lookups
+from fhir_facade.pacs.studies import get_studies
 from smart import api as authz  # the one smart module the facade may import
 
 #: Search parameters that name the patient of an ImagingStudy (FHIR R4 ImagingStudy search).
@@ -20,6 +22,31 @@ def init_app(app: Flask) -> None:
     """Tell smart how a PACS PatientID becomes a Patient id here (DESIGN.md "Identifiers"):
     an EHR token's patient is mapped to a PatientID, and from it to the id every decision uses."""
     authz.register_patient_id_rule(app, to_fhir_id)
+    authz.register_study_owners(app, study_owners)
+    authz.register_patient_studies(app, patient_studies)
+
+
+def patient_studies(patient: str) -> list[dict]:
+    """Patient *patient*'s studies for the "My images" page (issue 15), newest first: ``uid``,
+    ``date``, ``description``, ``modalities``; only studies whose PatientID is exactly theirs."""
+    studies = get_studies()
+    dicom_id = studies.patient_id_of(patient)
+    if dicom_id is None:
+        return []
+    found = [ds for ds in studies.find_studies([("PatientID", dicom_id)]) if to_fhir_id(dj.patient_id(ds)) == patient]
+    listed = [{"uid": dj.text(ds, "StudyInstanceUID"), "date": dj.text(ds, "StudyDate") or "",
+               "description": dj.text(ds, "StudyDescription") or "",
+               "modalities": " ".join((ds.get("00080061") or {}).get("Value") or [])} for ds in found]
+    return sorted(listed, key=lambda s: s["date"], reverse=True)
+
+
+def study_owners(study_uid: str) -> frozenset[str] | None:
+    """The Patient ids study *study_uid* is filed under, asked of the PACS afresh (a patient may
+    share only a study that is theirs alone); ``None`` when the PACS knows no such study."""
+    try:
+        return get_lookups().patients_of_study(study_uid, fresh=True)
+    except UnknownStudy:
+        return None
 
 
 def local_patient_params(grant: authz.AccessGrant, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -84,10 +111,12 @@ def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: 
     UnknownStudy
         If the PACS knows no such study (or series).
     smart.authz.Forbidden
-        If any owner of the study or series is outside the patients the grant reaches.
+        If any owner of the study or series is outside the patients the grant reaches, or the
+        grant is bound to another study (a share link's token).
     PacsError
         If the PACS fails.
     """
+    authz.check_study(grant, study_uid)  # a share's token reaches its one study only
     lookups = get_lookups()
     check_owners(grant, lookups.patients_of_study(study_uid, fresh=fresh), resource_type)
     if series_uid is not None:
@@ -95,13 +124,18 @@ def check_study_access(grant: authz.AccessGrant, study_uid: str, resource_type: 
             authz.check_patient(grant, resource_type, patient)
 
 
-def check_owners(grant: authz.AccessGrant, owners: frozenset[str], resource_type: str = "ImagingStudy") -> None:
-    """Refuse unless *grant* may see every patient in *owners* (FHIR Patient ids).
+def check_owners(grant: authz.AccessGrant, owners: frozenset[str], resource_type: str = "ImagingStudy",
+                 study_uid: str | None = None) -> None:
+    """Refuse unless *grant* may see every patient in *owners* (FHIR Patient ids) and, when
+    named, study *study_uid* (a share link's token reaches one study).
 
     Raises
     ------
     smart.authz.Forbidden
-        If any of them is outside the patients the grant reaches.
+        If any of them is outside the patients the grant reaches, or the study is not the
+        grant's.
     """
+    if study_uid is not None:
+        authz.check_study(grant, study_uid)
     for patient in owners:
         authz.check_patient(grant, resource_type, patient)

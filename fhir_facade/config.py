@@ -52,6 +52,8 @@ SETTINGS = (
     ("FACADE_VIEWER_DIST", None, str),
     ("FACADE_VIEWER_CACHE", "var/viewer-cache", str),
     ("FACADE_VIEWER_CLIENT_ID", "ohif-viewer", str),
+    # Longest life of a share link in seconds (issue 15; the default life is 7 days).
+    ("FACADE_SHARE_MAX_SECONDS", 30 * 24 * 3600, int),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).
     ("FACADE_INSECURE_TRANSPORT", "1", str),
     # Client networks (CIDRs, comma or blank separated; "none": no address) that may read

@@ -17,6 +17,7 @@ from smart.oauth import cors, server
 from smart.store import db
 from smart.store.models import Setting
 from smart.web import oidc  # noqa: F401  (registers the OpenID Connect routes on bp)
+from smart.web import shares
 from smart.web.routes import bp
 
 #: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
@@ -126,6 +127,8 @@ def init_app(app: Flask) -> None:
         app.config["SESSION_COOKIE_SECURE"] = True
     if "smart" not in app.blueprints:
         app.register_blueprint(bp)
+    if "shares" not in app.blueprints:
+        app.register_blueprint(shares.bp)
     app.cli.add_command(cli.smart_cli)
 
 

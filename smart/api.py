@@ -18,20 +18,22 @@ contracts in ``.importlinter``), in one place:
 """
 from __future__ import annotations
 
-from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, Unavailable, check_patient,
+from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorized, Unavailable, check_patient, check_study,
                          current_grant, guard, needs, operator, parse_networks, public, register_patient_id_rule)
 from smart.oauth.cors import is_allowed_origin
 from smart.store.db import DATABASE_ERRORS, DatabaseUnavailable, get_database, unavailable
 from smart.store.health import database_ready
 from smart.store.models import PatientAlias
+from smart.tokens.shares import register_patient_studies, register_study_owners
 from smart.web.picker import (
     PICKER_LIMIT, UNNAMED, PatientChoice, PatientDirectory, PickerUnavailable, register_patient_directory,
 )
 
 __all__ = [
-    "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
+    "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "check_study", "current_grant", "guard",
     "needs", "operator", "parse_networks", "public", "Unavailable", "register_patient_id_rule",
     "is_allowed_origin",
     "get_database", "PatientAlias", "DATABASE_ERRORS", "DatabaseUnavailable", "unavailable", "database_ready",
+    "register_study_owners", "register_patient_studies",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
 ]

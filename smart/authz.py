@@ -42,6 +42,7 @@ from smart.store.models import ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Patient
 from smart.tokens import ehr_patients as ehr_patient_ids
 from smart.tokens import issuers
 from smart.tokens import jwt as tokens
+from smart.tokens import shares
 
 #: ``scopes.permits`` memoised: every proxied request asks the same few questions of the
 #: same few scope strings, and parsing them each time is most of the decision's cost.
@@ -124,6 +125,11 @@ class AccessGrant:
     ehr_patient : str or None
         The EHR's Patient id of an EHR token's ``patient`` (``patient`` is then the facade's
         id of the PatientID it maps to).
+    study : str or None
+        The one StudyInstanceUID a share link's token reaches (:mod:`smart.tokens.shares`);
+        ``None``: no study binding.
+    share : str or None
+        The id of the share link that minted the token; checked on every request.
     """
 
     claims: dict
@@ -132,6 +138,8 @@ class AccessGrant:
     client_id: str | None
     issuer: str | None = None
     ehr_patient: str | None = None
+    study: str | None = None
+    share: str | None = None
 
     def context_for(self, resource_type: str, interaction: str) -> str | None:
         """The least restricted context (system, user, patient) whose scopes allow the interaction."""
@@ -167,6 +175,10 @@ class AccessGrant:
             If no scope covers the interaction, or a patient-level scope has no patient context.
         """
         context = self.context(resource_type, interaction)
+        if self.study is not None and interaction == "s":
+            # A token bound to one study searches nothing (FHIR); DICOMweb's top-level QIDO asks
+            # :meth:`study_search` instead, which limits the search to that study.
+            raise Forbidden("this access token reaches one study and may not search")
         if context == "patient":
             return frozenset({self.patient})
         if context == "user":
@@ -175,6 +187,31 @@ class AccessGrant:
                 return frozenset({own})
             return stored_patients(ACCESS_USER, self.access_subject(self.claims.get("sub")))
         return stored_patients(ACCESS_CLIENT, self.access_subject(self.client_id))
+
+    def check_study(self, study_uid: str) -> None:
+        """Refuse a study other than the one a share's token is bound to (issue 15).
+
+        Raises
+        ------
+        Forbidden
+            The grant is bound to another study.
+        """
+        if self.study is not None and study_uid != self.study:
+            raise Forbidden("the access token is not for this study")
+
+    def study_search(self, resource_type: str = "ImagingStudy") -> tuple[frozenset[str] | None, str | None]:
+        """What a QIDO-RS search may return: the patients (as :meth:`patients`) and the one
+        StudyInstanceUID the results are limited to (``None``: any of those patients' studies).
+
+        Raises
+        ------
+        Forbidden
+            As :meth:`patients`.
+        """
+        if self.study is None:
+            return self.patients(resource_type, "s"), None
+        self.context(resource_type, "s")
+        return self.patients(resource_type, "r"), self.study
 
     def access_subject(self, name) -> str:
         """The key of a stored access list: the client id or username, ``@issuer`` for an EHR's."""
@@ -380,9 +417,12 @@ def current_grant() -> AccessGrant:
         except tokens.InvalidToken as exc:
             raise Unauthorized(exc.description) from exc
         grant = AccessGrant(claims=claims, scope=str(claims.get("scope") or ""),
-                            patient=claims.get("patient"), client_id=claims.get("client_id"))
+                            patient=claims.get("patient"), client_id=claims.get("client_id"),
+                            study=claims.get("study"), share=claims.get("share"))
     else:
         grant = _ehr_grant(token, ehr_key)
+    if grant.share is not None and not shares.is_active(grant.share):
+        raise Unauthorized("the share link of this access token was revoked or has expired")
     g._access_grant = grant
     return grant
 
@@ -408,6 +448,16 @@ def require(resource_type: str, interaction: str = "r") -> AccessGrant:
     grant = current_grant()
     grant.context(resource_type, interaction)
     return grant
+
+
+def check_study(grant: AccessGrant, study_uid: str) -> None:
+    """Refuse study *study_uid* to a grant bound to another study (:meth:`AccessGrant.check_study`).
+
+    Raises
+    ------
+    Forbidden
+    """
+    grant.check_study(study_uid)
 
 
 def check_patient(grant: AccessGrant, resource_type: str, patient_id: str, interaction: str = "r") -> None:

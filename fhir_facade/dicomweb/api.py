@@ -18,7 +18,7 @@ from smart import api as authz  # the one smart module the facade may import
 from fhir_facade.access import check_study_access
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.uids import is_uid
-from fhir_facade.dicomweb import decoded_frames
+from fhir_facade.dicomweb import decoded_frames, media
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from fhir_facade.dicomweb.relay import (  # noqa: F401 (rewrite_urls: API)
     DicomwebError, NotAvailable, error_response, json_answer, page, relay, rewrite_urls,
@@ -271,12 +271,19 @@ def _negotiate_all(kind: str, frames: int = 0) -> list[Choice]:
 @authz.needs("ImagingStudy", "s")
 def search_all():
     """QIDO-RS searches at the top level (PS3.18 Section 10.6), limited to the patients the token
-    reaches (:meth:`smart.authz.AccessGrant.patients`)."""
+    reaches and, for a share link's token, to its study (:meth:`smart.authz.AccessGrant.study_search`)."""
     grant = authz.current_grant()
     params = _query()
     _negotiate("json")
-    allowed = grant.patients("ImagingStudy", "s")
+    allowed, study = grant.study_search("ImagingStudy")
     level = qido_level(request.path)  # the route: studies, series or instances
+    if study is not None:
+        # A share link's token: its one study, whatever StudyInstanceUID was asked (another is none).
+        asked = {v for n, v in params if n in ("StudyInstanceUID", dj.TAGS["StudyInstanceUID"])}
+        if asked and asked != {study}:
+            return Response("[]", status=200, mimetype="application/dicom+json")
+        params = [(n, v) for n, v in params if n not in ("StudyInstanceUID", dj.TAGS["StudyInstanceUID"])]
+        params.append(("StudyInstanceUID", study))
     if allowed is None:
         return json_answer(level, normalize_includefield(params, level))
     targets = _reachable_patient_ids(allowed)
@@ -354,6 +361,9 @@ def study_resource(rest: str):
     kind, resource = classify(segments[1:])
     params = _query()
     authorize_study(study_uid, segments)
+    if kind in ("study", "series") and media.wants_zip(request.args.get("accept") or request.headers.get("Accept")):
+        # The study or series as DICOM media in one ZIP (issue 15), instead of multipart.
+        return media.zip_response(study_uid, segments[2] if kind == "series" else None)
     # segments: StudyUID, "series", SeriesUID, "instances", SOPInstanceUID, "frames", list, ...
     frame_numbers = [int(n) for n in segments[6].split(",")] if len(segments) > 6 and segments[5] == "frames" else []
     options = _negotiate_all(kind, frames=len(frame_numbers))

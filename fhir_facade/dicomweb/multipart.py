@@ -438,3 +438,29 @@ def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool],
         if state != "preamble":
             yield "next", None
         state = "headers"
+
+
+def each_part(body: Iterable[bytes] | Reader, boundary: str) -> Iterator[bytes]:
+    """Yield the body of each part of a multipart body, whole, one part at a time.
+
+    Memory holds one part (and the parser's read-ahead), however many parts the body has:
+    what the DICOM-media ZIP (:mod:`fhir_facade.dicomweb.media`) needs of a study retrieval.
+
+    Raises
+    ------
+    MultipartError
+        If the body is not multipart with this boundary.
+    """
+    current: list[bytes] | None = None
+    for kind, value in _events(_source(body), boundary, lambda headers: False):
+        if kind == "part":
+            if current is not None:
+                yield b"".join(current)
+            current = [value[1]] if value[1] else []
+        elif kind == "body" and current is not None:
+            current.append(value)
+        elif kind in ("next", "end") and current is not None:
+            yield b"".join(current)
+            current = None
+    if current is not None:
+        yield b"".join(current)

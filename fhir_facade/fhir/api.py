@@ -163,7 +163,7 @@ def read_imaging_study(study_id: str):
     studies = get_studies()
     rows = studies.study_rows(study_id)  # one study query serves the decision and the resource
     try:
-        check_owners(grant, get_lookups().patients_of_study_rows(study_id, rows))
+        check_owners(grant, get_lookups().patients_of_study_rows(study_id, rows), study_uid=study_id)
     except UnknownStudy as exc:
         raise NotFound(f"ImagingStudy/{study_id} is not known") from exc
     found = [ds for ds in studies.find_studies([("StudyInstanceUID", study_id)], answer=rows)
@@ -286,7 +286,8 @@ def read_endpoint(endpoint_id: str):
     # A study's viewer Endpoint exists when the study does, for whoever may see the study.
     grant = authz.current_grant()
     try:
-        check_owners(grant, get_lookups().patients_of_study_rows(study_id, get_studies().study_rows(study_id)))
+        check_owners(grant, get_lookups().patients_of_study_rows(study_id, get_studies().study_rows(study_id)),
+                     study_uid=study_id)
     except UnknownStudy as exc:
         raise NotFound(f"Endpoint/{endpoint_id} is not known") from exc
     return fhir_response(bundle.shape(mapping.viewer_endpoint(study_id, _ctx()), shape))

@@ -254,6 +254,17 @@ def _secure(response: Response, inline_scripts: list[bytes] = ()) -> Response:
     return response
 
 
+#: Appended to ``app-config.js``: in a tab the share page opened (issue 15, ``/share/<secret>``),
+#: the viewer signs nobody in (no ``oidc``) and shows no study list; the share's token comes in
+#: OHIF's ``?token=`` parameter, which OHIF 3.13 moves into its Authorization header and removes
+#: from the address bar. The flag lives in that tab's sessionStorage only.
+SHARE_SWITCH = (
+    "try { if (window.sessionStorage && sessionStorage.getItem('facade-share')) {\n"
+    "  delete window.config.oidc; window.config.showStudyList = false;\n"
+    "} } catch (e) { /* no storage: the signed-in viewer */ }\n"
+)
+
+
 # --- routes --------------------------------------------------------------------------------------
 def _require_installed() -> None:
     if not (_dist() / "index.html").is_file():
@@ -266,7 +277,7 @@ def config_js():
     """OHIF's configuration, generated from FACADE_PUBLIC_URL (never cached)."""
     config = app_config(current_app.config["FACADE_PUBLIC_URL"],
                         current_app.config.get("FACADE_VIEWER_CLIENT_ID") or "ohif-viewer")
-    body = "window.config = " + json.dumps(config, indent=2) + ";\n"
+    body = "window.config = " + json.dumps(config, indent=2) + ";\n" + SHARE_SWITCH
     response = Response(body, mimetype="text/javascript")
     response.headers["Cache-Control"] = "no-store"
     return _secure(response)

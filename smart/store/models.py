@@ -408,3 +408,33 @@ class Consent(Base):
     scope: Mapped[str] = mapped_column(Text, default="")
     granted_at: Mapped[int] = mapped_column(Integer, default=now)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class ShareLink(Base):
+    """A link a patient made to show one study (or all their studies) to someone without an
+    account (issue 15: instead of a CD). Managed with ``/auth/shares``; redeemed at
+    ``/share/<secret>``; read by :mod:`smart.tokens.shares`.
+
+    The link's secret (``secrets.token_urlsafe(32)``, 256 bits) is stored only as its SHA-256
+    (:func:`digest`), like codes and refresh tokens; the optional PIN as a slow salted hash
+    (:func:`hash_secret`), like passwords.
+    """
+
+    __tablename__ = "smart_share_link"
+
+    #: Public id of the share (in ``GET /auth/shares`` and ``DELETE /auth/shares/{id}``); not a secret.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: SHA-256 hex digest of the link's secret.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    #: FHIR Patient id whose images the link shows.
+    patient: Mapped[str] = mapped_column(String(64), index=True)
+    #: StudyInstanceUID, or ``all`` for every study of the patient.
+    study: Mapped[str] = mapped_column(String(64))
+    #: Who made it (the token's ``sub`` or the logged-in username).
+    created_by: Mapped[str] = mapped_column(String(256))
+    pin_hash: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    expires_at: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[int | None] = mapped_column(Integer)
+    last_used_at: Mapped[int | None] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0)

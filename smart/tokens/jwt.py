@@ -35,6 +35,8 @@ REVOCATION_CACHE_SECONDS = 1.0
 ACCESS_TOKEN_CLAIMS = (
     "iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope",
     "patient", "encounter", "fhirUser",
+    # A share link's token (issue 15, :mod:`smart.tokens.shares`): the share's id and its study.
+    "share", "study",
 )
 
 
@@ -86,6 +88,7 @@ def issue_access_token(
     context: dict | None = None,
     fhir_user: str | None = None,
     lifetime: int = ACCESS_TOKEN_LIFETIME,
+    extra_claims: dict | None = None,
 ) -> tuple[str, dict]:
     """Sign a JWT access token (RFC 9068 profile, RS256, ``kid`` in the header).
 
@@ -103,6 +106,8 @@ def issue_access_token(
         ``fhirUser`` claim, e.g. ``Patient/123``.
     lifetime : int
         Seconds until ``exp``.
+    extra_claims : dict, optional
+        More claims (a share link's ``share`` and ``study``); they cannot replace the above.
 
     Returns
     -------
@@ -125,6 +130,8 @@ def issue_access_token(
             claims[name] = context[name]
     if fhir_user:
         claims["fhirUser"] = fhir_user
+    for name, value in (extra_claims or {}).items():
+        claims.setdefault(name, value)
     return _sign(claims, "at+jwt"), claims
 
 

@@ -154,3 +154,34 @@ def authenticate(username: str, password: str, address: str | None) -> User | No
     if user is not None:
         _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
     return user
+
+
+def throttled_check(key: str, address: str | None, check) -> bool:
+    """Check another secret (a share link's PIN) under this module's throttling rule, with *key*
+    in place of the username (e.g. ``share:<id>``): the same limits, window and answer as a
+    password, so a 4-digit PIN cannot be guessed faster than a password.
+
+    Parameters
+    ----------
+    key : str
+        What the failures are counted under, per address and in all.
+    address : str or None
+        The client's IP address.
+    check : callable
+        Returns whether the secret is right; not called when the attempt is throttled.
+
+    Returns
+    -------
+    bool
+        True when *check* passed and the attempt was not throttled.
+    """
+    session = get_session()
+    key, address, current = key[:128], (address or "")[:64], now()
+    attempt = _record(session, key, address, current)
+    if _throttled(session, key, address, current - FAILURE_WINDOW):
+        _forget(session, LoginAttempt.id == attempt.id)
+        return False
+    if not check():
+        return False
+    _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
+    return True

@@ -105,6 +105,10 @@ def test_the_config_is_generated_from_the_public_url_without_aud(client):
     assert response.status_code == 200 and response.mimetype == "text/javascript"
     assert response.headers["Cache-Control"] == "no-store"
     text = response.get_data(as_text=True)
+    # Issue 15: the switch that drops sign-in in a tab a share page opened comes last.
+    from fhir_facade.web.viewer import SHARE_SWITCH
+    assert text.endswith(SHARE_SWITCH) and "sessionStorage.getItem('facade-share')" in SHARE_SWITCH
+    text = text[:-len(SHARE_SWITCH)]
     assert text.startswith("window.config = ") and text.rstrip().endswith(";")
     config = json.loads(text[len("window.config = "):].rstrip().rstrip(";"))
     assert "OHIF" not in text.split("friendlyName")[0]  # the dist's own config is not served
@@ -127,7 +131,9 @@ def test_a_public_url_with_a_path_moves_the_viewer_below_it(tmp_path, dist):
     client = app.test_client()
     assert b'window.PUBLIC_URL="/facade/viewer/"' in client.get("/viewer/").data
     assert b'__webpack_require__.p = "/facade/viewer/"' in client.get("/viewer/app.bundle.0123456789abcdef.js").data
-    config = json.loads(client.get("/viewer/app-config.js").get_data(as_text=True)[16:].rstrip().rstrip(";"))
+    from fhir_facade.web.viewer import SHARE_SWITCH
+    text = client.get("/viewer/app-config.js").get_data(as_text=True).removesuffix(SHARE_SWITCH)
+    config = json.loads(text[16:].rstrip().rstrip(";"))
     assert config["routerBasename"] == "/facade/viewer"
     assert config["oidc"][0]["redirect_uri"] == "https://imaging.example/facade/viewer/callback"
     assert config["dataSources"][0]["configuration"]["wadoRoot"] == "https://imaging.example/facade/dicomweb"

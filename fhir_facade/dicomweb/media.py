@@ -1,0 +1,217 @@
+"""A study or series as one ZIP laid out as DICOM media (issue 15: "the CD as a file").
+
+Offered on WADO-RS study and series retrieval for ``Accept: application/zip`` (the proxy asks
+:func:`wants_zip` before its DICOM negotiation). The ZIP holds each instance as the PACS stores it
+(WADO-RS with ``transfer-syntax=*``, byte for byte) under a PS3.10 File ID of 8-character upper
+case components (``PT000000/ST000000/SE000000/IM000000``, PS3.10 Section 8.2 and 8.5), and a
+``DICOMDIR`` (PS3.10 Section 7.2, Basic Directory IOD of PS3.3 Annex F) at the root, written by
+pydicom's :class:`~pydicom.fileset.FileSet` from the headers of the very files in the ZIP.
+
+Memory is bounded: the study comes from the PACS as one WADO-RS retrieval, parsed as it streams
+(:func:`fhir_facade.dicomweb.multipart.each_part`), and each instance is zipped as it arrives
+(stream-zip, without compression: DICOM pixel data hardly shrinks and deflating would halve
+throughput), so the facade holds one instance and the headers of the others. The ``DICOMDIR`` is
+therefore the last member: a ZIP's central directory lets readers find it wherever it is, and
+only headers that were really sent are listed. The File IDs are given as the instances arrive,
+by FileSet's own rule (:class:`Names`), and checked against the FileSet's when it writes the
+DICOMDIR; as FileSet is slow (quadratic), a DICOMDIR is kept per app for the same instances.
+
+A failure of the PACS after the answer started can only break the stream off: the client then
+holds a truncated ZIP, which every unzip tool reports (no central directory).
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import tempfile
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import pydicom
+from flask import Response, current_app, stream_with_context
+from pydicom.fileset import FileSet
+from stream_zip import NO_COMPRESSION_64, stream_zip
+
+from fhir_facade.dicomweb import multipart
+from fhir_facade.pacs.client import PacsError, get_pacs
+
+
+ZIP = "application/zip"
+#: Each instance as stored (PS3.18 Section 8.7.3.5.2: ``transfer-syntax=*``).
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: Permissions of the ZIP's members (read-only files).
+MEMBER_MODE = 0o100444
+#: Bytes read from the PACS, and written to the client, at a time.
+CHUNK = 256 * 1024
+#: DICOMDIRs kept per app (:func:`dicomdir`); one of 300 instances is about 80 kB.
+DICOMDIR_CACHE_SIZE = 64
+
+
+class MediaError(PacsError):
+    """The PACS answered an instance the ZIP cannot hold (not one DICOM part)."""
+
+
+def wants_zip(accept: str | None) -> bool:
+    """Whether the Accept header (or ``?accept=``) names ``application/zip`` with a non-zero q.
+
+    Only an explicit ``application/zip`` chooses the ZIP: ``*/*`` keeps the DICOM answer.
+    """
+    for media_range in (accept or "").split(","):
+        kind, *params = [p.strip() for p in media_range.split(";")]
+        if kind.lower() != ZIP:
+            continue
+        q = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
+        try:
+            if float(q) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _boundary(content_type: str) -> str | None:
+    return next((p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")
+                 if p.strip().lower().startswith("boundary=")), None)
+
+
+def stored_instances(study_uid: str, series_uid: str | None = None):
+    """The study's (or series') instances as the PACS stores them, one at a time, from one WADO-RS
+    retrieval (``transfer-syntax=*``) parsed as it streams.
+
+    Returns
+    -------
+    iterator of bytes
+        PS3.10 files. The PACS was asked before this returns, so a refusal is an exception here.
+
+    Raises
+    ------
+    PacsError
+        The PACS failed, or did not answer 200 with a multipart body.
+    """
+    path = f"studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")
+    response = get_pacs().get(path, headers={"Accept": AS_STORED}, stream=True)
+    boundary = _boundary(response.headers.get("Content-Type", ""))
+    if response.status_code != 200 or not boundary:
+        status = response.status_code
+        response.close()
+        raise MediaError(f"the PACS answered {status} without the instances", upstream_status=status)
+
+    def parts():
+        try:
+            yield from multipart.each_part(response.iter_content(CHUNK), boundary)
+        finally:
+            response.close()
+    return parts()
+
+
+class Names:
+    """PS3.10 File IDs as pydicom's FileSet assigns them (PS3.10 Section 8.2: components of at
+    most 8 upper case characters): ``PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn``, each number the
+    record's place among its siblings in the order they first appear."""
+
+    def __init__(self) -> None:
+        self.children: dict[tuple, dict[str, int]] = {}
+
+    def _index(self, parent: tuple, key: str) -> int:
+        siblings = self.children.setdefault(parent, {})
+        return siblings.setdefault(key, len(siblings))
+
+    def file_id(self, header) -> str:
+        """The File ID of an instance (its header: PatientID, the UIDs)."""
+        keys = (str(header.get("PatientID", "")), str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+                str(header.SOPInstanceUID))
+        parts, parent = [], ()
+        for prefix, key in zip(("PT", "ST", "SE", "IM"), keys):
+            parts.append(f"{prefix}{self._index(parent, key):06d}")
+            parent = parent + (key,)
+        return "/".join(parts)
+
+
+def _directory_cache() -> OrderedDict:
+    return current_app.extensions.setdefault("facade_dicomdirs", OrderedDict())
+
+
+def dicomdir(heads: list[bytes], names: list[str], key: tuple) -> bytes:
+    """The ``DICOMDIR`` of instances whose files begin with *heads* (up to Pixel Data), named
+    *names*, written by pydicom's FileSet.
+
+    FileSet costs time quadratic in the instances (about 5 s for 300), so the result is kept
+    per app under *key* (every File ID, SOP Instance UID, length and CRC of the header bytes):
+    the same study downloaded again gets it at once, a changed one a new one.
+
+    Raises
+    ------
+    MediaError
+        The FileSet named an instance otherwise than *names* (never seen; the ZIP would be wrong).
+    """
+    cache = _directory_cache()
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        return found
+    file_set = FileSet()
+    file_set.ID = "FACADE"
+    for head in heads:
+        file_set.add(pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True))
+    if [instance.FileID.replace(os.sep, "/") for instance in file_set] != names:
+        raise MediaError("the DICOMDIR's File IDs are not the ZIP's")
+    with tempfile.TemporaryDirectory(prefix="facade-dicomdir-") as folder:
+        file_set.write(folder)
+        with open(os.path.join(folder, "DICOMDIR"), "rb") as out:
+            data = out.read()
+    cache[key] = data
+    while len(cache) > DICOMDIR_CACHE_SIZE:
+        cache.popitem(last=False)
+    return data
+
+
+def members(parts: Iterator[bytes]) -> Iterator[tuple]:
+    """stream-zip members: each instance under its File ID as it arrives, then the ``DICOMDIR``.
+
+    Of each instance only its header bytes (up to Pixel Data) are kept, for the DICOMDIR.
+
+    Raises
+    ------
+    MediaError
+        An instance pydicom cannot read (the stream then breaks off).
+    """
+    names, heads, key = Names(), [], []
+    listed: list[str] = []
+    modified_at = datetime.datetime(*time.gmtime()[:6])
+    for data in parts:
+        source = io.BytesIO(data)
+        try:
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+            name = names.file_id(header)
+        except Exception as exc:  # pydicom raises many kinds for a damaged file
+            raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
+        head = data[:source.tell()]
+        key.append((name, str(header.SOPInstanceUID), len(data), zlib.crc32(head)))
+        heads.append(head)
+        listed.append(name)
+        del header, source  # a FileDataset read from a buffer keeps the buffer
+        yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
+        del data
+    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (dicomdir(heads, listed, tuple(key)),)
+
+
+def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
+    """The study (or series) as a streaming DICOM-media ZIP (``application/zip``).
+
+    The PACS is asked before the answer starts (a refusal then is a proper error); authorization
+    is the caller's (the proxy's ``authorize_study``).
+
+    Raises
+    ------
+    PacsError
+        The PACS failed before the answer started.
+    """
+    parts = stored_instances(study_uid, series_uid)
+    body = stream_with_context(stream_zip(members(parts), chunk_size=CHUNK))
+    response = Response(body, mimetype=ZIP)
+    response.headers["Content-Disposition"] = f'attachment; filename="study-{study_uid}.zip"'
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,131 @@
+"""A study as a DICOM-media ZIP (issue 15) from a real Orthanc: every member byte-identical to the
+PACS's, the DICOMDIR read by pydicom's FileSet listing them all, names PS3.10 File IDs."""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zipfile
+
+import numpy
+import pydicom
+import pytest
+from pydicom.fileset import FileSet
+
+import devpacs
+import samples
+from facade_helpers import bearer, make_app, token
+
+PUBLIC = "https://facade.example/base"
+PATIENT = "ZIP-PATIENT"
+#: A PS3.10 File ID component: 1 to 8 of upper case letters, digits and underscore.
+COMPONENT = re.compile(r"^[A-Z0-9_]{1,8}$")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def zs(orthanc, tmp_path_factory):
+    study = pydicom.uid.generate_uid()
+    series = [pydicom.uid.generate_uid() for _ in range(2)]
+    stored = {}
+    pixels = {}
+    for s, series_uid in enumerate(series):
+        for n in range(1, 4):
+            ds = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study, SeriesInstanceUID=series_uid,
+                                       InstanceNumber=n, Modality="CT" if s == 0 else "OT")
+            data = devpacs.to_part10(ds)
+            devpacs.store_file(orthanc.url, data)
+            stored[str(ds.SOPInstanceUID)] = sha(data)
+            pixels[str(ds.SOPInstanceUID)] = sha(ds.pixel_array.tobytes())
+    other = samples.make_instance(PatientID="ZIP-OTHER", Modality="OT")
+    devpacs.store_file(orthanc.url, devpacs.to_part10(other))
+    app = make_app(tmp_path_factory.mktemp("zip"), FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=PUBLIC)
+    return {"app": app, "study": study, "series": series, "stored": stored, "pixels": pixels,
+            "other": str(other.StudyInstanceUID), "token": token(app, patient=PATIENT)}
+
+
+def fetch_zip(zs, path, accept="application/zip", tok=None):
+    return zs["app"].test_client().get(f"/dicomweb/{path}", headers={**bearer(tok or zs["token"]), "Accept": accept})
+
+
+def check_media(archive: zipfile.ZipFile, zs, tmp_path) -> dict[str, str]:
+    """Unzip; return SOPInstanceUID -> member name after checking every member and the DICOMDIR."""
+    names = archive.namelist()
+    assert names[-1] == "DICOMDIR"
+    archive.extractall(tmp_path)
+    file_set = FileSet(pydicom.dcmread(tmp_path / "DICOMDIR"))
+    listed = {}
+    for instance in file_set:
+        member = instance.FileID.replace("\\", "/")
+        assert all(COMPONENT.match(part) for part in member.split("/")), member
+        data = archive.read(member)
+        ds = instance.load()
+        assert ds.SOPInstanceUID == instance.SOPInstanceUID
+        assert sha(data) == zs["stored"][ds.SOPInstanceUID]
+        assert sha(numpy.ascontiguousarray(ds.pixel_array).tobytes()) == zs["pixels"][ds.SOPInstanceUID]
+        listed[ds.SOPInstanceUID] = member
+    assert sorted(listed.values()) == sorted(n for n in names if n != "DICOMDIR")
+    return listed
+
+
+def test_a_study_as_dicom_media(zs, tmp_path):
+    answer = fetch_zip(zs, f"studies/{zs['study']}")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.headers["Content-Type"] == "application/zip"
+    assert answer.is_streamed
+    listed = check_media(zipfile.ZipFile(io.BytesIO(answer.data)), zs, tmp_path)
+    assert set(listed) == set(zs["stored"])
+
+
+def test_a_series_as_dicom_media_and_accept_in_the_query(zs, tmp_path):
+    series = zs["series"][1]
+    answer = zs["app"].test_client().get(f"/dicomweb/studies/{zs['study']}/series/{series}?accept=application/zip",
+                                         headers=bearer(zs["token"]))
+    assert answer.status_code == 200
+    listed = check_media(zipfile.ZipFile(io.BytesIO(answer.data)), zs, tmp_path)
+    assert len(listed) == 3
+
+
+def test_zip_only_when_asked_and_only_for_whom_the_study_is(zs):
+    multipart = fetch_zip(zs, f"studies/{zs['study']}", accept="*/*")
+    assert multipart.headers["Content-Type"].startswith("multipart/related")
+    assert fetch_zip(zs, f"studies/{zs['study']}", accept="application/zip; q=0").status_code == 406
+    assert fetch_zip(zs, f"studies/{zs['other']}").status_code == 403
+    assert fetch_zip(zs, f"studies/{zs['study']}/metadata").status_code == 406
+
+
+@pytest.mark.parametrize("accept, wanted", [
+    ("application/zip", True), ("application/ZIP;q=0.5", True), ("multipart/related, application/zip", True),
+    ("application/zip;q=0", False), ("*/*", False), (None, False), ("application/zip;q=x", False),
+])
+def test_wants_zip(accept, wanted):
+    from fhir_facade.dicomweb.media import wants_zip
+    assert wants_zip(accept) is wanted
+
+
+def test_each_part_yields_whole_parts_however_the_body_is_cut():
+    from fhir_facade.dicomweb.multipart import each_part
+    bodies = [b"first\r\n--not-the-boundary", b"", b"x" * 100_000]
+    body = b"".join(b"--B0undary\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for part in bodies)
+    body += b"--B0undary--\r\n"
+    for size in (1, 7, 4096, len(body)):
+        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        assert list(each_part(chunks, "B0undary")) == bodies, size
+
+
+def test_names_are_the_file_ids_pydicom_gives(tmp_path):
+    import samples
+    from fhir_facade.dicomweb.media import Names
+    names, file_set, ours = Names(), FileSet(), []
+    study = pydicom.uid.generate_uid()
+    series = [pydicom.uid.generate_uid() for _ in range(3)]
+    for patient, series_uid in (("A", series[0]), ("B", series[1]), ("A", series[2]), ("A", series[0])):
+        ds = samples.make_instance(PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series_uid)
+        ds = pydicom.dcmread(io.BytesIO(devpacs.to_part10(ds)))
+        ours.append(names.file_id(ds))
+        file_set.add(ds)
+    assert [i.FileID.replace("\\", "/") for i in file_set] == ours
+    assert ours[3] == "PT000000/ST000000/SE000000/IM000001" and ours[2] == "PT000000/ST000000/SE000001/IM000000"
