@@ -183,7 +183,7 @@ def _fetch_json(method: str, url: str, quiet: bool = False, **kwargs) -> dict:
         raise IssuerUnavailable(f"the EHR's server answered {response.status_code}")
     try:
         body = response.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise IssuerUnavailable("the EHR's server answered something that is not JSON") from exc
     if not isinstance(body, dict):
         raise IssuerUnavailable("the EHR's server answered something that is not a JSON object")
@@ -257,7 +257,7 @@ def _segment(token: str, index: int) -> dict | None:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested arrays
         return None
     return value if isinstance(value, dict) else None
 
@@ -327,7 +327,7 @@ def verify_jwt(token: str, issuer: Issuer) -> dict:
         raise InvalidToken("The access token is signed with an unknown key.")
     try:
         claims = jwt.decode(token, keys, algorithms=[alg]).claims
-    except (JoseError, ValueError, TypeError) as exc:
+    except (JoseError, ValueError, TypeError, RecursionError) as exc:
         raise InvalidToken("The access token signature is invalid.") from exc
     if "aud" not in claims:
         raise InvalidToken("The access token is not meant for this FHIR server.")

@@ -1,0 +1,43 @@
+"""Hostile input found by the review of issues 13, 14 and 17: what an attacker can send to the
+public OAuth/OIDC routes and to every route taking a Bearer token, answered in the protocol's
+shape, never a 500."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from facade_helpers import bearer
+
+#: JSON nested deeper than Python's recursion limit: ``json.loads`` raises RecursionError, not
+#: ValueError. 3000 bytes, 4000 base64 characters: within any server's header limit.
+DEEP = base64.urlsafe_b64encode(b"[" * 3000).decode().rstrip("=")
+HEADER = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"k"}').decode().rstrip("=")
+PAYLOAD = base64.urlsafe_b64encode(b'{"sub":"x"}').decode().rstrip("=")
+#: A nested header, a nested payload (behind a good header), both.
+NESTED_JWTS = [f"{DEEP}.{PAYLOAD}.x", f"{HEADER}.{DEEP}.x", f"{DEEP}.{DEEP}.x"]
+
+
+@pytest.mark.parametrize("value", NESTED_JWTS, ids=["header", "payload", "both"])
+@pytest.mark.parametrize("path", ["/fhir/ImagingStudy", "/dicomweb/studies", "/auth/userinfo"])
+def test_a_bearer_token_of_deeply_nested_json_is_401(client, path, value):
+    response = client.get(path, headers=bearer(value))
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize("value", NESTED_JWTS, ids=["header", "payload", "both"])
+def test_an_id_token_hint_of_deeply_nested_json_is_a_refused_logout(client, value):
+    response = client.get("/auth/logout", query_string={"id_token_hint": value,
+                                                        "post_logout_redirect_uri": "https://app.example/out"})
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+@pytest.mark.parametrize("value", NESTED_JWTS, ids=["header", "payload", "both"])
+def test_a_client_assertion_of_deeply_nested_json_is_invalid_client(client, value):
+    response = client.post("/auth/token", data={
+        "grant_type": "client_credentials", "scope": "system/ImagingStudy.rs",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": value})
+    assert response.status_code in (400, 401), response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_client"
