@@ -4,10 +4,18 @@ shape, never a 500."""
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
+import responses
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
-from facade_helpers import bearer
+from facade_helpers import FHIR_BASE, bearer
+
+EHR = "https://ehr.test"
+SYSTEM = "urn:oid:1.2.3.4"
+EHR_KEY = RSAKey.generate_key(2048, private=True, parameters={"kid": "k1"})
 
 #: JSON nested deeper than Python's recursion limit: ``json.loads`` raises RecursionError, not
 #: ValueError. 3000 bytes, 4000 base64 characters: within any server's header limit.
@@ -41,3 +49,25 @@ def test_a_client_assertion_of_deeply_nested_json_is_invalid_client(client, valu
         "client_assertion": value})
     assert response.status_code in (400, 401), response.get_data(as_text=True)
     assert response.get_json()["error"] == "invalid_client"
+
+
+@responses.activate
+def test_userinfo_refuses_an_ehr_token_whose_sub_is_a_local_username(app, auth):
+    """The EHR's ``sub`` names the EHR's user, not ours: an EHR token must not read the claims
+    (fhirUser, the PACS's PatientName) of the facade's user who has the same username."""
+    from smart.admin.issuers import add_issuer
+
+    auth.register_user("u", "pw-u", patient="patient-1")
+    with app.app_context():
+        add_issuer(EHR, SYSTEM, fhir_base=EHR + "/fhir")
+    responses.get(EHR + "/.well-known/smart-configuration", json={"issuer": EHR, "jwks_uri": EHR + "/jwks"})
+    responses.get(EHR + "/jwks", json={"keys": [EHR_KEY.as_dict(private=False)]})
+    now = int(time.time())
+    value = jwt.encode({"alg": "RS256", "kid": "k1"}, {
+        "iss": EHR, "sub": "u", "aud": FHIR_BASE, "exp": now + 600, "iat": now, "client_id": "app",
+        "scope": "openid fhirUser profile user/ImagingStudy.rs", "fhirUser": "Practitioner/x"}, EHR_KEY,
+        algorithms=["RS256"])
+    response = app.test_client().get("/auth/userinfo", headers=bearer(value))
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert "fhirUser" not in response.get_data(as_text=True)
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="smart", error="invalid_token"')
