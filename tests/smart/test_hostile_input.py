@@ -71,3 +71,20 @@ def test_userinfo_refuses_an_ehr_token_whose_sub_is_a_local_username(app, auth):
     assert response.status_code == 401, response.get_data(as_text=True)
     assert "fhirUser" not in response.get_data(as_text=True)
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="smart", error="invalid_token"')
+
+
+@pytest.mark.parametrize("uri", ["javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<b>hi</b>",
+                                 "https://app.example/a b", "https://app.example;frame-ancestors */cb",
+                                 "https://evil.example@app.example/cb"])
+@pytest.mark.parametrize("option", ["--add-redirect-uri", "--add-post-logout-redirect-uri"])
+def test_cli_refuses_redirect_uris_a_browser_would_run_or_misread(app, option, uri):
+    """A redirect or post-logout URI is a navigation target, the source of the CORS origins and
+    of the CSP frame-ancestors of silent renew: no script scheme, no blank, no user information."""
+    runner = app.test_cli_runner()
+    runner.invoke(args=["smart", "add-client", "--client-id", "viewer", "--redirect-uri", "https://v.example/cb"])
+    result = runner.invoke(args=["smart", "update-client", "--client-id", "viewer", option, uri])
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    from smart.oauth.server import query_client
+    with app.app_context():
+        client = query_client("viewer")
+        assert client.redirect_uris == ["https://v.example/cb"] and not client.post_logout_redirect_uris
