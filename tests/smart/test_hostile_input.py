@@ -51,22 +51,29 @@ def test_a_client_assertion_of_deeply_nested_json_is_invalid_client(client, valu
     assert response.get_json()["error"] == "invalid_client"
 
 
-@responses.activate
-def test_userinfo_refuses_an_ehr_token_whose_sub_is_a_local_username(app, auth):
-    """The EHR's ``sub`` names the EHR's user, not ours: an EHR token must not read the claims
-    (fhirUser, the PACS's PatientName) of the facade's user who has the same username."""
+def _trust_ehr(app) -> None:
     from smart.admin.issuers import add_issuer
 
-    auth.register_user("u", "pw-u", patient="patient-1")
     with app.app_context():
         add_issuer(EHR, SYSTEM, fhir_base=EHR + "/fhir")
     responses.get(EHR + "/.well-known/smart-configuration", json={"issuer": EHR, "jwks_uri": EHR + "/jwks"})
     responses.get(EHR + "/jwks", json={"keys": [EHR_KEY.as_dict(private=False)]})
+
+
+def _ehr_jwt(**claims) -> str:
     now = int(time.time())
-    value = jwt.encode({"alg": "RS256", "kid": "k1"}, {
-        "iss": EHR, "sub": "u", "aud": FHIR_BASE, "exp": now + 600, "iat": now, "client_id": "app",
-        "scope": "openid fhirUser profile user/ImagingStudy.rs", "fhirUser": "Practitioner/x"}, EHR_KEY,
-        algorithms=["RS256"])
+    claims = {"iss": EHR, "aud": FHIR_BASE, "exp": now + 600, "iat": now, **claims}
+    return jwt.encode({"alg": "RS256", "kid": "k1"}, claims, EHR_KEY, algorithms=["RS256"])
+
+
+@responses.activate
+def test_userinfo_refuses_an_ehr_token_whose_sub_is_a_local_username(app, auth):
+    """The EHR's ``sub`` names the EHR's user, not ours: an EHR token must not read the claims
+    (fhirUser, the PACS's PatientName) of the facade's user who has the same username."""
+    auth.register_user("u", "pw-u", patient="patient-1")
+    _trust_ehr(app)
+    value = _ehr_jwt(sub="u", client_id="app", scope="openid fhirUser profile user/ImagingStudy.rs",
+                     fhirUser="Practitioner/x")
     response = app.test_client().get("/auth/userinfo", headers=bearer(value))
     assert response.status_code == 401, response.get_data(as_text=True)
     assert "fhirUser" not in response.get_data(as_text=True)
@@ -88,3 +95,21 @@ def test_cli_refuses_redirect_uris_a_browser_would_run_or_misread(app, option, u
     with app.app_context():
         client = query_client("viewer")
         assert client.redirect_uris == ["https://v.example/cb"] and not client.post_logout_redirect_uris
+
+
+@responses.activate
+def test_an_ehr_token_cannot_create_launches_as_the_local_backend_client_of_its_client_id(app):
+    """``POST /auth/launch`` is for the facade's own backend clients: an EHR's token whose
+    client_id equals one of them must not create launches with that client's access list."""
+    from access_helpers import allow
+    from smart.admin.cli import add_client
+
+    with app.app_context():
+        add_client("ehr-backend", [], public=False, jwks={"keys": [EHR_KEY.as_dict(private=False)]},
+                   scope="launch system/ImagingStudy.rs")
+    allow(app, ["p-1"], client_id="ehr-backend")
+    _trust_ehr(app)
+    value = _ehr_jwt(sub="ehr-backend", client_id="ehr-backend", scope="launch system/ImagingStudy.rs")
+    response = app.test_client().post("/auth/launch", json={"patient": "p-1"}, headers=bearer(value))
+    assert response.status_code == 403, response.get_data(as_text=True)
+    assert "launch" not in (response.get_json() or {})
