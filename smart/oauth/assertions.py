@@ -65,7 +65,7 @@ def client_key_set(client) -> KeySet:
         raise _refuse("The client has no registered public keys.")
     try:
         return KeySet.import_key_set({"keys": [k for k in data.get("keys", []) if k.get("kty") in ("RSA", "EC")]})
-    except (JoseError, ValueError, TypeError) as exc:
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:  # KeyError: an unknown crv
         raise _refuse("The client's registered keys are unusable.") from exc
 
 

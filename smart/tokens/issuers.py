@@ -223,13 +223,26 @@ def _key_set(issuer: Issuer, refetch: bool = False) -> KeySet:
     uri = metadata(issuer).get("jwks_uri")
     if not isinstance(uri, str):
         raise IssuerUnavailable("the EHR's discovery document has no jwks_uri")
-    try:
-        keys = KeySet.import_key_set({"keys": [k for k in _fetch_json("GET", uri).get("keys", [])
-                                               if isinstance(k, dict) and k.get("kty") in ("RSA", "EC")]})
-    except (JoseError, ValueError, TypeError) as exc:
-        raise IssuerUnavailable("the EHR's JWK Set cannot be read") from exc
+    found = _fetch_json("GET", uri).get("keys")
+    usable = [key for key in (found if isinstance(found, list) else []) if _importable(key)]
+    if not usable:
+        raise IssuerUnavailable("the EHR's JWK Set holds no usable key")
+    keys = KeySet.import_key_set({"keys": usable})
     st.jwks[issuer.issuer] = (time.monotonic(), keys)
     return keys
+
+
+def _importable(jwk) -> bool:
+    """Whether *jwk* is an RSA or EC public key joserfc can use. Others are ignored, not fatal
+    (RFC 7517 §5: ignore JWKs whose ``kty`` is not understood); joserfc raises KeyError for an
+    unknown ``crv``, so each key is tried alone."""
+    if not isinstance(jwk, dict) or jwk.get("kty") not in ("RSA", "EC"):
+        return False
+    try:
+        KeySet.import_key_set({"keys": [jwk]})
+    except (JoseError, ValueError, TypeError, KeyError):
+        return False
+    return True
 
 
 def _has_kid(keys: KeySet, kid: str | None) -> bool:

@@ -113,3 +113,52 @@ def test_an_ehr_token_cannot_create_launches_as_the_local_backend_client_of_its_
     response = app.test_client().post("/auth/launch", json={"patient": "p-1"}, headers=bearer(value))
     assert response.status_code == 403, response.get_data(as_text=True)
     assert "launch" not in (response.get_json() or {})
+
+
+#: An EC key on a curve joserfc does not know: its import raises KeyError, not a JoseError.
+ODD_CURVE = {"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA", "kid": "odd"}
+
+
+@responses.activate
+def test_an_ehr_jwks_with_an_unknown_curve_beside_the_good_key_still_verifies(app):
+    from smart.admin.issuers import add_issuer
+
+    with app.app_context():
+        add_issuer(EHR, SYSTEM, fhir_base=EHR + "/fhir")
+    responses.get(EHR + "/.well-known/smart-configuration", json={"issuer": EHR, "jwks_uri": EHR + "/jwks"})
+    responses.get(EHR + "/jwks", json={"keys": [ODD_CURVE, EHR_KEY.as_dict(private=False)]})
+    value = _ehr_jwt(sub="s", client_id="app", scope="system/ImagingStudy.rs")
+    response = app.test_client().get("/fhir/ImagingStudy?patient=x", headers=bearer(value))
+    assert response.status_code == 403  # accepted, then refused: no access list for app@EHR
+    assert response.get_json()["issue"][0]["code"] == "forbidden"
+
+
+@responses.activate
+def test_an_ehr_jwks_with_only_an_unusable_key_is_503_not_500(app):
+    from smart.admin.issuers import add_issuer
+
+    with app.app_context():
+        add_issuer(EHR, SYSTEM, fhir_base=EHR + "/fhir")
+    responses.get(EHR + "/.well-known/smart-configuration", json={"issuer": EHR, "jwks_uri": EHR + "/jwks"})
+    responses.get(EHR + "/jwks", json={"keys": [ODD_CURVE]})
+    response = app.test_client().get("/fhir/ImagingStudy", headers=bearer(_ehr_jwt(sub="s", scope="x")))
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.get_json()["resourceType"] == "OperationOutcome"
+
+
+@responses.activate
+def test_a_backend_clients_jwks_uri_with_an_unknown_curve_is_invalid_client_not_500(app):
+    from smart.admin.cli import add_client
+
+    with app.app_context():
+        add_client("bulk", [], public=False, jwks_uri="https://bulk.example/jwks", scope="system/ImagingStudy.rs")
+    responses.get("https://bulk.example/jwks", json={"keys": [ODD_CURVE]})
+    now = int(time.time())
+    signed = jwt.encode({"alg": "RS384", "kid": "k1"}, {
+        "iss": "bulk", "sub": "bulk", "aud": "http://127.0.0.1:8080/auth/token", "exp": now + 240, "jti": str(now)},
+        EHR_KEY, algorithms=["RS384"])
+    response = app.test_client().post("/auth/token", data={
+        "grant_type": "client_credentials", "scope": "system/ImagingStudy.rs",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion": signed})
+    assert response.status_code in (400, 401), response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_client"
