@@ -289,9 +289,10 @@ def _audience(issuer: Issuer) -> str:
 def check_claims(claims: dict, issuer: Issuer) -> dict:
     """Check the claims of an EHR token (from its JWT or its introspection) and keep :data:`CLAIMS`.
 
-    ``exp`` must be in the future, ``nbf`` past, ``aud`` (when the introspection answer
-    leaves it out, it is not checked) must name the facade's FHIR base or the configured
-    audience (RFC 9068 §4, SMART App Launch 2.2 ``aud``), ``scope`` a string.
+    ``exp`` must be in the future, ``nbf`` past, ``aud`` must be there and name the facade's
+    FHIR base or the configured audience (RFC 9068 §4, SMART App Launch 2.2 ``aud``; an
+    introspection answer without ``aud`` may describe a token meant for another resource
+    server, RFC 8707 §2, so it is refused: fail closed), ``scope`` a string.
 
     Raises
     ------
@@ -307,7 +308,7 @@ def check_claims(claims: dict, issuer: Issuer) -> dict:
         raise InvalidToken("The access token has the wrong issuer.")
     aud = claims.get("aud")
     wanted = _audience(issuer)
-    if "aud" in claims and aud != wanted and not (isinstance(aud, list) and wanted in aud):
+    if aud != wanted and not (isinstance(aud, list) and wanted in aud):
         raise InvalidToken("The access token is not meant for this FHIR server.")
     if not isinstance(claims.get("scope", ""), str):
         raise InvalidToken("The access token has a malformed scope.")

@@ -162,3 +162,21 @@ def test_a_backend_clients_jwks_uri_with_an_unknown_curve_is_invalid_client_not_
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion": signed})
     assert response.status_code in (400, 401), response.get_data(as_text=True)
     assert response.get_json()["error"] == "invalid_client"
+
+
+@responses.activate
+def test_an_introspection_answer_without_aud_is_refused(app):
+    """RFC 7662 makes ``aud`` optional in the answer; without it, the facade cannot tell a
+    token for its FHIR base from one the EHR issued for its own API (RFC 8707): refused."""
+    from smart.admin.issuers import add_issuer
+
+    with app.app_context():
+        add_issuer(EHR, SYSTEM, fhir_base=EHR + "/fhir", introspection_client_id="facade",
+                   introspection_secret="s")
+    responses.get(EHR + "/.well-known/smart-configuration",
+                  json={"issuer": EHR, "jwks_uri": EHR + "/jwks", "introspection_endpoint": EHR + "/introspect"})
+    responses.post(EHR + "/introspect", json={"active": True, "scope": "system/ImagingStudy.rs", "client_id": "app",
+                                              "exp": int(time.time()) + 600})
+    response = app.test_client().get("/fhir/ImagingStudy", headers=bearer("opaque-token-for-the-ehrs-own-api"))
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert "not meant for this FHIR server" in response.headers["WWW-Authenticate"]
