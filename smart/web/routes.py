@@ -333,7 +333,10 @@ def create_launch():
     )
     if not scope_has(claims.get("scope"), "launch") or not is_backend_token:
         return _bearer_error(403, "insufficient_scope", "The token needs the launch scope of a backend client.")
-    data = request.get_json(silent=True) if request.is_json else request.form
+    try:
+        data = request.get_json(silent=True) if request.is_json else request.form
+    except RecursionError:  # JSON nested deeper than the parser's limit: not a ValueError
+        return _json_error(400, "invalid_request", "The body is not a JSON object.")
     data = data if isinstance(data, dict) or hasattr(data, "get") else {}
     fields, problem = launch_fields(data)
     if problem:

@@ -180,3 +180,12 @@ def test_an_introspection_answer_without_aud_is_refused(app):
     response = app.test_client().get("/fhir/ImagingStudy", headers=bearer("opaque-token-for-the-ehrs-own-api"))
     assert response.status_code == 401, response.get_data(as_text=True)
     assert "not meant for this FHIR server" in response.headers["WWW-Authenticate"]
+
+
+def test_a_launch_body_of_deeply_nested_json_is_an_invalid_request(fake_app):
+    from test_launch_input import launch_token
+
+    response = fake_app.test_client().post("/auth/launch", data="[" * 3000, content_type="application/json",
+                                           headers=bearer(launch_token(fake_app)))
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_request"
