@@ -20,13 +20,26 @@ from smart.tokens import keys
 ROLES = ("patient", "practitioner")
 
 
+#: Schemes a browser runs or reads locally instead of navigating to an app: never a redirect
+#: target (OAuth 2.0 Security BCP, RFC 9700 §4.1; RFC 6749 §10.15 open redirectors).
+UNSAFE_SCHEMES = frozenset({"javascript", "data", "vbscript", "file", "blob", "about"})
+
+
 def _check_redirect_uri(uri: str) -> None:
     # RFC 6749 §3.1.2: absolute URI, no fragment. Custom schemes are fine (RFC 8252 §7.1).
     parts = urlsplit(uri)
     if not parts.scheme or parts.fragment or not (parts.netloc or parts.path):
         raise AdminError(f"redirect URI {uri!r} must be an absolute URI without a fragment")
+    # RFC 3986 §2: no blanks, controls or characters outside the URI grammar; a blank or ';'
+    # in the host would also split the CSP frame-ancestors and CORS origins made of it.
+    if any(c.isspace() or not c.isprintable() or c in '"<>\\^`{|}' for c in uri):
+        raise AdminError(f"redirect URI {uri!r} holds characters a URI may not hold")
+    if parts.scheme.lower() in UNSAFE_SCHEMES:
+        raise AdminError(f"redirect URI {uri!r} has a scheme a browser does not navigate to an app with")
     if parts.scheme in ("http", "https") and not parts.netloc:
         raise AdminError(f"redirect URI {uri!r} has no host")
+    if parts.scheme in ("http", "https") and ("@" in parts.netloc or ";" in parts.netloc or "," in parts.netloc):
+        raise AdminError(f"redirect URI {uri!r} must name its host without user information")
 
 
 def add_client(

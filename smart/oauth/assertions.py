@@ -65,7 +65,7 @@ def client_key_set(client) -> KeySet:
         raise _refuse("The client has no registered public keys.")
     try:
         return KeySet.import_key_set({"keys": [k for k in data.get("keys", []) if k.get("kty") in ("RSA", "EC")]})
-    except (JoseError, ValueError, TypeError) as exc:
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:  # KeyError: an unknown crv
         raise _refuse("The client's registered keys are unusable.") from exc
 
 
@@ -73,7 +73,7 @@ def _unverified_claims(assertion: str) -> dict:
     try:
         segment = assertion.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+    except (IndexError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _refuse("The client_assertion is not a JWT.") from exc
     if not isinstance(claims, dict):
         raise _refuse("The client_assertion is not a JWT.")
@@ -114,7 +114,7 @@ def authenticate_private_key_jwt(query_client, request):
         raise _refuse("Unknown client or the client does not use private_key_jwt.")
     try:
         claims = jwt.decode(assertion, client_key_set(client), algorithms=ALGORITHMS).claims
-    except (JoseError, ValueError) as exc:
+    except (JoseError, ValueError, RecursionError) as exc:
         raise _refuse("The client_assertion signature is invalid or uses a refused algorithm.") from exc
     token_url = tokens.issuer() + TOKEN_PATH
     aud = claims.get("aud")

@@ -104,7 +104,7 @@ def pacs_patient_id(issuer: Issuer, ehr_patient: str, token: str) -> str:
         raise PatientNotMapped(f"the EHR's FHIR server answered {response.status_code} for the token's patient")
     try:
         patient = response.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise IssuerUnavailable("the EHR's FHIR server answered something that is not JSON") from exc
     if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
         raise PatientNotMapped("the EHR's FHIR server answered no Patient for the token's patient")

@@ -183,7 +183,7 @@ def _fetch_json(method: str, url: str, quiet: bool = False, **kwargs) -> dict:
         raise IssuerUnavailable(f"the EHR's server answered {response.status_code}")
     try:
         body = response.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise IssuerUnavailable("the EHR's server answered something that is not JSON") from exc
     if not isinstance(body, dict):
         raise IssuerUnavailable("the EHR's server answered something that is not a JSON object")
@@ -223,13 +223,26 @@ def _key_set(issuer: Issuer, refetch: bool = False) -> KeySet:
     uri = metadata(issuer).get("jwks_uri")
     if not isinstance(uri, str):
         raise IssuerUnavailable("the EHR's discovery document has no jwks_uri")
-    try:
-        keys = KeySet.import_key_set({"keys": [k for k in _fetch_json("GET", uri).get("keys", [])
-                                               if isinstance(k, dict) and k.get("kty") in ("RSA", "EC")]})
-    except (JoseError, ValueError, TypeError) as exc:
-        raise IssuerUnavailable("the EHR's JWK Set cannot be read") from exc
+    found = _fetch_json("GET", uri).get("keys")
+    usable = [key for key in (found if isinstance(found, list) else []) if _importable(key)]
+    if not usable:
+        raise IssuerUnavailable("the EHR's JWK Set holds no usable key")
+    keys = KeySet.import_key_set({"keys": usable})
     st.jwks[issuer.issuer] = (time.monotonic(), keys)
     return keys
+
+
+def _importable(jwk) -> bool:
+    """Whether *jwk* is an RSA or EC public key joserfc can use. Others are ignored, not fatal
+    (RFC 7517 §5: ignore JWKs whose ``kty`` is not understood); joserfc raises KeyError for an
+    unknown ``crv``, so each key is tried alone."""
+    if not isinstance(jwk, dict) or jwk.get("kty") not in ("RSA", "EC"):
+        return False
+    try:
+        KeySet.import_key_set({"keys": [jwk]})
+    except (JoseError, ValueError, TypeError, KeyError):
+        return False
+    return True
 
 
 def _has_kid(keys: KeySet, kid: str | None) -> bool:
@@ -257,7 +270,7 @@ def _segment(token: str, index: int) -> dict | None:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested arrays
         return None
     return value if isinstance(value, dict) else None
 
@@ -276,9 +289,10 @@ def _audience(issuer: Issuer) -> str:
 def check_claims(claims: dict, issuer: Issuer) -> dict:
     """Check the claims of an EHR token (from its JWT or its introspection) and keep :data:`CLAIMS`.
 
-    ``exp`` must be in the future, ``nbf`` past, ``aud`` (when the introspection answer
-    leaves it out, it is not checked) must name the facade's FHIR base or the configured
-    audience (RFC 9068 §4, SMART App Launch 2.2 ``aud``), ``scope`` a string.
+    ``exp`` must be in the future, ``nbf`` past, ``aud`` must be there and name the facade's
+    FHIR base or the configured audience (RFC 9068 §4, SMART App Launch 2.2 ``aud``; an
+    introspection answer without ``aud`` may describe a token meant for another resource
+    server, RFC 8707 §2, so it is refused: fail closed), ``scope`` a string.
 
     Raises
     ------
@@ -294,7 +308,7 @@ def check_claims(claims: dict, issuer: Issuer) -> dict:
         raise InvalidToken("The access token has the wrong issuer.")
     aud = claims.get("aud")
     wanted = _audience(issuer)
-    if "aud" in claims and aud != wanted and not (isinstance(aud, list) and wanted in aud):
+    if aud != wanted and not (isinstance(aud, list) and wanted in aud):
         raise InvalidToken("The access token is not meant for this FHIR server.")
     if not isinstance(claims.get("scope", ""), str):
         raise InvalidToken("The access token has a malformed scope.")
@@ -327,7 +341,7 @@ def verify_jwt(token: str, issuer: Issuer) -> dict:
         raise InvalidToken("The access token is signed with an unknown key.")
     try:
         claims = jwt.decode(token, keys, algorithms=[alg]).claims
-    except (JoseError, ValueError, TypeError) as exc:
+    except (JoseError, ValueError, TypeError, RecursionError) as exc:
         raise InvalidToken("The access token signature is invalid.") from exc
     if "aud" not in claims:
         raise InvalidToken("The access token is not meant for this FHIR server.")

@@ -157,7 +157,7 @@ def _header(token: str) -> dict:
     try:
         segment = token.split(".", 1)[0]
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested arrays
         raise InvalidToken("The access token is not a JWT.") from exc
     if not isinstance(header, dict):
         raise InvalidToken("The access token is not a JWT.")
@@ -177,7 +177,7 @@ def _verify(token: str) -> dict:
         raise InvalidToken("The access token is signed with an unknown key.")
     try:
         claims = jwt.decode(token, key, algorithms=[keys.ALG]).claims
-    except (JoseError, ValueError) as exc:
+    except (JoseError, ValueError, RecursionError) as exc:
         raise InvalidToken("The access token signature is invalid.") from exc
     if claims.get("iss") != issuer():
         raise InvalidToken("The access token has the wrong issuer.")
@@ -301,7 +301,7 @@ def decode_id_token_hint(token: str) -> dict:
         raise InvalidToken("The id_token_hint is not signed by this server.")
     try:
         claims = jwt.decode(token, key, algorithms=[keys.ALG]).claims
-    except (JoseError, ValueError) as exc:
+    except (JoseError, ValueError, RecursionError) as exc:
         raise InvalidToken("The id_token_hint signature is invalid.") from exc
     if claims.get("iss") != issuer():
         raise InvalidToken("The id_token_hint has the wrong issuer.")

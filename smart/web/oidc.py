@@ -57,11 +57,14 @@ def userinfo():
     """UserInfo endpoint (OIDC Core 1.0 §5.3): who the access token's user is.
 
     Needs a Bearer access token (header) granted ``openid``, checked by the one token check
-    (:func:`smart.authz.current_grant`); errors follow RFC 6750 §3 (401 ``invalid_token``,
+    (:func:`smart.authz.current_grant`), and issued by this server: a trusted EHR's token
+    names the EHR's user, whom this server does not know (401); errors follow RFC 6750 §3 (401 ``invalid_token``,
     403 ``insufficient_scope``) with ``WWW-Authenticate``.
     """
     try:
         grant = authz.current_grant()
+        if grant.issuer is not None:  # an EHR's token: its sub is the EHR's user, not ours
+            raise authz.Unauthorized("the access token was not issued by this server")
         if not scope_has(grant.scope, "openid"):
             raise authz.Forbidden("the access token was not granted the openid scope")
         user = get_session().scalars(select(User).where(User.username == str(grant.claims.get("sub")))).first()

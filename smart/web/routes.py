@@ -317,12 +317,14 @@ def create_launch():
     ``{"launch": id, "expires_in": seconds}``.
     """
     try:
-        claims = authz.current_grant().claims  # the one bearer parser and token check
+        grant = authz.current_grant()  # the one bearer parser and token check
     except authz.AuthorizationError as exc:
         response = _json_error(exc.status, exc.error or "invalid_request", exc.description)
         response.headers["WWW-Authenticate"] = exc.www_authenticate("smart")
         return response
-    backend = query_client(claims.get("client_id"))
+    claims = grant.claims
+    # A trusted EHR's token names the EHR's client: never one of ours of the same client_id.
+    backend = query_client(claims.get("client_id")) if grant.issuer is None else None
     is_backend_token = (
         backend is not None
         and backend.check_grant_type("client_credentials")
@@ -331,7 +333,10 @@ def create_launch():
     )
     if not scope_has(claims.get("scope"), "launch") or not is_backend_token:
         return _bearer_error(403, "insufficient_scope", "The token needs the launch scope of a backend client.")
-    data = request.get_json(silent=True) if request.is_json else request.form
+    try:
+        data = request.get_json(silent=True) if request.is_json else request.form
+    except RecursionError:  # JSON nested deeper than the parser's limit: not a ValueError
+        return _json_error(400, "invalid_request", "The body is not a JSON object.")
     data = data if isinstance(data, dict) or hasattr(data, "get") else {}
     fields, problem = launch_fields(data)
     if problem:

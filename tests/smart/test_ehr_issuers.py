@@ -178,7 +178,8 @@ def test_an_accepted_verdict_ends_at_the_bound_and_at_exp(trusted):
     _grant(trusted, "opaque-token-2")
     assert calls.call_count == 2
     responses.replace(responses.POST, INTROSPECT, json={"active": True, "exp": int(time.time()) + 1,
-                                                        "scope": "patient/ImagingStudy.rs", "patient": "e1"})
+                                                        "scope": "patient/ImagingStudy.rs", "patient": "e1",
+                                                        "aud": FHIR_BASE})
     trusted.config["SMART_EHR_TOKEN_CACHE_SECONDS"] = 60
     _grant(trusted, "opaque-token-3")
     time.sleep(1.1)
