@@ -12,7 +12,9 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import IntegrityError
 
-from smart.admin import cli, schema
+from smart.admin import audit_cli, cli, schema
+from smart.audit import recorder as audit_recorder
+from smart.audit import syslog as audit_syslog
 from smart.oauth import cors, server
 from smart.store import db
 from smart.store.models import Setting
@@ -75,8 +77,9 @@ def _no_store(response):
 
 
 def init_app(app: Flask) -> None:
-    """Register the database, the authorization server, its routes and CLI on *app*."""
+    """Register the database, the audit recorder, the authorization server, its routes and CLI on *app*."""
     db.init_app(app)
+    audit_recorder.init_app(app, forward=audit_syslog.forwarding_logger(app.config.get("FACADE_AUDIT_SYSLOG")))
     app.cli.add_command(schema.init_db_command)
     server.init_app(app)
     if not app.config.get("SECRET_KEY"):
@@ -88,6 +91,7 @@ def init_app(app: Flask) -> None:
     if "smart" not in app.blueprints:
         app.register_blueprint(bp)
     app.cli.add_command(cli.smart_cli)
+    app.cli.add_command(audit_cli.audit_cli)
 
 
 bp.after_request(cors.add_cors_headers)

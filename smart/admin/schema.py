@@ -5,6 +5,7 @@ import click
 from flask.cli import with_appcontext
 
 from smart.store import models  # noqa: F401  (models registers the tables on Base)
+from smart.store import audit_log  # noqa: F401  (the audit trail's table)
 from smart.store.db import Base, get_database
 from smart.tokens import keys
 
