@@ -86,23 +86,26 @@ class Recorder:
             DROPPED.inc()
             return False
         if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                    self._thread.start()
+            self._start()
         return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
 
     # --- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far, aggregates included; ``True`` once written."""
         done = threading.Event()
-        self._queue.put(("flush", done))
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                    self._thread.start()
+        self._start()
+        try:
+            self._queue.put(("flush", done), timeout=timeout)
+        except queue.Full:
+            return False
+        self._start()
         return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
