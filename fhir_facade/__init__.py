@@ -12,14 +12,14 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 def init_app(app: Flask) -> None:
     """Register the PACS client, the study repository, the consent page's patient directory, the FHIR API,
-    the DICOMweb proxy and the operator routes (health, readiness, metrics) on *app*."""
+    the DICOMweb proxy, the bundled viewer and the operator routes (health, readiness, metrics) on *app*."""
     from fhir_facade import access
     from fhir_facade.dicomweb import api as dicomweb
     from fhir_facade.fhir import api as fhir
     from fhir_facade.fhir import picker
     from fhir_facade.pacs import client as pacs
     from fhir_facade.pacs import lookups, studies
-    from fhir_facade.web import accesslog, audit, cors, ops
+    from fhir_facade.web import accesslog, audit, cors, ops, viewer
 
     pacs.init_app(app)
     lookups.init_app(app)
@@ -28,6 +28,7 @@ def init_app(app: Flask) -> None:
     access.init_app(app)
     app.register_blueprint(fhir.bp)
     app.register_blueprint(dicomweb.bp)
+    app.register_blueprint(viewer.bp)
     cors.init_app(app)
     accesslog.init_app(app)
     audit.init_app(app)
@@ -41,6 +42,8 @@ def init_app(app: Flask) -> None:
             return with_allow(fhir.http_error(exc), exc)
         if request.path.startswith("/dicomweb"):
             return with_allow(dicomweb.http_error(exc), exc)
+        if request.path.startswith("/viewer/"):
+            return with_allow(viewer.http_error(exc), exc)
         return exc
 
     @app.errorhandler(Exception)

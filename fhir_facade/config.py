@@ -10,6 +10,13 @@ SETTINGS = (
     ("FACADE_PACS_PASSWORD", None, str),
     ("FACADE_PUBLIC_URL", "http://127.0.0.1:8080", str),
     ("FACADE_DATABASE_URL", "sqlite:///var/facade.db", str),
+    # Connection pool of a server database (PostgreSQL), per worker process: connections kept
+    # open, extra ones allowed under load, seconds before a connection is replaced, seconds a
+    # request waits for a free connection (then 503).
+    ("FACADE_DB_POOL_SIZE", 5, int),
+    ("FACADE_DB_MAX_OVERFLOW", 10, int),
+    ("FACADE_DB_POOL_RECYCLE", 1800, int),
+    ("FACADE_DB_POOL_TIMEOUT", 10.0, float),
     ("FACADE_HOST", "127.0.0.1", str),
     ("FACADE_PORT", 8080, int),
     # Zone used for DICOM times that carry no TimezoneOffsetFromUTC (FH-4).
@@ -40,6 +47,11 @@ SETTINGS = (
     ("SMART_EHR_RETRY_AFTER", 5, int),
     # Reverse proxies in front of the facade whose X-Forwarded-For/-Proto are trusted (0: none).
     ("FACADE_TRUSTED_PROXIES", 0, int),
+    # The bundled viewer (/viewer/): OHIF's prebuilt dist (default: viewer/node_modules/@ohif/app/dist),
+    # the folder of its files rewritten for the base path, and its registered public OAuth client.
+    ("FACADE_VIEWER_DIST", None, str),
+    ("FACADE_VIEWER_CACHE", "var/viewer-cache", str),
+    ("FACADE_VIEWER_CLIENT_ID", "ohif-viewer", str),
     # Allow plain-HTTP OAuth on loopback (demo and tests only).
     ("FACADE_INSECURE_TRANSPORT", "1", str),
     # Client networks (CIDRs, comma or blank separated; "none": no address) that may read

@@ -38,6 +38,46 @@ bootstrap() {
         echo "$wanted" >"$stamp"
     fi
     "$venv/bin/python" scripts/devpacs.py ensure-installed >/dev/null
+    bootstrap_viewer
+}
+
+# The viewer served at /viewer/ (scripts/demo and scripts/test): OHIF's prebuilt dist, npm
+# @ohif/app pinned in viewer/package-lock.json. The lock file pins that one package: its dist is
+# self-contained, and its declared build dependencies are neither needed nor all published.
+# A failed install is reported; the facade then answers 503 at /viewer/ and the viewer's
+# browser test fails with the same message.
+bootstrap_viewer() {
+    if ! command -v npm >/dev/null; then
+        apt_install nodejs npm ||
+            echo "bootstrap: WARNING: could not install node/npm; /viewer/ will answer 503" >&2
+    fi
+    command -v npm >/dev/null || return 0
+    local dir=viewer stamp=viewer/node_modules/.package-lock.sha256 wanted
+    wanted=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        echo "bootstrap: npm ci in $dir" >&2
+        # --ignore-scripts: nothing may download a binary of its own.
+        if (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null); then
+            echo "$wanted" >"$stamp"
+        else
+            echo "bootstrap: WARNING: npm ci failed in $dir; /viewer/ will answer 503" >&2
+        fi
+    fi
+}
+
+# The database tests on PostgreSQL (scripts/devpg.py: a throwaway cluster of Debian's binaries) and
+# the scale-out test (two instances behind Debian's nginx, scripts/scaleout.py) need the packages
+# postgresql and nginx-light; neither system service is used. A failed install is reported here and
+# those tests then fail with their own message.
+bootstrap_servers() {
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        apt_install postgresql ||
+            echo "bootstrap: WARNING: could not install postgresql; the PostgreSQL tests will fail" >&2
+    fi
+    if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+        apt_install nginx-light ||
+            echo "bootstrap: WARNING: could not install nginx-light; the scale-out test will fail" >&2
+    fi
 }
 
 # The browser test (tests/smart/test_smart_clients.py) needs Debian's chromium, node >= 20 and the

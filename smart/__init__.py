@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Flask, request
+from flask import Flask, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import IntegrityError
 
@@ -18,6 +18,7 @@ from smart.audit import syslog as audit_syslog
 from smart.oauth import cors, server
 from smart.store import db
 from smart.store.models import Setting
+from smart.web import oidc  # noqa: F401  (registers the OpenID Connect routes on bp)
 from smart.web.routes import bp
 
 #: Name of the persisted Flask SECRET_KEY in the ``smart_setting`` table.
@@ -50,8 +51,19 @@ class PersistentKeySessionInterface(SecureCookieSessionInterface):
 
     def get_signing_serializer(self, app: Flask):
         if not app.secret_key:
-            app.secret_key = load_secret_key()
+            try:
+                app.secret_key = load_secret_key()
+            except db.DATABASE_ERRORS as exc:
+                # The view will meet the same outage and answer 503 in its protocol's shape;
+                # here, outside any error handler, it would be a bare 500.
+                db.unavailable(exc)
+                return None
         return super().get_signing_serializer(app)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        if self.get_signing_serializer(app) is None:
+            return  # no key (database unavailable): the answer is a 503 that needs no session
+        super().save_session(app, session, response)
 
     def open_session(self, app: Flask, request):
         """A new empty session when the request carries no session cookie.
@@ -65,14 +77,39 @@ class PersistentKeySessionInterface(SecureCookieSessionInterface):
         if not request.cookies.get(self.get_cookie_name(app)) or request.path in app.config.get(
                 "SESSIONLESS_PATHS", ()):
             return self.session_class()
-        return super().open_session(app, request)
+        return super().open_session(app, request) or self.session_class()
 
 
 def _no_store(response):
     # RFC 6749 §5.1 / RFC 6750: token and auth pages must not be cached.
-    if request.endpoint in cors.CLIENT_ENDPOINTS or request.endpoint == "smart.authorize":
+    if request.endpoint in cors.CLIENT_ENDPOINTS or request.endpoint in SESSION_ENDPOINTS:
         response.headers["Cache-Control"] = "no-store"
         response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _unframeable(response):
+    # Clickjacking: no page or redirect of the authorization server is framed, except a
+    # prompt=none answer, which sets frame-ancestors to its client's origins (silent renew).
+    if request.endpoint in SESSION_ENDPOINTS and "Content-Security-Policy" not in response.headers:
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+#: Endpoints of the browser pages (login session, forms).
+SESSION_ENDPOINTS = frozenset({"smart.authorize", "smart.end_session", "smart.apps"})
+
+
+def database_error(exc: Exception):
+    """Answer a database outage (:data:`smart.store.db.DATABASE_ERRORS`) outside the FHIR API and
+    the DICOMweb proxy, which render their own, as OAuth error JSON: 503 ``temporarily_unavailable``
+    (RFC 6749 §4.1.2.1) with ``Retry-After``."""
+    error = db.unavailable(exc)
+    response = jsonify({"error": "temporarily_unavailable", "error_description": error.description})
+    response.status_code = error.status
+    response.headers.update(error.headers())
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -80,6 +117,8 @@ def init_app(app: Flask) -> None:
     """Register the database, the audit recorder, the authorization server, its routes and CLI on *app*."""
     db.init_app(app)
     audit_recorder.init_app(app, forward=audit_syslog.forwarding_logger(app.config.get("FACADE_AUDIT_SYSLOG")))
+    for error_class in db.DATABASE_ERRORS:
+        app.register_error_handler(error_class, database_error)
     app.cli.add_command(schema.init_db_command)
     server.init_app(app)
     if not app.config.get("SECRET_KEY"):
@@ -96,3 +135,4 @@ def init_app(app: Flask) -> None:
 
 bp.after_request(cors.add_cors_headers)
 bp.after_request(_no_store)
+bp.after_request(_unframeable)

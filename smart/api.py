@@ -7,8 +7,9 @@ contracts in ``.importlinter``), in one place:
 - authorization of a request (:mod:`smart.authz`): the grant a token carries, the
   decorators a view declares its needs with, the blueprint guard and the errors;
 - CORS: whether an origin is one of a registered client's;
-- the database and the facade's one table in it (:class:`PatientAlias`), and whether the
-  database answers (:func:`database_ready`, for the readiness probe);
+- the database and the facade's one table in it (:class:`PatientAlias`), what a database
+  outage is (:data:`DATABASE_ERRORS`, :func:`unavailable`: 503 with ``Retry-After``), and whether
+  the database answers (:func:`database_ready`, for the readiness probe);
 - the rule for operator routes (health, metrics): :func:`operator`;
 - how a PACS PatientID becomes the facade's Patient id (for EHR tokens' patients), which
   the facade registers at app start;
@@ -29,7 +30,7 @@ from smart.authz import (AccessGrant, AuthorizationError, Forbidden, Unauthorize
                          check_patient, current_grant, guard, needs, operator, parse_networks, public,
                          register_patient_id_rule, request_grant)
 from smart.oauth.cors import is_allowed_origin
-from smart.store.db import get_database
+from smart.store.db import DATABASE_ERRORS, DatabaseUnavailable, get_database, unavailable
 from smart.store.health import database_ready
 from smart.store.models import PatientAlias
 from smart.web.picker import (
@@ -40,7 +41,7 @@ __all__ = [
     "AccessGrant", "AuthorizationError", "Forbidden", "Unauthorized", "check_patient", "current_grant", "guard",
     "needs", "operator", "parse_networks", "public", "Unavailable", "register_patient_id_rule",
     "is_allowed_origin",
-    "get_database", "PatientAlias", "database_ready",
+    "get_database", "PatientAlias", "DATABASE_ERRORS", "DatabaseUnavailable", "unavailable", "database_ready",
     "record_audit", "audit_agent", "audit_outcome", "AuditQuery", "search_audit", "request_grant", "asked_patients",
     "PICKER_LIMIT", "UNNAMED", "PatientChoice", "PatientDirectory", "PickerUnavailable", "register_patient_directory",
 ]

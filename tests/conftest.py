@@ -100,11 +100,36 @@ def encoded_pacs(request, tmp_path_factory) -> Iterator[PACS]:
         yield PACS(url=process.url, dicomweb_url=process.dicomweb_url, samples={}, process=process)
 
 
+# --------------------------------------------------------------------------- the database
+#
+# SQLite (a file in the test's tmp_path) by default. Test modules whose subject is the
+# database (tests/smart/) run on both backends: their conftest parametrizes `database_url`
+# with BACKENDS. PostgreSQL is one throwaway cluster for the session (scripts/devpg.py); each
+# test gets the facade's database emptied (TRUNCATE), not a new cluster.
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """A throwaway PostgreSQL cluster (Debian's binaries, installed when missing) for the session."""
+    import devpg
+
+    devpg.ensure_installed()
+    with devpg.PostgreSQL() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def database_url(request, tmp_path) -> str:
+    """URL of an empty facade database for one test: SQLite here, parametrized with
+    :data:`db_helpers.BACKENDS` where a module runs on both backends."""
+    from db_helpers import backend_url
+    return backend_url(request, tmp_path)
+
+
 # --------------------------------------------------------------------------- the facade
 
 @pytest.fixture
-def app(tmp_path):
-    """The facade built by the factory on a fresh SQLite database (tables created), its PACS
+def app(database_url):
+    """The facade built by the factory on a fresh database (tables created), its PACS
     an address nothing answers at (fake it with ``responses``)."""
     from app import create_app
     from facade_helpers import PUBLIC_URL
@@ -112,7 +137,7 @@ def app(tmp_path):
 
     application = create_app({
         "TESTING": True,
-        "FACADE_DATABASE_URL": f"sqlite:///{tmp_path}/facade.db",
+        "FACADE_DATABASE_URL": database_url,
         "FACADE_PUBLIC_URL": PUBLIC_URL,
         "FACADE_PACS_URL": "http://pacs.test/dicom-web",
     })

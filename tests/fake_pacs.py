@@ -75,6 +75,23 @@ def split(path: str) -> tuple[dict, list[str]]:
     return uids, segments
 
 
+def part10(study: str, series: str, sop: str) -> bytes:
+    """A small DICOM file (PS3.10) of the instance, in Explicit VR Little Endian, without pixels:
+    what a PACS sends for it, which the facade relays without transcoding."""
+    import io
+
+    from pydicom import dcmwrite
+    from pydicom.dataset import Dataset, FileMetaDataset
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = study, series, PATIENT_ID
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
 def answer(path: str, query: dict) -> tuple[int, dict, bytes]:
     """Status, headers and body for a GET of *path* (below the DICOMweb base) with *query*."""
     uids, rest = split(path)
@@ -91,7 +108,7 @@ def answer(path: str, query: dict) -> tuple[int, dict, bytes]:
         body = json.dumps([dataset(study, series, sop)]).encode()
         return 200, {"Content-Type": "application/dicom+json"}, body
     if not rest:
-        return (200, *_multipart("application/dicom", b"\x00" * 128 + b"DICM"))
+        return (200, *_multipart("application/dicom", part10(study, series, sop)))
     return 404, {}, b""
 
 

@@ -149,24 +149,30 @@ class AuthActions:
                   deselect=(), **kwargs) -> Code:
         """Run authorize → login → consent and return the code from the redirect.
 
+        A user who approved the same scopes for the client before goes straight back with a
+        code (remembered consent, issue 14); asking to deny or deselect forces the consent
+        page (``prompt=consent``).
+
         Raises AssertionError (with the page) if no redirect with a code comes back.
         """
+        if decision != "approve" or deselect:
+            kwargs.setdefault("prompt", "consent")
         params, verifier = self.authorize_params(**kwargs)
-        page = self.client.get("/auth/authorize", query_string=params)
-        assert page.status_code == 200, page.get_data(as_text=True)
-        html = page.get_data(as_text=True)
-        if ("action", "login") in sum((f["fields"] for f in parse_forms(html)), []):
-            page = self.login(html, username, password)
-            assert page.status_code == 200, page.get_data(as_text=True)
-            html = page.get_data(as_text=True)
-        form = form_with_action(html, "consent")
-        values: dict = {}
-        if patient is not None:
-            values["patient"] = patient
-        if deselect:
-            kept = [v for n, v in form["fields"] if n == "grant_scope" and v not in deselect]
-            values["grant_scope"] = kept
-        response = self.submit(html, "consent", values, button=("decision", decision))
+        response = self.client.get("/auth/authorize", query_string=params)
+        html = response.get_data(as_text=True)
+        if response.status_code == 200 and ("action", "login") in sum((f["fields"] for f in parse_forms(html)), []):
+            response = self.login(html, username, password)
+            html = response.get_data(as_text=True)
+        if response.status_code != 302:
+            assert response.status_code == 200, html
+            form = form_with_action(html, "consent")
+            values: dict = {}
+            if patient is not None:
+                values["patient"] = patient
+            if deselect:
+                kept = [v for n, v in form["fields"] if n == "grant_scope" and v not in deselect]
+                values["grant_scope"] = kept
+            response = self.submit(html, "consent", values, button=("decision", decision))
         assert response.status_code == 302, response.get_data(as_text=True)
         location = response.headers["Location"]
         query = parse_qs(urlsplit(location).query)

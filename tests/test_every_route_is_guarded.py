@@ -16,6 +16,11 @@ PUBLIC = {
     "/.well-known/jwks.json", "/.well-known/openid-configuration", "/.well-known/smart-configuration",
     "/fhir/.well-known/smart-configuration", "/fhir/metadata", "/auth/authorize", "/auth/token",
     "/auth/introspect", "/auth/revoke", "/auth/smart-style.json", "/static/<path:filename>",
+    # Browser pages whose credential is the login session (and their forms' CSRF token), not a
+    # bearer token: RP-initiated logout, and the signed-in user's approved apps (issue 14).
+    "/auth/logout", "/auth/apps",
+    # The bundled viewer's static files, its generated configuration and its post-logout page.
+    "/viewer/", "/viewer/<path:name>", "/viewer/app-config.js", "/viewer/signed-out",
 }
 #: A concrete value for each path variable.
 SAMPLES = {"<study_id>": "1.2.3", "<endpoint_id>": "dicomweb", "<patient_id>": "P1",

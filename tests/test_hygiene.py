@@ -93,8 +93,9 @@ def serve(app, path: str, headers: dict) -> tuple[str, bytes, bool]:
 
 
 def test_a_streamed_answer_is_logged_when_it_ends_and_marked_when_cut_short(fake_app, caplog):
-    study_body = (b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 20000\r\n\r\n" + b"x" * 20000
-                  + b"\r\n--xyz--\r\n")
+    # A DICOM file's start (preamble, DICM): relayed as stored, not read whole to be made one.
+    study_body = (b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 20000\r\n\r\n" + bytes(128)
+                  + b"DICM" + b"x" * (20000 - 132) + b"\r\n--xyz--\r\n")
     headers = {**bearer(token(fake_app, patient="P1")),
                "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
     multipart = 'multipart/related; type="application/dicom"; boundary=xyz'
@@ -117,7 +118,8 @@ def test_a_streamed_answer_is_logged_when_it_ends_and_marked_when_cut_short(fake
 
 
 def test_head_and_preflight_are_logged_complete_and_timed(fake_app, caplog):
-    headers = {**bearer(token(fake_app, patient="P1")), "Accept": 'multipart/related; type="application/dicom"'}
+    headers = {**bearer(token(fake_app, patient="P1")),
+               "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}  # "abc" as stored
     body = b"--xyz\r\nContent-Type: application/dicom\r\nContent-Length: 3\r\n\r\nabc\r\n--xyz--\r\n"
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add(responses.GET, f"{FAKE_PACS}/studies", json=[ds(StudyInstanceUID="1.2.1", PatientID="P1")])

@@ -18,6 +18,7 @@ from smart import api as authz  # the one smart module the facade may import
 from fhir_facade.access import check_study_access
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.uids import is_uid
+from fhir_facade.dicomweb import decoded_frames
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, choices
 from fhir_facade.dicomweb.relay import (  # noqa: F401 (rewrite_urls: API)
     DicomwebError, NotAvailable, error_response, json_answer, page, relay, rewrite_urls,
@@ -51,6 +52,15 @@ def _authz_error(exc: authz.AuthorizationError):
 @bp.errorhandler(PacsError)
 def _pacs_error(exc: PacsError):
     return error_response(exc.status, str(exc), exc.headers)
+
+
+def _database_error(exc: Exception):
+    error = authz.unavailable(exc)
+    return error_response(error.status, error.description, error.headers())
+
+
+for _error_class in authz.DATABASE_ERRORS:
+    bp.register_error_handler(_error_class, _database_error)
 
 
 # --- path and query validation ------------------------------------------------------------
@@ -367,7 +377,15 @@ def study_resource(rest: str):
     key = None
     if not params and (len(frame_numbers) == 1 or len(segments) <= 5):
         key = "/".join(segments[:6])
-    response = _first_available(key, path, params, options, explain)
+    try:
+        response = _first_available(key, path, params, options, explain)
+    except NotAvailable:
+        # Uncompressed frames the PACS cannot decode: the facade decodes them itself.
+        fallback = next((c for c in options if decoded_frames.can_answer(c)), None) if kind == "frames" else None
+        response = fallback and decoded_frames.answer("studies/" + "/".join(segments[:5]), frame_numbers, fallback)
+        if response is None:
+            raise
+        return response
     if segments[-1] == "thumbnail" and response.status_code == 404:
         # A PACS without thumbnails (Orthanc 1.10): the rendered resource in a small viewport,
         # the client's if it names one (PS3.18 Section 8.3.5.1.3).

@@ -26,6 +26,8 @@ Headers = list[tuple[str, str]]
 HeaderRewriter = Callable[[Headers, bytes], Headers]
 #: ``read(n) -> bytes``: up to *n* bytes of a body, ``b""`` at its end.
 Reader = Callable[[int], bytes]
+#: ``(headers, body_start) -> None`` (relay the part) or ``finish(body) -> (headers, body)``.
+Replacer = Callable[[Headers, bytes], "Callable[[bytes], tuple[Headers, bytes]] | None"]
 
 
 class MultipartError(ValueError):
@@ -140,7 +142,7 @@ def _source(body: Iterable[bytes] | Reader) -> Reader:
 def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: HeaderRewriter,
             peek: Callable[[Headers], bool] = lambda headers: False,
             direct: Callable[[int], Iterable[bytes]] | None = None, out_boundary: str | None = None,
-            merge: bool = False) -> Iterator[bytes]:
+            merge: bool = False, replace: Replacer | None = None, max_replaced: int = 1 << 30) -> Iterator[bytes]:
     """Re-emit a multipart body with each part's headers passed through *rewrite_headers*.
 
     Parameters
@@ -161,7 +163,8 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     direct : callable, optional
         ``count -> iterable of bytes``: relays the next *count* bytes of *body* (the rest
         of a part whose Content-Length is known) by other means, yielding only what must
-        still be sent, in order, before them (:mod:`fhir_facade.dicomweb.zerocopy`).
+        still be sent, in order, before them (:mod:`fhir_facade.dicomweb.zerocopy`), or
+        ``None`` to have them read here.
     out_boundary : str, optional
         The boundary of the body re-emitted (default: *boundary*). A fresh random one keeps
         the answer unambiguous even when the upstream boundary is a fixed word that a part
@@ -171,6 +174,17 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
         Re-emit one part: the first part's headers, then every part's body in order
         (the frames of an instance as one Pixel Data value). *rewrite_headers* should
         drop the first part's Content-Length then.
+    replace : callable, optional
+        ``(headers, body_start) -> None or finish``: for a part to be replaced (a DICOM
+        instance transcoded), *finish* takes the whole part body and returns its new
+        ``(headers, body)``. Such a part is read whole (one part in memory at a time) and
+        sent only once *finish* returned, never *direct*; an exception from *finish*
+        leaves the answer ending after the previous part, without its close delimiter
+        (RFC 2046 Section 5.1.1): detectably incomplete, never a cut part. Its headers
+        do not go through *rewrite_headers*.
+    max_replaced : int
+        Most bytes of a part to be replaced held in memory; a longer one raises
+        :class:`MultipartError` (with the same effect as a failing *finish*).
 
     Yields
     ------
@@ -185,15 +199,39 @@ def rewrite(body: Iterable[bytes] | Reader, boundary: str, rewrite_headers: Head
     """
     dash_boundary = b"--" + (out_boundary or boundary).encode("latin-1")
     separator = b""  # the CRLF that ends the previous part's body (RFC 2046 §5.1.1)
+    held: tuple[Callable, list[bytes]] | None = None  # a part being read whole, to be replaced
+    held_bytes = 0
+    if direct is not None and replace is not None:
+        relay_direct = direct
+        direct = lambda count: None if held is not None else relay_direct(count)  # noqa: E731
     events = _events(_source(body), boundary, peek, direct)
     for kind, value in _merged(events) if merge else events:
         if kind == "part":
             headers, start = value
+            finish = replace(headers, start) if replace is not None else None
+            if finish is not None:
+                held, held_bytes = (finish, [start]), len(start)
+                if held_bytes > max_replaced:
+                    raise MultipartError(f"a part to be replaced is longer than {max_replaced} bytes")
+                continue
             yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(rewrite_headers(headers, start)),
                             b"\r\n", start))
         elif kind == "body":
+            if held is not None:
+                held[1].append(value)
+                held_bytes += len(value)
+                if held_bytes > max_replaced:
+                    raise MultipartError(f"a part to be replaced is longer than {max_replaced} bytes")
+                continue
             yield value
-        elif kind == "next":
+        elif held is not None:  # the end of a part read whole
+            finish, pieces = held
+            held = None
+            headers, data = finish(b"".join(pieces))
+            pieces.clear()
+            yield b"".join((separator, dash_boundary, b"\r\n", _format_headers(headers), b"\r\n"))
+            yield data
+        if kind == "next":
             separator = b"\r\n"
         elif kind == "end":
             yield b"\r\n" + dash_boundary + b"--\r\n"
@@ -348,8 +386,9 @@ def _events(read: Reader, boundary: str, peek: Callable[[Headers], bool],
                 yield "body", buffer if pos == 0 and take == len(buffer) else buffer[pos:pos + take]
                 pos += take
                 length -= take
-            if direct is not None and length:
-                for data in direct(length):
+            relayed = direct(length) if direct is not None and length else None
+            if relayed is not None:
+                for data in relayed:
                     yield "body", data
                 length = 0
             while length:

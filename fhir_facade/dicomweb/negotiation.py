@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from werkzeug.http import parse_list_header
 
+from fhir_facade.dicom.transcoding import PRODUCIBLE
+
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -123,6 +125,11 @@ class Choice:
         Serve only what the PACS holds in this media type, as stored: the PACS is asked for
         the pixel data as stored and every part must be of this type (and of
         *transfer_syntax*, unless ``*``); anything else is not available.
+    transcode : bool
+        DICOM instances in an uncompressed syntax the facade writes itself
+        (:data:`TRANSCODED_SYNTAXES`): the PACS is asked for them as stored and each part
+        not already in :attr:`target_syntax` is transcoded by the facade
+        (:mod:`fhir_facade.dicomweb.transcoded`).
     """
 
     upstream_accept: str
@@ -131,6 +138,13 @@ class Choice:
     part_type: str
     transfer_syntax: str | None = None
     stored_type: str | None = None
+    transcode: bool = False
+
+    @property
+    def target_syntax(self) -> str:
+        """The transfer syntax of the parts sent: the one asked for, or the default Explicit
+        VR Little Endian (PS3.18 Section 8.7.3.5.2)."""
+        return self.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
 
 
 def media_ranges(accept: str | None) -> list[tuple[str, dict, float]]:
@@ -178,7 +192,18 @@ AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax
 STORED_ONLY_TYPES = frozenset({"image/jls"})
 
 
+#: Instances asked for as stored and transcoded by the facade when the client wants them in
+#: one of these (Explicit VR Little Endian also when it names none): a PACS asked to transcode
+#: may fail after its first parts went out (Orthanc 1.10 does for JPEG 2000), the facade knows
+#: before each part. Compressed targets stay the PACS's to produce.
+TRANSCODED_SYNTAXES = PRODUCIBLE
+AS_STORED_INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
 def _multipart(part_type: str, ts: str | None, unwrap: bool = False) -> Choice:
+    if part_type == "application/dicom" and (ts is None or ts in TRANSCODED_SYNTAXES):
+        return Choice(AS_STORED_INSTANCES, unwrap=unwrap, multipart=not unwrap, part_type=part_type,
+                      transfer_syntax=ts, transcode=True)
     if ts is None:
         ts = DEFAULT_TRANSFER_SYNTAX.get(part_type.lower())
     compressed = part_type.lower().startswith(("image/", "video/"))

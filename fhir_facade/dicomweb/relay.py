@@ -21,7 +21,8 @@ from flask import Response, current_app, request
 
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import to_fhir_id
-from fhir_facade.dicomweb import multipart, zerocopy
+from fhir_facade.dicom.transcoding import MAX_INSTANCE_BYTES, TranscodeError, transcode_instance
+from fhir_facade.dicomweb import multipart, transcoded, zerocopy
 from fhir_facade.dicomweb.negotiation import EXPLICIT_VR_LITTLE_ENDIAN, Choice, parse_media_type
 from fhir_facade.pacs.client import DICOM_JSON, READ_ERRORS, PacsError, broken_answer, dicom_json_array, get_pacs
 
@@ -138,6 +139,7 @@ def _transcode_refused(status: int, choice: Choice | None) -> bool:
     no transcoding, so a PACS error there stays an error.
     """
     return (choice is not None and (choice.multipart or choice.unwrap) and status in (400, 415, 500, 501)
+            and not choice.transcode  # asked as stored: an error is the PACS's
             and (choice.transfer_syntax != "*" or choice.part_type != "application/dicom"))
 
 
@@ -348,6 +350,52 @@ def _parts_started(head: bytes, boundary: str) -> int:
     return len(seen)
 
 
+def _written_syntax(choice: Choice) -> str | None:
+    """What the facade makes DICOM parts into: :attr:`Choice.target_syntax` when it transcodes,
+    ``*`` for instances as stored (a bare dataset made a Part-10 file), else ``None``."""
+    if choice.transcode:
+        return choice.target_syntax
+    if choice.part_type == "application/dicom" and choice.transfer_syntax == "*":
+        return "*"
+    return None
+
+
+def _peek(choice: Choice):
+    """Which parts' first bytes to hold: DICOM parts whose syntax must be named, or checked
+    for transcoding (:mod:`fhir_facade.dicomweb.transcoded`)."""
+    if _written_syntax(choice):
+        return transcoded.is_dicom_part
+    return _needs_transfer_syntax if choice.transfer_syntax == "*" else _never
+
+
+def _transcoded_part(part, start: bytes, body: Iterator[bytes], choice: Choice, small: bool):
+    """The single part of an instance answer as :func:`_written_syntax` says, transcoded if it
+    is not yet: ``(headers, start, body, small)``, decided before anything is sent.
+
+    Raises
+    ------
+    NotAvailable
+        If the instance cannot be transcoded.
+    """
+    syntax = _written_syntax(choice)
+    if not transcoded.needs_transcoding(part, start, syntax):
+        return part, start, body, small
+    pieces, size = [], 0
+    for piece in body:
+        size += len(piece)
+        if size > MAX_INSTANCE_BYTES:
+            raise NotAvailable(f"the instance is larger than {MAX_INSTANCE_BYTES} bytes: it is not transcoded")
+        pieces.append(piece)
+    data = b"".join(pieces)
+    try:
+        data = transcode_instance(data, syntax)
+    except TranscodeError as exc:
+        if syntax == "*":
+            return part, start, iter([data]), small  # as stored, as the PACS sent it
+        raise NotAvailable(f"the instance is not available in {syntax}: {exc}") from exc
+    return transcoded.relabelled(part, data), data[:multipart.META_PEEK_BYTES], [data], True
+
+
 def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """*chunks* with its first item already produced (errors in it raise here, not mid-answer)."""
     try:
@@ -423,17 +471,20 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
             source = multipart.chunk_reader(itertools.chain([head], iter(lambda: upstream_read(CHUNK), b"")))
     if choice.unwrap:
         try:
-            part, start, body = multipart.unwrap(
-                source, boundary, merge=merge,
-                peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never)
+            part, start, body = multipart.unwrap(source, boundary, merge=merge, peek=_peek(choice))
         except multipart.MultipartError as exc:
             upstream.close()
             raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         try:
             _check_stored(part, choice)
+            if _written_syntax(choice):
+                part, start, body, small = _transcoded_part(part, start, body, choice, small)
         except NotAvailable:
             upstream.close()
             raise
+        except multipart.MultipartError as exc:
+            upstream.close()
+            raise PacsError(f"the PACS answered a malformed multipart body: {exc}") from exc
         # Named like a part of a multipart answer (PS3.18 Section 8.7.3.5.2): the Content-Type says the syntax.
         part = _part_headers(part, start, get_pacs().base_url, _public_base(), _known_syntax(choice))
         try:
@@ -459,18 +510,23 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         # A boundary of our own: the PACS's may be a fixed word that a part body holds (DW-1).
         own_boundary = f"facade-{secrets.token_hex(16)}"
         rewriter = part_header_rewriter(get_pacs().base_url, _public_base(), known, choice)
+        replace = None
+        if _written_syntax(choice):
+            relabel = part_header_rewriter(get_pacs().base_url, _public_base(), known)
+            replace = transcoded.replacer(_written_syntax(choice), lambda headers: relabel(headers, b""))
         if merge:
             rewriter = _merged_part(rewriter)
         if single:
             rewriter = _only_part(rewriter)
-        body = multipart.rewrite(source, boundary, rewriter,
-                                 peek=_needs_transfer_syntax if choice.transfer_syntax == "*" else _never,
+        body = multipart.rewrite(source, boundary, rewriter, peek=_peek(choice),
                                  direct=splicer.body if splicer is not None else None, out_boundary=own_boundary,
-                                 merge=merge)
+                                 merge=merge, replace=replace, max_replaced=MAX_INSTANCE_BYTES)
         part_type, part_params = parse_media_type(params.get("type", choice.part_type))
         value = f'multipart/related; type="{part_type}"'
         syntax = part_params.get("transfer-syntax") or (choice.transfer_syntax if choice.transfer_syntax != "*"
                                                         else None)
+        if choice.transcode:
+            syntax = choice.target_syntax  # not the "*" the PACS was asked for
         if syntax:
             value += f"; transfer-syntax={syntax}"
         try:
@@ -483,6 +539,10 @@ def relay(path: str, params: list[tuple[str, str]], choice: Choice,
         except NotAvailable:
             upstream.close()
             raise
+        except TranscodeError as exc:
+            # The first part cannot be had in the syntax asked for: nothing was sent yet.
+            upstream.close()
+            raise NotAvailable(f"the instance is not available in {choice.target_syntax}: {exc}") from exc
         response = Response(body, status=200)
         if small:
             response.headers["Content-Length"] = str(len(body[0]))

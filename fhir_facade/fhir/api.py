@@ -67,6 +67,15 @@ def _pacs_error(exc: PacsError):
     return _error_response(exc.status, str(exc), "transient", exc.headers)
 
 
+def _database_error(exc: Exception):
+    error = authz.unavailable(exc)
+    return _error_response(error.status, error.description, "transient", error.headers())
+
+
+for _error_class in authz.DATABASE_ERRORS:
+    bp.register_error_handler(_error_class, _database_error)
+
+
 def _lenient_format() -> None:
     if "fhir_format" not in g:
         try:
@@ -250,7 +259,9 @@ def search_imaging_study():
         page = studies.imaging_studies(_page(found, search), search.wants_instances)
     includes: list[dict] = []
     if page and search.include_endpoint:
-        includes.append(mapping.endpoint(_ctx()))  # SMART Imaging: on the same page as its studies
+        # SMART Imaging: on the same page as its studies; each study's web viewer too (IHE MADO).
+        includes.append(mapping.endpoint(_ctx()))
+        includes += [mapping.viewer_endpoint(r["id"], _ctx()) for r in page if mapping.has_viewer_endpoint(r["id"])]
     if page and search.include_patient:
         wanted = {r["subject"]["reference"] for r in page}
         newest = _newest_per_patient(found)
@@ -265,11 +276,21 @@ def search_imaging_study():
 @bp.get("/Endpoint/<endpoint_id>")
 @authz.needs(("Endpoint", "ImagingStudy"), "r")
 def read_endpoint(endpoint_id: str):
-    """Read the facade's DICOMweb Endpoint (an Endpoint or ImagingStudy scope: it holds no patient data)."""
+    """Read the facade's DICOMweb Endpoint (an Endpoint or ImagingStudy scope: it holds no patient data),
+    or a study's web-viewer Endpoint (IHE MADO), answered as a read of that study would be (404, 403)."""
     shape = _read_shape()
-    if endpoint_id != mapping.ENDPOINT_ID:
+    if endpoint_id == mapping.ENDPOINT_ID:
+        return fhir_response(bundle.shape(mapping.endpoint(_ctx()), shape))
+    study_id = mapping.viewer_endpoint_study(endpoint_id)
+    if study_id is None or not is_uid(study_id):
         raise NotFound(f"Endpoint/{endpoint_id} is not known")
-    return fhir_response(bundle.shape(mapping.endpoint(_ctx()), shape))
+    # A study's viewer Endpoint exists when the study does, for whoever may see the study.
+    grant = authz.current_grant()
+    try:
+        check_owners(grant, get_lookups().patients_of_study_rows(study_id, get_studies().study_rows(study_id)))
+    except UnknownStudy as exc:
+        raise NotFound(f"Endpoint/{endpoint_id} is not known") from exc
+    return fhir_response(bundle.shape(mapping.viewer_endpoint(study_id, _ctx()), shape))
 
 
 @bp.route("/Endpoint", methods=["GET"])

@@ -448,7 +448,12 @@ def _parse_headers(fp, _class=http.client.HTTPMessage):
 
 
 def init_app(app: Flask) -> None:
-    """Create the application's :class:`PacsClient` from its configuration."""
+    """Create the application's :class:`PacsClient` from its configuration.
+
+    urllib3 logs its retries and connections with the request line, and a PACS request line
+    holds query keys (``PatientID=...``): below ERROR its records are not let out.
+    """
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     if hasattr(http.client, "_read_headers"):
         http.client.parse_headers = _parse_headers
     app.extensions["pacs"] = PacsClient(

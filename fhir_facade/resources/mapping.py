@@ -22,6 +22,11 @@ ENDPOINT_PAYLOAD_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-payload-
 REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
 ENDPOINT_ID = "dicomweb"
+#: IHE MADO's web-viewer Endpoint connection type (MADO 1.0, CodeSystem MadoEndpointConnectionTypes).
+MADO_CONNECTION_TYPE = "https://profiles.ihe.net/RAD/MADO/CodeSystem/MadoEndpointConnectionTypes"
+VIEWER_ENDPOINT_PREFIX = "viewer-"
+_UID_DIGITS = "0123456789."
+_ID_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,61 @@ class MappingContext:
     def fhir_base(self) -> str:
         """Public FHIR base."""
         return f"{self.public_url}/fhir"
+
+    def viewer_url(self, study_instance_uid: str) -> str:
+        """The bundled web viewer's URL that opens one study (OHIF's ``viewer?StudyInstanceUIDs=``)."""
+        return viewer_study_url(self.public_url, study_instance_uid)
+
+
+def viewer_study_url(public_url: str, study_instance_uid: str) -> str:
+    """The URL at which the facade's bundled viewer (``/viewer/``) opens study *study_instance_uid*.
+
+    A UID holds only digits and dots (PS3.5 Section 9.1), so it needs no escaping in a query.
+    """
+    return f"{public_url.rstrip('/')}/viewer/viewer?StudyInstanceUIDs={study_instance_uid}"
+
+
+def has_viewer_endpoint(study_instance_uid: str | None) -> bool:
+    """Whether a study has a web-viewer Endpoint: its UID is one (digits and dots, PS3.5 §9.1)."""
+    return bool(study_instance_uid) and set(study_instance_uid) <= set(_UID_DIGITS) and len(study_instance_uid) <= 64
+
+
+def viewer_endpoint_id(study_instance_uid: str) -> str:
+    """The id of a study's web-viewer Endpoint: ``viewer-<UID>``, reversible (:func:`viewer_endpoint_study`).
+
+    A FHIR id holds at most 64 characters (FHIR R4 §2.24.0.1 ``id``); a UID of more than 57
+    is written ``viewer-x<base 62>`` instead (its digits and dots read as a base-11 number).
+    """
+    plain = VIEWER_ENDPOINT_PREFIX + study_instance_uid
+    if len(plain) <= 64:
+        return plain
+    number = 1  # a leading 1 keeps leading zeros
+    for char in study_instance_uid:
+        number = number * 11 + _UID_DIGITS.index(char)
+    digits = ""
+    while number:
+        number, rest = divmod(number, 62)
+        digits = _ID_DIGITS[rest] + digits
+    return VIEWER_ENDPOINT_PREFIX + "x" + digits
+
+
+def viewer_endpoint_study(endpoint_id: str) -> str | None:
+    """The StudyInstanceUID a web-viewer Endpoint id names, or None if it names none."""
+    if not endpoint_id.startswith(VIEWER_ENDPOINT_PREFIX):
+        return None
+    rest = endpoint_id[len(VIEWER_ENDPOINT_PREFIX):]
+    if not rest.startswith("x"):
+        return rest if rest and set(rest) <= set(_UID_DIGITS) else None
+    number = 0
+    for char in rest[1:]:
+        if char not in _ID_DIGITS:
+            return None
+        number = number * 62 + _ID_DIGITS.index(char)
+    uid = ""
+    while number > 1:
+        number, digit = divmod(number, 11)
+        uid = _UID_DIGITS[digit] + uid
+    return uid if number == 1 and uid else None
 
 
 # --- date and time (PS3.5 Section 6.2 DA/TM/DT -> FHIR date/dateTime) -----------------
@@ -369,6 +429,8 @@ def imaging_study(study: dict, series: list[dict], instances: list[dict], ctx: M
     if interpreters:
         resource["interpreter"] = [{"display": d} for d in interpreters]
     resource["endpoint"] = [{"reference": f"Endpoint/{ENDPOINT_ID}"}]
+    if has_viewer_endpoint(uid):
+        resource["endpoint"].append({"reference": f"Endpoint/{viewer_endpoint_id(uid)}"})
     number_of_series = len(mapped_series) if mapped_series else dj.integer(study, "NumberOfStudyRelatedSeries")
     if number_of_series is not None and number_of_series >= 0:
         resource["numberOfSeries"] = number_of_series
@@ -445,4 +507,23 @@ def endpoint(ctx: MappingContext) -> dict:
                          "text": "DICOM"}],
         "payloadMimeType": ["application/dicom"],
         "address": ctx.dicomweb_base,
+    }
+
+
+def viewer_endpoint(study_instance_uid: str, ctx: MappingContext) -> dict:
+    """A study's web-viewer Endpoint (IHE MADO 1.0 MadoWebViewerEndpoint; FHIR R4 Endpoint).
+
+    ``address`` opens the study in the facade's bundled viewer, which signs the user in
+    itself; the page is HTML, so the payload type is ``none`` and the MIME type ``text/html``.
+    """
+    return {
+        "resourceType": "Endpoint",
+        "id": viewer_endpoint_id(study_instance_uid),
+        "status": "active",
+        "connectionType": {"system": MADO_CONNECTION_TYPE, "code": "web-viewer",
+                           "display": "DICOM web viewer for the study"},
+        "name": "Web viewer (OHIF) of the imaging FHIR facade",
+        "payloadType": [{"coding": [{"system": ENDPOINT_PAYLOAD_TYPE, "code": "none", "display": "None"}]}],
+        "payloadMimeType": ["text/html"],
+        "address": ctx.viewer_url(study_instance_uid),
     }

@@ -5,12 +5,12 @@ import json
 from urllib.parse import urlsplit
 
 import click
-from flask.cli import AppGroup
 from sqlalchemy import delete, select
 
 from smart import audit, authz
 from smart.admin import issuers as issuer_admin
 from smart.oauth import cors
+from smart.admin.schema import DatabaseGroup
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError, create_launch  # noqa: F401 (create_launch: API)
 from smart.store.db import get_session
 from smart.store.models import (ACCESS_CLIENT, ACCESS_USER, ALL_PATIENTS, Client, PatientAccess, TrustedIssuer, User,
@@ -38,6 +38,7 @@ def add_client(
     name: str | None = None,
     jwks: dict | None = None,
     jwks_uri: str | None = None,
+    post_logout_redirect_uris: list[str] = (),
 ) -> Client:
     """Register an OAuth 2.0 client (RFC 6749 §2).
 
@@ -62,6 +63,9 @@ def add_client(
         Space-separated scopes the client may be granted; None allows any valid scope.
     name : str, optional
         Name shown on the consent page.
+    post_logout_redirect_uris : list of str
+        Where the end-session endpoint may send the browser after sign-out
+        (RP-Initiated Logout 1.0 §3), exact strings.
 
     Returns
     -------
@@ -78,7 +82,7 @@ def add_client(
     asymmetric = bool(jwks or jwks_uri)
     if not redirect_uris and not asymmetric:
         raise AdminError("at least one redirect URI is required")
-    for uri in redirect_uris or []:
+    for uri in list(redirect_uris or []) + list(post_logout_redirect_uris or []):
         _check_redirect_uri(uri)
     if not public and not secret and not asymmetric:
         raise AdminError("a confidential client needs a secret or a JWK Set")
@@ -94,7 +98,8 @@ def add_client(
     client = Client(
         client_id=client_id,
         client_name=name or client_id,
-        redirect_uris=list(redirect_uris or []),
+        redirect_uris=list(dict.fromkeys(redirect_uris or [])),
+        post_logout_redirect_uris=list(dict.fromkeys(post_logout_redirect_uris or [])),
         scope=scope,
         token_endpoint_auth_method=(
             "private_key_jwt" if asymmetric else "client_secret_basic" if secret else "none"
@@ -108,6 +113,64 @@ def add_client(
     session.commit()
     cors.forget_origins()
     return client
+
+
+def update_client(
+    client_id: str,
+    add_redirect_uris: list[str] = (),
+    remove_redirect_uris: list[str] = (),
+    add_post_logout_redirect_uris: list[str] = (),
+    remove_post_logout_redirect_uris: list[str] = (),
+) -> Client:
+    """Change a registered client's redirect URIs and post-logout redirect URIs.
+
+    Parameters
+    ----------
+    client_id : str
+        The client to change.
+    add_redirect_uris, remove_redirect_uris : list of str
+        Redirect URIs (RFC 6749 §3.1.2) to register and to drop, exact strings; removals apply
+        after additions.
+    add_post_logout_redirect_uris, remove_post_logout_redirect_uris : list of str
+        The same for post-logout redirect URIs (RP-Initiated Logout 1.0 §3).
+
+    Returns
+    -------
+    Client
+
+    Raises
+    ------
+    AdminError
+        For an unknown client, a malformed URI, removing a URI that is not registered, or
+        leaving a client that is not a Backend Services client without a redirect URI.
+    """
+    session = get_session()
+    client = session.scalars(select(Client).where(Client.client_id == client_id)).first()
+    if client is None:
+        raise AdminError(f"no client {client_id!r}")
+    for uri in list(add_redirect_uris) + list(add_post_logout_redirect_uris):
+        _check_redirect_uri(uri)
+    redirects = _changed(client.redirect_uris, add_redirect_uris, remove_redirect_uris, "redirect URI")
+    logouts = _changed(client.post_logout_redirect_uris, add_post_logout_redirect_uris,
+                       remove_post_logout_redirect_uris, "post-logout redirect URI")
+    if not redirects and not (client.jwks or client.jwks_uri):
+        raise AdminError("a client needs at least one redirect URI")
+    # A new list, not a changed one: SQLAlchemy's JSON columns do not see changes in place.
+    client.redirect_uris = redirects
+    if logouts != list(client.post_logout_redirect_uris):
+        client.post_logout_redirect_uris = logouts
+    session.commit()
+    cors.forget_origins()
+    return client
+
+
+def _changed(current: list | None, add: list[str], remove: list[str], what: str) -> list[str]:
+    """*current* with *add* appended (once each) and *remove* taken out."""
+    result = list(dict.fromkeys(list(current or []) + list(add)))
+    missing = [uri for uri in remove if uri not in result]
+    if missing:
+        raise AdminError(f"{what} {missing[0]!r} is not registered for this client")
+    return [uri for uri in result if uri not in set(remove)]
 
 
 def add_user(username: str, password: str, patient: str | None = None, role: str = "patient") -> User:
@@ -303,7 +366,7 @@ def describe_access(allowed: frozenset[str] | None) -> str:
     return ", ".join(sorted(allowed)) if allowed else "no patients"
 
 
-smart_cli = AppGroup("smart", help="Administer the SMART authorization server.")
+smart_cli = DatabaseGroup("smart", help="Administer the SMART authorization server.")
 
 
 def _run(func, *args, **kwargs):
@@ -324,7 +387,10 @@ def _run(func, *args, **kwargs):
 @click.option("--jwks", "jwks_file", type=click.File("r"), default=None,
               help="JSON file with the client's public JWK Set (private_key_jwt, Backend Services).")
 @click.option("--jwks-uri", default=None, help="URL of the client's public JWK Set.")
-def add_client_command(client_id, redirect_uris, public, secret, scope, name, jwks_file, jwks_uri):
+@click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True,
+              help="Where the browser may be sent after sign-out (repeatable).")
+def add_client_command(client_id, redirect_uris, public, secret, scope, name, jwks_file, jwks_uri,
+                       post_logout_redirect_uris):
     """Register an OAuth client."""
     if sum(bool(x) for x in (public, secret, jwks_file or jwks_uri)) > 1:
         raise click.UsageError("choose one of --public, --secret, --jwks/--jwks-uri")
@@ -334,10 +400,26 @@ def add_client_command(client_id, redirect_uris, public, secret, scope, name, jw
         raise click.UsageError(f"--jwks is not JSON: {exc}") from None
     asymmetric = bool(jwks or jwks_uri)
     _run(add_client, client_id, list(redirect_uris), public=not (secret or asymmetric), secret=secret,
-         scope=scope, name=name, jwks=jwks, jwks_uri=jwks_uri)
+         scope=scope, name=name, jwks=jwks, jwks_uri=jwks_uri,
+         post_logout_redirect_uris=list(post_logout_redirect_uris))
     kind = ("confidential asymmetric (private_key_jwt)" if asymmetric
             else "confidential (client_secret_basic/post)" if secret else "public")
     click.echo(f"Added {kind} client {client_id}.")
+
+
+@smart_cli.command("update-client")
+@click.option("--client-id", required=True, help="Client identifier.")
+@click.option("--add-redirect-uri", multiple=True, help="Redirect URI to register (repeatable).")
+@click.option("--remove-redirect-uri", multiple=True, help="Redirect URI to drop (repeatable).")
+@click.option("--add-post-logout-redirect-uri", multiple=True, help="Post-logout redirect URI to register (repeatable).")
+@click.option("--remove-post-logout-redirect-uri", multiple=True, help="Post-logout redirect URI to drop (repeatable).")
+def update_client_command(client_id, add_redirect_uri, remove_redirect_uri, add_post_logout_redirect_uri,
+                          remove_post_logout_redirect_uri):
+    """Change a client's redirect URIs and post-logout redirect URIs."""
+    client = _run(update_client, client_id, list(add_redirect_uri), list(remove_redirect_uri),
+                  list(add_post_logout_redirect_uri), list(remove_post_logout_redirect_uri))
+    click.echo(f"Client {client_id}: redirect URIs {', '.join(client.redirect_uris) or '(none)'}; "
+               f"post-logout redirect URIs {', '.join(client.post_logout_redirect_uris or []) or '(none)'}.")
 
 
 @smart_cli.command("add-user")
@@ -355,12 +437,13 @@ def add_user_command(username, password, patient, role):
 @click.option("--patient", default=None, help="FHIR Patient id in context.")
 @click.option("--encounter", default=None, help="FHIR Encounter id in context.")
 @click.option("--user", "username", default=None, help="Username the EHR launches for.")
-@click.option("--no-banner", is_flag=True, help="need_patient_banner=false (the EHR shows one).")
+@click.option("--banner/--no-banner", default=False, show_default=True,
+              help="need_patient_banner in the token response (default false: the EHR shows the patient).")
 @click.option("--lifetime", type=int, default=LAUNCH_LIFETIME, show_default=True, help="Seconds.")
-def create_launch_command(patient, encounter, username, no_banner, lifetime):
+def create_launch_command(patient, encounter, username, banner, lifetime):
     """Create an EHR launch context and print its launch id."""
     click.echo(_run(create_launch, patient=patient, encounter=encounter, username=username,
-                    need_patient_banner=not no_banner, lifetime=lifetime))
+                    need_patient_banner=banner, lifetime=lifetime))
 
 
 @smart_cli.command("rotate-key")

@@ -7,7 +7,7 @@ import time
 from flask import current_app, request
 from sqlalchemy import select
 
-from smart.store.db import get_session
+from smart.store.db import DATABASE_ERRORS, get_session, unavailable
 from smart.store.models import Client
 
 #: Seconds the set of registered origins is reused before it is re-read.
@@ -16,7 +16,7 @@ ORIGINS_CACHE_SECONDS = 30.0
 #: Endpoints readable from any origin (public metadata, no credentials).
 PUBLIC_ENDPOINTS = {"smart.smart_configuration", "smart.openid_configuration", "smart.jwks", "smart.smart_style"}
 #: Endpoints readable only from an origin of a registered client's redirect URI.
-CLIENT_ENDPOINTS = {"smart.token", "smart.introspect", "smart.revoke", "smart.create_launch"}
+CLIENT_ENDPOINTS = {"smart.token", "smart.introspect", "smart.revoke", "smart.create_launch", "smart.userinfo"}
 
 ALLOW_HEADERS = "Authorization, Content-Type, Accept"
 
@@ -34,8 +34,14 @@ def registered_origins() -> frozenset[str]:
     if time.monotonic() - cache.loaded_at > ORIGINS_CACHE_SECONDS:
         with cache.lock:
             found: set[str] = set()
-            for client in get_session().scalars(select(Client)):
-                found |= client.origins
+            try:
+                for client in get_session().scalars(select(Client)):
+                    found |= client.origins
+            except DATABASE_ERRORS as exc:
+                # Read by after_request hooks, where an exception would be a bare 500: during an
+                # outage keep the origins last read (none before the first read) and retry later.
+                unavailable(exc)
+                return cache.origins
             cache.origins = frozenset(found)
             cache.loaded_at = time.monotonic()
     return cache.origins

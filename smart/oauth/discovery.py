@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from smart.oauth import assertions, grants
 from smart.oauth.urls import (  # noqa: F401
-    AUTHORIZE_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, SMART_STYLE_PATH, TOKEN_PATH,
+    AUTHORIZE_PATH, END_SESSION_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, SMART_STYLE_PATH, TOKEN_PATH,
+    USERINFO_PATH,
 )
 from smart.tokens import jwt as tokens
 from smart.tokens import keys
@@ -120,19 +121,28 @@ def smart_configuration() -> dict:
 
 
 def openid_configuration() -> dict:
-    """OpenID Provider metadata (OIDC Discovery 1.0 §3) for ``openid fhirUser``."""
+    """OpenID Provider metadata (OIDC Discovery 1.0 §3) for ``openid fhirUser``, with the
+    userinfo endpoint (OIDC Core 1.0 §5.3), RP-Initiated Logout 1.0 §2.1 ``end_session_endpoint``
+    and RFC 7009 revocation, which browser OIDC clients (oidc-client-ts in OHIF) look for here."""
     return {
         "issuer": tokens.issuer(),
         "authorization_endpoint": _url(AUTHORIZE_PATH),
         "token_endpoint": _url(TOKEN_PATH),
+        "userinfo_endpoint": _url(USERINFO_PATH),
+        "end_session_endpoint": _url(END_SESSION_PATH),
+        "revocation_endpoint": _url(REVOKE_PATH),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint": _url(INTROSPECT_PATH),
         "jwks_uri": _url(JWKS_PATH),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [keys.ALG],
-        "scopes_supported": ["openid", "fhirUser"],
+        "scopes_supported": ["openid", "fhirUser", "profile"],
+        "prompt_values_supported": ["none", "login", "consent"],
         "token_endpoint_auth_methods_supported": list(grants.TOKEN_AUTH_METHODS),
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "token_endpoint_auth_signing_alg_values_supported": list(assertions.ALGORITHMS),
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser", "name",
+                             "preferred_username"],
     }

@@ -202,9 +202,12 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
     def _validate_smart_request(self) -> None:
         data = self.request.payload.data
         # SMART 2.2 §Obtain authorization code: aud must name this FHIR server, or the
-        # request is refused so the app cannot leak a token to a counterfeit server.
+        # request is refused so the app cannot leak a token to a counterfeit server. An
+        # OpenID Connect client (OIDC Core 1.0 §3.1.2.1, e.g. a browser viewer) sends no aud:
+        # its token is bound to this server's FHIR base, the only audience we issue for. An
+        # empty aud counts as none (RFC 6749 §3.1: parameters without a value are omitted).
         aud = (data.get("aud") or "").rstrip("/")
-        if aud != tokens.fhir_base():
+        if aud and aud != tokens.fhir_base():
             raise InvalidRequestError("'aud' must be the FHIR base URL of this server.")
         launch_id = data.get("launch")
         if launch_id and find_launch(launch_id) is None:
@@ -254,7 +257,7 @@ class AuthorizationCodeGrant(_SmartTokenMixin, grants.AuthorizationCodeGrant):
             nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method"),
-            aud=data.get("aud"),
+            aud=data.get("aud") or tokens.fhir_base(),
             context=context,
             auth_time=getattr(request, "auth_time", None) or now(),
             expires_at=now() + CODE_LIFETIME,

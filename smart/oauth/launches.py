@@ -23,12 +23,14 @@ def create_launch(
     patient: str | None = None,
     encounter: str | None = None,
     username: str | None = None,
-    need_patient_banner: bool = True,
+    need_patient_banner: bool = False,
     lifetime: int = LAUNCH_LIFETIME,
 ) -> str:
     """Create an EHR launch context (SMART 2.2 §EHR launch) and return its ``launch`` id.
 
-    The id is single-use and expires after *lifetime* seconds.
+    The id is single-use and expires after *lifetime* seconds. ``need_patient_banner`` is
+    false unless asked for: the EHR the app is launched in already shows the patient
+    (SMART 2.2 §Launch context arrives with your access_token).
     """
     if patient is not None and not FHIR_ID.match(patient):
         raise AdminError(f"patient id {patient!r} is not a valid FHIR id")

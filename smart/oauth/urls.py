@@ -11,3 +11,8 @@ INTROSPECT_PATH = "/auth/introspect"
 REVOKE_PATH = "/auth/revoke"
 JWKS_PATH = "/.well-known/jwks.json"
 SMART_STYLE_PATH = "/auth/smart-style.json"
+#: OpenID Connect (issue 14): userinfo (OIDC Core 1.0 §5.3), RP-Initiated Logout 1.0 §2, and
+#: the signed-in user's page of approved apps.
+USERINFO_PATH = "/auth/userinfo"
+END_SESSION_PATH = "/auth/logout"
+APPS_PATH = "/auth/apps"

@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.ext.associationproxy import association_proxy
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from smart import scopes
@@ -59,6 +60,13 @@ class Client(Base, ClientMixin):
     jwks: Mapped[dict | None] = mapped_column(JSON)
     jwks_uri: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    #: Rows of :attr:`post_logout_redirect_uris` (a table of their own: ``init-db`` adds it to an
+    #: existing database, where a new column would need a migration).
+    post_logout_rows: Mapped[list[PostLogoutRedirectURI]] = relationship(
+        cascade="all, delete-orphan", order_by="PostLogoutRedirectURI.id")
+    #: Where RP-Initiated Logout 1.0 §3 may send the browser after sign-out (exact strings).
+    post_logout_redirect_uris = association_proxy(
+        "post_logout_rows", "uri", creator=lambda uri: PostLogoutRedirectURI(uri=uri))
 
     @property
     def is_public(self) -> bool:
@@ -113,6 +121,16 @@ class Client(Base, ClientMixin):
         return grant_type in (self.grant_types or [])
 
 
+class PostLogoutRedirectURI(Base):
+    """One ``post_logout_redirect_uri`` registered for a client (RP-Initiated Logout 1.0 §3)."""
+
+    __tablename__ = "smart_post_logout_redirect_uri"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("smart_client.client_id"), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+
+
 class User(Base):
     """A built-in end user who can log in on the authorization page."""
 
@@ -133,17 +151,21 @@ class User(Base):
     def check_password(self, password: str) -> bool:
         return bool(password) and check_password_hash(self.password_hash, password)
 
-    @property
-    def fhir_user(self) -> str | None:
-        """``fhirUser`` reference (SMART 2.2 §Scopes for requesting identity data)."""
-        if self.fhir_user_reference:
-            return self.fhir_user_reference
-        if self.role == "patient" and self.patient:
-            return f"Patient/{self.patient}"
-        return None
-
     def get_user_id(self) -> int:
         return self.id
+
+    @property
+    def fhir_user(self) -> str | None:
+        """``fhirUser`` reference (SMART 2.2 §Scopes for requesting identity data): the stored
+        one, else ``Patient/<patient>`` for a patient user and ``Practitioner/<id>`` for a
+        practitioner, whose id is the username when it is a valid FHIR id, else a digest of it."""
+        if self.fhir_user_reference:
+            return self.fhir_user_reference
+        if self.role == "patient":
+            return f"Patient/{self.patient}" if self.patient else None
+        name = self.username or ""
+        valid = 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "-.") for c in name)
+        return f"Practitioner/{name if valid else 'u-' + digest(name)[:40]}"
 
 
 class AuthorizationCode(Base, AuthorizationCodeMixin):
@@ -261,7 +283,8 @@ class LaunchContext(Base):
     encounter: Mapped[str | None] = mapped_column(String(64))
     #: username of the user the EHR launched for (optional).
     username: Mapped[str | None] = mapped_column(String(128))
-    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: False by default: the launching EHR shows the patient itself (a standalone launch says true).
+    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
     smart_style_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     expires_at: Mapped[int] = mapped_column(Integer)
@@ -370,3 +393,18 @@ class TrustedIssuer(Base):
     #: PEM private key for ``private_key_jwt`` (RFC 7523 §2.2).
     introspection_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Consent(Base):
+    """Scopes a user approved for a client on the consent page, remembered so that the next
+    authorization request of that client for the same scopes or fewer skips the page
+    (issue 14; OIDC Core 1.0 §3.1.2.4 consent). Withdrawn on the user's apps page."""
+
+    __tablename__ = "smart_consent"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("smart_user.id"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: Every scope approved so far, space separated, sorted.
+    scope: Mapped[str] = mapped_column(Text, default="")
+    granted_at: Mapped[int] = mapped_column(Integer, default=now)
+    updated_at: Mapped[int] = mapped_column(Integer, default=now)

@@ -262,3 +262,40 @@ def revoke_jti(jti: str, exp: int) -> None:
     session.execute(delete(RevokedToken).where(RevokedToken.exp <= now()))
     session.commit()
     _state().revoked_loaded_at = float("-inf")
+
+
+def decode_id_token_hint(token: str) -> dict:
+    """Verify an id_token this server issued, given back as ``id_token_hint``, and return its claims.
+
+    RP-Initiated Logout 1.0 §2: the signature and issuer are checked (with any key not yet
+    deleted, retired ones included); an expired id_token is still a valid hint.
+
+    Parameters
+    ----------
+    token : str
+        The compact JWT.
+
+    Returns
+    -------
+    dict
+        Its claims (``iss``, ``sub``, ``aud``, ...).
+
+    Raises
+    ------
+    InvalidToken
+        If it is not a JWT signed by one of our keys, or names another issuer.
+    """
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise InvalidToken("The id_token_hint is not a JWT.")
+    header = _header(token)
+    kid = header.get("kid")
+    key = keys.verification_keys(kid).get(kid) if isinstance(kid, str) else None
+    if header.get("alg") != keys.ALG or key is None:
+        raise InvalidToken("The id_token_hint is not signed by this server.")
+    try:
+        claims = jwt.decode(token, key, algorithms=[keys.ALG]).claims
+    except (JoseError, ValueError) as exc:
+        raise InvalidToken("The id_token_hint signature is invalid.") from exc
+    if claims.get("iss") != issuer():
+        raise InvalidToken("The id_token_hint has the wrong issuer.")
+    return claims

@@ -8,7 +8,7 @@ from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidRequestError
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
 from smart import audit, authz, scopes
-from smart.oauth import discovery, revocation
+from smart.oauth import consents, discovery, revocation
 from smart.oauth.grants import context_patient, end_user_scope, find_launch, launch_refusal, scope_has
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError
 from smart.oauth.launches import create_launch as make_launch
@@ -17,7 +17,7 @@ from smart.store.db import get_session
 from smart.store.models import ACCESS_CLIENT, ACCESS_USER, User, now
 from smart.tokens import jwt as tokens
 from smart.tokens import keys
-from smart.web import login, picker
+from smart.web import login, picker, prompts
 
 bp = Blueprint("smart", __name__, template_folder="templates")
 
@@ -79,12 +79,35 @@ def _authorization_error(error: OAuth2Error):
     return _error_page(error)
 
 
-def _needs_picker(grant, user: User) -> bool:
-    """A practitioner's standalone ``launch/patient`` needs a patient chosen on the consent page
-    (SMART 2.2 §Standalone launch: the server shows a patient picker)."""
-    requested = grant.request.scope or ""
-    launch = find_launch(grant.request.payload.data.get("launch")) if scope_has(requested, "launch") else None
-    return scope_has(requested, "launch/patient") and launch is None and user.role != "patient"
+_needs_picker = prompts.needs_picker
+
+
+def _issue_code(grant, user: User, scope: str):
+    """Redirect to the app with a code for *scope* (RFC 6749 §4.1.2)."""
+    grant.request.granted_scope = scope
+    grant.request.auth_time = session.get("auth_time")
+    grant.request.smart_style_url = tokens.issuer() + discovery.SMART_STYLE_PATH
+    return server.create_authorization_response(grant_user=user, grant=grant)
+
+
+def _silent_answer(grant, user: User | None):
+    """The answer to ``prompt=none`` (OIDC Core 1.0 §3.1.2.1): a code, or an error, always by
+    redirect and never a page; framable by the client's own origins only (silent renew)."""
+    error = prompts.silent_error(grant, user)
+    if error is not None:
+        response = server.handle_error_response(None, error)
+    else:
+        response = _issue_code(grant, user, end_user_scope(grant.request.scope, user))
+    response.headers["Content-Security-Policy"] = prompts.frame_ancestors(grant.request.client)
+    return response
+
+
+def _after_login(grant, user: User, asked: frozenset[str]):
+    """Back to the app with a code when the user approved these scopes before (and no
+    ``prompt=consent``), else the consent page."""
+    if "consent" not in asked and prompts.consent_remembered(grant, user):
+        return _issue_code(grant, user, end_user_scope(grant.request.scope, user))
+    return _consent_page(grant, user)
 
 
 def _consent_page(grant, user: User, message: str | None = None, status: int = 200):
@@ -202,7 +225,15 @@ def authorize():
     except OAuth2Error as error:
         return _authorization_error(error)
 
+    asked = prompts.requested_prompts()
+    problem = prompts.prompt_error(asked, grant)
+    if problem is not None:
+        return _authorization_error(problem)
     action = request.form.get("action") if request.method == "POST" else None
+    if user is not None and action is None and prompts.login_too_old(session.get("auth_time")):
+        user, asked = None, asked | {"login"}  # max_age: the login is too old to count
+    if action is None and "none" in asked:
+        return _silent_answer(grant, user)
     if action and not _csrf_ok():
         return _page("smart/login.html", status=400, message="The form expired; please sign in again.")
 
@@ -228,13 +259,14 @@ def authorize():
         session.clear()
         session["user_id"] = candidate.id
         session["auth_time"] = now()
-        return _consent_page(grant, candidate)
+        return _after_login(grant, candidate, asked)
 
-    if user is None:
+    if user is None or (action is None and "login" in asked):
+        # prompt=login: sign in again even with a session (OIDC Core 1.0 §3.1.2.1).
         return _page("smart/login.html", client=grant.request.client)
 
     if action != "consent":
-        return _consent_page(grant, user)
+        return _after_login(grant, user, asked)
 
     if request.form.get("patient_search") and _needs_picker(grant, user):
         # The picker's Search button submits the consent form without a decision:
@@ -257,9 +289,8 @@ def authorize():
         if not authz.practitioner_may_see(user.username, patient):
             return _consent_page(grant, user, message="You have no access to this patient's records.", status=403)
         grant.request.selected_patient = patient
-    grant.request.auth_time = session.get("auth_time")
-    grant.request.smart_style_url = tokens.issuer() + discovery.SMART_STYLE_PATH
-    return server.create_authorization_response(grant_user=user, grant=grant)
+    consents.remember(user, grant.request.client.client_id, grant.request.granted_scope)
+    return _issue_code(grant, user, grant.request.granted_scope)
 
 
 @bp.route("/auth/token", methods=["POST"])
@@ -289,7 +320,7 @@ def create_launch():
 
     The caller presents a Backend Services access token (``client_credentials``) whose
     scope includes ``launch``. Body (form or JSON): ``patient``, optional ``encounter``,
-    ``user`` (username), ``need_patient_banner`` (default true). Answers 201 with
+    ``user`` (username), ``need_patient_banner`` (default false: the EHR shows the patient). Answers 201 with
     ``{"launch": id, "expires_in": seconds}``.
     """
     try:
@@ -318,7 +349,7 @@ def create_launch():
     if fields["patient"] is not None and allowed is not None and fields["patient"] not in allowed:
         # The EHR may launch only for patients it was granted (smart grant-access --client-id).
         return _bearer_error(403, "insufficient_scope", "This client may not launch for this patient.")
-    banner = str(data.get("need_patient_banner", "true")).lower() not in ("false", "0", "no")
+    banner = str(data.get("need_patient_banner", "false")).lower() in ("true", "1", "yes")
     try:
         launch_id = make_launch(
             patient=fields["patient"],

@@ -52,11 +52,11 @@ def pacs():
 
 
 @pytest.fixture
-def app(tmp_path):
+def app(tmp_path, database_url):
     """The facade on the fake PACS with a backend client, a practitioner and a patient user."""
     from smart.admin.cli import add_client, add_user
 
-    application = make_app(tmp_path)
+    application = make_app(tmp_path, FACADE_DATABASE_URL=database_url)
     with application.app_context():
         add_client("backend", [], public=False, jwks={"keys": []}, scope="system/ImagingStudy.rs")
         add_user("dr", "pw-dr", role="practitioner")
@@ -282,11 +282,14 @@ def test_revoking_named_patients_of_an_all_patients_grant_is_refused(app):
 
 
 def test_init_db_adds_the_access_table_to_an_existing_database(app):
+    """A database of a release before the access lists and before migrations (no
+    ``alembic_version``) gets the table from ``init-db``."""
     from smart.store.db import get_database
 
     engine = get_database(app).engine
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE smart_patient_access"))
+        connection.execute(text("DROP TABLE alembic_version"))
     assert "smart_patient_access" not in inspect(engine).get_table_names()
     result = app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 0, result.output
@@ -294,14 +297,14 @@ def test_init_db_adds_the_access_table_to_an_existing_database(app):
     assert _cli(app, "grant-access", "--client-id", "backend", "--patient", "P").output == "backend may see: P.\n"
 
 
-def test_a_grant_made_elsewhere_is_seen_within_the_revocation_cache_time(tmp_path, pacs):
+def test_a_grant_made_elsewhere_is_seen_within_the_revocation_cache_time(tmp_path, database_url, pacs):
     """Another process's grant (a row written behind this app's cache) is read at the next request
     when ``SMART_REVOCATION_CACHE_SECONDS`` is 0."""
     from smart.admin.cli import add_client
     from smart.store.db import get_database
     from smart.tokens.jwt import issue_access_token
 
-    app = make_app(tmp_path, SMART_REVOCATION_CACHE_SECONDS=0)
+    app = make_app(tmp_path, SMART_REVOCATION_CACHE_SECONDS=0, FACADE_DATABASE_URL=database_url)
     with app.app_context():
         add_client("backend", [], public=False, jwks={"keys": []})
         value, _ = issue_access_token("backend", "backend", "system/ImagingStudy.rs")

@@ -219,13 +219,16 @@ def test_launch_api_for_ehr_backend(app, auth, client_keys):
     assert token["scope"] == "launch system/Patient.rs"
     allow(app, ["patient-5"], client_id="ehr")  # the EHR launches only for patients it was granted
     allow(app, ["patient-5"], username="dr")  # and its practitioner sees only theirs
-    created = auth.client.post("/auth/launch", json={"patient": "patient-5", "need_patient_banner": False},
-                               headers={"Authorization": "Bearer " + token["access_token"]})
-    assert created.status_code == 201, created.get_data(as_text=True)
-    launch = created.get_json()["launch"]
-    code = auth.authorize("dr", "pw-dr", scope="launch patient/ImagingStudy.rs", launch=launch)
-    body = auth.exchange(code)
-    assert body["patient"] == "patient-5" and body["need_patient_banner"] is False
+    # need_patient_banner is false unless the EHR asks for it (issue 14: the EHR shows the patient).
+    for sent, expected in ((None, False), ("true", True), (False, False)):
+        fields = {"patient": "patient-5"} | ({} if sent is None else {"need_patient_banner": sent})
+        created = auth.client.post("/auth/launch", json=fields,
+                                   headers={"Authorization": "Bearer " + token["access_token"]})
+        assert created.status_code == 201, created.get_data(as_text=True)
+        launch = created.get_json()["launch"]
+        code = auth.authorize("dr", "pw-dr", scope="launch patient/ImagingStudy.rs", launch=launch)
+        body = auth.exchange(code)
+        assert body["patient"] == "patient-5" and body["need_patient_banner"] is expected, sent
 
     assert auth.client.post("/auth/launch", json={"patient": "p"}).status_code == 401
     other = backend_token("bulk", "system/Patient.rs")

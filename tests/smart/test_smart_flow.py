@@ -206,17 +206,31 @@ def test_unknown_client_at_token_endpoint(alice):
 
 
 # --- aud --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("aud", ["", "https://evil.example/fhir", PUBLIC_URL, FHIR_BASE + "x"])
+@pytest.mark.parametrize("aud", ["https://evil.example/fhir", PUBLIC_URL, FHIR_BASE + "x"])
 def test_wrong_aud_gives_no_code(client, alice, aud):
     alice.authorize()  # logged in, so only aud can stop the code
     params, _ = alice.authorize_params(aud=aud)
-    if not aud:
-        params.pop("aud")
     response = client.get("/auth/authorize", query_string=params)
     assert response.status_code == 302
     query = parse_qs(urlsplit(response.headers["Location"]).query)
     assert query["error"] == ["invalid_request"]
     assert "code" not in query
+
+
+@pytest.mark.parametrize("omit", ["absent", "empty"])
+def test_no_aud_binds_the_token_to_this_fhir_base(app, client, alice, omit):
+    """Issue 14: an OpenID Connect client (OHIF) sends no aud; its token is for our FHIR base."""
+    alice.authorize()
+    params, verifier = alice.authorize_params(aud="", state="s-no-aud")
+    if omit == "absent":
+        params.pop("aud")
+    page = client.get("/auth/authorize", query_string=params)  # consent remembered: a code at once
+    assert page.status_code == 302, page.get_data(as_text=True)
+    query = parse_qs(urlsplit(page.headers["Location"]).query)
+    assert query["state"] == ["s-no-aud"]
+    body = alice.exchange(query["code"][0], verifier)
+    claims = decode(app, body["access_token"])
+    assert claims["aud"] == FHIR_BASE
 
 
 # --- SA-4 launch context & scope ---------------------------------------------------------------

@@ -268,7 +268,7 @@ def test_ehr_launch(app, auth):
     auth.register_user("dr", "pw-dr", patient=None, role="practitioner")
     allow(app, ["patient-9"], username="dr")  # a practitioner's launch stays within their list
     with app.app_context():
-        launch = create_launch(patient="patient-9", encounter="enc-1", need_patient_banner=False)
+        launch = create_launch(patient="patient-9", encounter="enc-1")  # need_patient_banner false by default
     code = auth.authorize("dr", "pw-dr", scope="launch openid fhirUser patient/ImagingStudy.rs", launch=launch)
     body = auth.exchange(code)
     assert body["patient"] == "patient-9"
@@ -363,6 +363,15 @@ def test_cli_add_client_and_user(app):
     assert again.exit_code != 0 and "already exists" in again.output
     launch = runner.invoke(args=["smart", "create-launch", "--patient", "patient-2"])
     assert launch.exit_code == 0 and len(launch.output.strip()) >= 20
+    banner = runner.invoke(args=["smart", "create-launch", "--patient", "patient-2", "--banner"])
+    assert banner.exit_code == 0
+    from smart.store.models import LaunchContext
+
+    with app.app_context():
+        from smart.store.db import get_session
+
+        rows = {row.launch_id: row.need_patient_banner for row in get_session().query(LaunchContext)}
+    assert rows == {launch.output.strip(): False, banner.output.strip(): True}
     rotated = runner.invoke(args=["smart", "rotate-key"])
     assert rotated.exit_code == 0
     from smart.oauth.server import query_client

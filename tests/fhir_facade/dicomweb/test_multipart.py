@@ -141,3 +141,42 @@ def test_merge_makes_one_part_of_every_body_in_order(size, with_length):
     headers, start, merged = unwrap(chunked(body, size), "b0undary", peek=lambda h: True, merge=True)
     assert b"".join(merged) == b"".join(TRICKY)
     assert start == TRICKY[0][:len(start)]
+
+
+def _replace_second(headers, start):
+    """Replace the part starting with b"two" by its upper-case body (the transcoding hook's shape)."""
+    if not start.startswith(b"two"):
+        return None
+    return lambda body: ([("Content-Type", "application/dicom"), ("Content-Length", str(len(body)))], body.upper())
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "delimiter-search"])
+@pytest.mark.parametrize("size", [1, 7, 4096, 1 << 20])
+def test_replace_sends_a_part_read_whole_in_place_of_the_original(with_length, size):
+    parts = [b"one" * 1000, b"two" * 5000, b"three"]
+    body = body_of(parts, headers=with_length)
+    sent = b"".join(rewrite(io.BytesIO(body).read if size == 1 << 20 else chunked(body, size), "b0undary",
+                            lambda headers, start: headers, peek=lambda headers: True, replace=_replace_second))
+    assert sent.count(b"TWO" * 5000) == 1 and b"two" not in sent
+    assert sent.endswith(b"three\r\n--b0undary--\r\n")
+
+
+def test_a_failing_replacement_ends_the_answer_after_the_last_whole_part():
+    def failing(headers, start):
+        if start.startswith(b"two"):
+            def finish(body):
+                raise ValueError("damaged")
+            return finish
+        return None
+    sent = []
+    with pytest.raises(ValueError):
+        for chunk in rewrite(io.BytesIO(body_of([b"one", b"two", b"three"])).read, "b0undary",
+                             lambda headers, start: headers, peek=lambda headers: True, replace=failing):
+            sent.append(chunk)
+    assert b"".join(sent).endswith(b"\r\n\r\none")  # the first part whole; nothing of the second, no close
+
+
+def test_a_part_to_replace_is_read_whole_only_up_to_the_limit():
+    with pytest.raises(MultipartError, match="longer than"):
+        list(rewrite(io.BytesIO(body_of([b"two" * 1000])).read, "b0undary", lambda headers, start: headers,
+                     peek=lambda headers: True, replace=_replace_second, max_replaced=1000))

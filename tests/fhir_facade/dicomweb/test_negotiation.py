@@ -4,6 +4,7 @@ import pytest
 from fhir_facade.dicomweb.negotiation import NotAcceptable, choices, choose, media_ranges, parse_media_type
 
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 @pytest.mark.parametrize("accept", [
@@ -19,12 +20,14 @@ def test_field_case_dw3_quoting_does_not_matter(accept):
 
 
 @pytest.mark.parametrize("kind, accept, upstream, unwrap", [
-    ("instance", "application/dicom", 'multipart/related; type="application/dicom"', True),
-    ("instance", None, 'multipart/related; type="application/dicom"', False),
-    ("instance", "*/*", 'multipart/related; type="application/dicom"', False),
+    # Instances in the default syntax (Explicit VR Little Endian) are asked for as stored and
+    # transcoded by the facade (fhir_facade.dicomweb.transcoded).
+    ("instance", "application/dicom", DICOM_ANY, True),
+    ("instance", None, DICOM_ANY, False),
+    ("instance", "*/*", DICOM_ANY, False),
     ("study", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70',
      'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70', False),
-    ("series", 'multipart/related; type="*/*"', 'multipart/related; type="application/dicom"', False),
+    ("series", 'multipart/related; type="*/*"', DICOM_ANY, False),
     ("frames", 'multipart/related; type="*/*"', OCTET_ANY, False),
     ("frames", "application/octet-stream", 'multipart/related; type="application/octet-stream"', True),
     # No transfer-syntax: image/jpeg means JPEG Baseline (PS3.18 Table 8.7.3-5), asked for by name.
@@ -127,3 +130,27 @@ def test_octet_stream_as_stored_falls_back_to_explicit_vr_little_endian():
         ('multipart/related; type="application/octet-stream"', None)]
     [stored, native] = choices("frames", "application/octet-stream; transfer-syntax=*", frames=1)
     assert stored.unwrap and native.unwrap and native.transfer_syntax is None
+
+
+@pytest.mark.parametrize("kind, accept, target", [
+    ("study", None, "1.2.840.10008.1.2.1"),
+    ("series", 'multipart/related; type="application/dicom"', "1.2.840.10008.1.2.1"),
+    ("study", 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2', "1.2.840.10008.1.2"),
+    ("instance", "application/dicom; transfer-syntax=1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99"),
+])
+def test_uncompressed_instances_are_transcoded_by_the_facade(kind, accept, target):
+    """PS3.18 Section 8.7.3.5.2: no transfer-syntax means Explicit VR Little Endian; the facade asks
+    for the instances as stored and writes that (or another uncompressed syntax asked for) itself."""
+    choice = choose(kind, accept)
+    assert (choice.upstream_accept, choice.transcode, choice.target_syntax) == (DICOM_ANY, True, target)
+
+
+@pytest.mark.parametrize("accept", [
+    'multipart/related; type="application/dicom"; transfer-syntax=*',
+    'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
+    'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.2',
+])
+def test_as_stored_and_compressed_targets_are_left_to_the_pacs(accept):
+    choice = choose("study", accept)
+    assert not choice.transcode
+    assert choice.upstream_accept == accept

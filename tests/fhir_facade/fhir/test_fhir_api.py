@@ -63,7 +63,29 @@ def test_search_by_patient_returns_a_valid_searchset(fake_app, rsps):
     assert matches[0]["fullUrl"] == f"{PUBLIC}/fhir/ImagingStudy/1.2.1"
     endpoint = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
     assert endpoint[0]["address"] == f"{PUBLIC}/dicomweb"
+    # Each study's web viewer (IHE MADO), referenced by the study and included beside it.
+    assert [e["id"] for e in endpoint[1:]] == ["viewer-1.2.1", "viewer-1.2.2"]
+    assert endpoint[1]["address"] == f"{PUBLIC}/viewer/viewer?StudyInstanceUIDs=1.2.1"
+    assert endpoint[1]["payloadMimeType"] == ["text/html"] and endpoint[1]["connectionType"]["code"] == "web-viewer"
+    assert matches[0]["resource"]["endpoint"] == [{"reference": "Endpoint/dicomweb"},
+                                                  {"reference": "Endpoint/viewer-1.2.1"}]
     assert "pacs.internal" not in response.get_data(as_text=True)
+
+
+def test_viewer_endpoint_read_is_a_read_of_its_study(fake_app, rsps):
+    fake_pacs(rsps, [study("1.2.1"), study("1.2.9", patient="P2")])
+    client = fake_app.test_client()
+    headers = bearer(token(fake_app))
+    response = client.get("/fhir/Endpoint/viewer-1.2.1", headers=headers)
+    assert response.status_code == 200
+    endpoint = response.get_json()
+    validate(endpoint)
+    assert endpoint["address"] == f"{PUBLIC}/viewer/viewer?StudyInstanceUIDs=1.2.1"
+    # Another patient's study: refused as its ImagingStudy read is; an unknown one is not there.
+    assert client.get("/fhir/Endpoint/viewer-1.2.9", headers=headers).status_code == 403
+    assert client.get("/fhir/Endpoint/viewer-1.2.7", headers=headers).status_code == 404
+    assert client.get("/fhir/Endpoint/viewer-x!", headers=headers).status_code == 404
+    assert client.get("/fhir/Endpoint/viewer-1.2.1").status_code == 401
 
 
 def test_patient_token_without_patient_parameter_sees_only_its_patient(fake_app, rsps):

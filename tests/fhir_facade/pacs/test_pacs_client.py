@@ -143,3 +143,25 @@ def test_connecting(monkeypatch, failure, error, attempts):
     with pytest.raises(pacs.PacsError) as raised:
         pacs.PacsClient("http://127.0.0.1:9/dicom-web", timeout=0.5).get("studies")
     assert type(raised.value).__name__ == error and len(tried) == attempts
+
+
+def test_a_pacs_that_is_down_leaves_no_patient_id_in_the_log(tmp_path, caplog):
+    """urllib3 logs each retry with the request line, whose query holds the PatientID: none of
+    it reaches the log (review of issue 14: the consent page's picker on a PACS that is down)."""
+    import logging
+    import socket
+
+    from facade_helpers import bearer, make_app, token
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = make_app(tmp_path, FACADE_PACS_URL=f"http://127.0.0.1:{port}/dicom-web")
+    patient = "SECRET-PID-4711"
+    with caplog.at_level(logging.DEBUG):
+        answer = app.test_client().get("/fhir/ImagingStudy", query_string={"patient": patient},
+                                       headers=bearer(token(app, patient=patient)))
+    assert answer.status_code == 503
+    assert answer.get_json()["resourceType"] == "OperationOutcome"
+    assert patient not in caplog.text
+    assert "PatientID" not in caplog.text

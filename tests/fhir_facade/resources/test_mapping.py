@@ -1,4 +1,6 @@
 """Tests for DICOM JSON -> FHIR mapping (fhir_facade.resources.mapping); each resource validates with R4B."""
+import re
+
 import pytest
 
 from dicom_json_builders import ds
@@ -53,7 +55,7 @@ def test_study_elements():
     assert study["started"] == "2024-01-05T10:15:00.123456-05:00"
     assert study["referrer"] == {"display": "Rita Ref"}
     assert study["description"] == "PET-CT"
-    assert study["endpoint"] == [{"reference": "Endpoint/dicomweb"}]
+    assert study["endpoint"] == [{"reference": "Endpoint/dicomweb"}, {"reference": "Endpoint/viewer-1.2.3"}]
     assert study["procedureCode"][0]["coding"][0] == {"system": "http://loinc.org", "code": "24627-2",
                                                       "display": "CT Chest"}
     assert study["series"][1]["bodySite"]["code"] == "816094009"
@@ -168,3 +170,40 @@ def test_accession_issuer_is_the_assigner():
     resource = mapping.imaging_study(study, series, instances, CTX)
     validate(resource)
     assert resource["identifier"][1]["assigner"] == {"display": "HOSP-A"}
+
+
+# --- the web-viewer Endpoint (issue 14 item 2, IHE MADO) ------------------------------------------
+@pytest.mark.parametrize("uid", ["1.2.3", "1.2.840.10008.5.1.4.1.1.2", "0.0", "1." + "9" * 55, "2.25." + "1" * 59,
+                                 "1." + "0" * 62])
+def test_viewer_endpoint_ids_are_fhir_ids_and_name_their_study(uid):
+    endpoint_id = mapping.viewer_endpoint_id(uid)
+    assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", endpoint_id), endpoint_id
+    assert mapping.viewer_endpoint_study(endpoint_id) == uid
+    assert endpoint_id == ("viewer-" + uid if len(uid) <= 57 else endpoint_id)
+    assert endpoint_id.startswith("viewer-x") == (len(uid) > 57)
+
+
+@pytest.mark.parametrize("endpoint_id", ["dicomweb", "viewer-", "viewer-x", "viewer-1.2.a", "viewer-x!", "viewer-x0",
+                                         "Viewer-1.2"])
+def test_other_ids_name_no_study(endpoint_id):
+    assert mapping.viewer_endpoint_study(endpoint_id) is None
+
+
+def test_viewer_endpoint_is_mados_web_viewer_for_the_study():
+    endpoint = mapping.viewer_endpoint("1.2.3", CTX)
+    assert endpoint["id"] == "viewer-1.2.3"
+    assert endpoint["connectionType"]["system"] == "https://profiles.ihe.net/RAD/MADO/CodeSystem/MadoEndpointConnectionTypes"
+    assert endpoint["connectionType"]["code"] == "web-viewer"
+    assert endpoint["payloadMimeType"] == ["text/html"]
+    assert endpoint["payloadType"][0]["coding"][0]["code"] == "none"
+    assert endpoint["address"] == f"{CTX.public_url}/viewer/viewer?StudyInstanceUIDs=1.2.3"
+
+
+def test_a_study_without_a_valid_uid_has_no_viewer_endpoint():
+    assert not mapping.has_viewer_endpoint(None)
+    assert not mapping.has_viewer_endpoint("1.2.x")
+    assert mapping.has_viewer_endpoint("1.2.3")
+
+
+def test_viewer_endpoint_is_valid_fhir():
+    assert validate(mapping.viewer_endpoint("1.2.3", CTX)).id == "viewer-1.2.3"

@@ -1,0 +1,228 @@
+"""Schema migrations (issue 13 item 2) on SQLite and PostgreSQL: the migrated schema is the models'
+schema, ``init-db`` is idempotent, a database of the release before migrations upgrades with its
+client, user, refresh token, signing key and revoked token still working, and a database never
+initialised is named as such (admin commands and HTTP) instead of a traceback or a 500."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import pytest
+from db_helpers import BACKENDS
+from facade_helpers import PUBLIC_URL
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+from smart_flow import AuthActions
+from sqlalchemy import create_engine, inspect, text
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+REDIRECT_URI = "http://127.0.0.1:9999/callback"
+REFRESH_TOKEN = "legacy-refresh-token-0123456789abcdefghijklmnopqrstuv"
+REVOKED_JTI = "legacy-revoked-jti"
+EXP = 2000000000  # 2033 (the columns are 32-bit INTEGER on PostgreSQL)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request, tmp_path) -> str:
+    """A database with no tables at all: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgresql").create_database(f"t_{uuid.uuid4().hex[:12]}")
+    return f"sqlite:///{tmp_path}/empty.db"
+
+
+def make(url: str):
+    from app import create_app
+    return create_app({"TESTING": True, "FACADE_DATABASE_URL": url, "FACADE_PUBLIC_URL": PUBLIC_URL,
+                       "FACADE_PACS_URL": "http://pacs.test/dicom-web", "SMART_REVOCATION_CACHE_SECONDS": 0})
+
+
+def cli(app, *args):
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def test_the_migrated_schema_is_the_models_schema(empty_url):
+    """Alembic's compare_metadata finds no difference after ``upgrade``: a table or column added
+    to the models without a migration revision fails here."""
+    from smart.store import migrate
+
+    engine = create_engine(empty_url)
+    try:
+        assert migrate.upgrade(engine) == (None, migrate.head_revision())
+        assert migrate.schema_differences(engine) == []
+        assert migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_init_db_creates_then_leaves_the_schema_as_it_is(empty_url):
+    from smart.store import migrate
+
+    app = make(empty_url)
+    first = cli(app, "init-db")
+    assert first.exit_code == 0, first.output
+    assert f"none -> {migrate.head_revision()}" in first.output
+    assert cli(app, "smart", "add-user", "--username", "u1", "--password", "pw", "--patient", "P1").exit_code == 0
+    again = cli(app, "init-db")
+    assert again.exit_code == 0, again.output
+    assert f"at the latest schema ({migrate.head_revision()})" in again.output
+    with app.app_context():
+        from smart.store.db import get_session
+        from smart.store.models import SigningKey, User
+        assert [u.username for u in get_session().query(User)] == ["u1"]
+        assert get_session().query(SigningKey).count() == 1  # init-db again made no second key
+    app.extensions["smart_db"].engine.dispose()
+
+
+# --- a database of the release before migrations ------------------------------------------------
+
+def _legacy_statements(backend: str, with_access_table: bool) -> list[str]:
+    script = (DATA / f"schema-51fd46a.{backend}.sql").read_text()
+    body = "\n".join(line for line in script.splitlines() if not line.startswith("--"))
+    statements = [s.strip() for s in body.split("\n;") if s.strip()]
+    if not with_access_table:  # a release before the access lists (issue 12) had no such table
+        statements = [s for s in statements if "smart_patient_access" not in s]
+    return statements
+
+
+def _legacy_key() -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": "legacy-kid", "use": "sig", "alg": "RS256"}, private=True)
+
+
+def _legacy_token(key: RSAKey, jti: str) -> str:
+    claims = {"iss": PUBLIC_URL, "sub": "olduser", "aud": PUBLIC_URL + "/fhir", "exp": EXP, "iat": 1700000000,
+              "jti": jti, "client_id": "legacy-app", "scope": "patient/ImagingStudy.rs", "patient": "OLD-1"}
+    return jwt.encode({"alg": "RS256", "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=["RS256"])
+
+
+def make_legacy_database(url: str, backend: str, key: RSAKey, with_access_table: bool = True) -> None:
+    """The schema ``create_all`` made at 51fd46a (no ``alembic_version``), holding a public client,
+    a patient user, a refresh token of theirs, a signing key and a revoked access token, written
+    with plain SQL as that release stored them."""
+    from werkzeug.security import generate_password_hash
+
+    from smart.store.models import digest
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in _legacy_statements(backend, with_access_table):
+                connection.execute(text(statement))
+            connection.execute(text(
+                "INSERT INTO smart_client (client_id, client_name, redirect_uris, token_endpoint_auth_method, "
+                "grant_types, created_at) VALUES ('legacy-app', 'Legacy', :uris, 'none', :grants, 1700000000)"),
+                {"uris": json.dumps([REDIRECT_URI]), "grants": json.dumps(["authorization_code", "refresh_token"])})
+            connection.execute(text(
+                "INSERT INTO smart_user (username, password_hash, patient, role) "
+                "VALUES ('olduser', :hash, 'OLD-1', 'patient')"), {"hash": generate_password_hash("old-password")})
+            connection.execute(text(
+                "INSERT INTO smart_refresh_token (token_hash, client_id, user_id, scope, context, issued_at) "
+                "VALUES (:hash, 'legacy-app', 1, :scope, :context, 1700000000)"),
+                {"hash": digest(REFRESH_TOKEN), "scope": "launch/patient patient/ImagingStudy.rs offline_access",
+                 "context": json.dumps({"patient": "OLD-1"})})
+            connection.execute(text(
+                "INSERT INTO smart_signing_key (kid, private_jwk, alg, created_at) VALUES (:kid, :jwk, 'RS256', 1)"),
+                {"kid": key.kid, "jwk": json.dumps(key.as_dict(private=True))})
+            connection.execute(text("INSERT INTO smart_revoked_token (jti, exp) VALUES (:jti, :exp)"),
+                               {"jti": REVOKED_JTI, "exp": EXP})
+    finally:
+        engine.dispose()
+
+
+def _kid(token: str) -> str:
+    header = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+
+
+@pytest.mark.parametrize("with_access_table", [True, False], ids=["51fd46a", "before-access-lists"])
+def test_a_database_of_the_release_before_migrations_upgrades_with_no_loss(empty_url, with_access_table):
+    from smart.store import migrate
+
+    backend = "postgresql" if empty_url.startswith("postgresql") else "sqlite"
+    key = _legacy_key()
+    make_legacy_database(empty_url, backend, key, with_access_table)
+    app = make(empty_url)
+    result = cli(app, "init-db")
+    assert result.exit_code == 0, result.output
+    assert f"schema none -> {migrate.head_revision()}" in result.output
+    engine = app.extensions["smart_db"].engine
+    assert migrate.schema_differences(engine) == []
+    client = app.test_client()
+
+    # The refresh token still refreshes, for its user and patient, signed by the kept key.
+    refreshed = client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": REFRESH_TOKEN,
+                                                 "client_id": "legacy-app"})
+    assert refreshed.status_code == 200, refreshed.get_data(as_text=True)
+    answer = refreshed.get_json()
+    assert answer["patient"] == "OLD-1"
+    assert _kid(answer["access_token"]) == "legacy-kid"
+
+    # The revoked token stays revoked; a token of the same key with another jti is active.
+    def introspect(value):
+        response = client.post("/auth/introspect", data={"token": value},
+                               headers={"Authorization": f"Bearer {answer['access_token']}"})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()["active"]
+
+    assert introspect(_legacy_token(key, REVOKED_JTI)) is False
+    assert introspect(_legacy_token(key, "legacy-other-jti")) is True
+
+    # The client and the user still log in and consent (a standalone launch).
+    auth = AuthActions(client)
+    code = auth.authorize("olduser", "old-password", client_id="legacy-app", redirect_uri=REDIRECT_URI,
+                          scope="launch/patient patient/ImagingStudy.rs")
+    token = auth.exchange(code, client_id="legacy-app", redirect_uri=REDIRECT_URI)
+    assert token["patient"] == "OLD-1"
+
+    # The access lists work on the upgraded database (the table was created if missing).
+    granted = cli(app, "smart", "add-user", "--username", "dr", "--password", "pw", "--role", "practitioner")
+    assert granted.exit_code == 0, granted.output
+    assert cli(app, "smart", "grant-access", "--username", "dr", "--patient", "OLD-1").output == "dr may see: OLD-1.\n"
+    engine.dispose()
+
+
+# --- a database never initialised ---------------------------------------------------------------
+
+def test_admin_commands_on_a_database_never_initialised_name_init_db(empty_url):
+    app = make(empty_url)
+    for args in (("smart", "add-client", "--client-id", "c", "--redirect-uri", REDIRECT_URI, "--public"),
+                 ("smart", "add-user", "--username", "u", "--password", "p", "--patient", "P1"),
+                 ("smart", "rotate-key"),
+                 ("smart", "grant-access", "--username", "u", "--patient", "P1")):
+        result = cli(app, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "flask --app app init-db" in result.output
+        assert "Traceback" not in result.output
+    assert inspect(app.extensions["smart_db"].engine).get_table_names() == []  # nothing half-written
+    app.extensions["smart_db"].engine.dispose()
+
+
+def test_requests_on_a_database_never_initialised_are_503_in_each_protocol(empty_url, caplog):
+    app = make(empty_url)
+    client = app.test_client()
+    caplog.set_level(logging.ERROR, logger="smart.store.db")
+    # A well-formed token of a key the empty database does not hold: verifying it needs the database.
+    key = _legacy_key()
+    bearer = {"Authorization": "Bearer " + _legacy_token(key, "j1")}
+    answers = {
+        "token": client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": "x",
+                                                  "client_id": "c"}),
+        "fhir": client.get("/fhir/ImagingStudy?patient=P1", headers=bearer),
+        "dicomweb": client.get("/dicomweb/studies/1.2.3", headers=bearer),
+        "jwks": client.get("/.well-known/jwks.json"),
+    }
+    for name, response in answers.items():
+        assert response.status_code == 503, (name, response.get_data(as_text=True))
+        assert response.headers["Retry-After"] == "5", name
+        assert "flask --app app init-db" in response.get_data(as_text=True), name
+    assert answers["token"].get_json()["error"] == "temporarily_unavailable"
+    assert answers["jwks"].get_json()["error"] == "temporarily_unavailable"
+    assert answers["fhir"].get_json()["resourceType"] == "OperationOutcome"
+    assert answers["fhir"].get_json()["issue"][0]["code"] == "transient"
+    assert answers["dicomweb"].get_json() == {"status": 503, "message": answers["dicomweb"].get_json()["message"]}
+    outages = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert len(outages) == 1, [r.getMessage() for r in outages]  # logged once, not per request
+    assert "init-db" in outages[0].getMessage()
+    app.extensions["smart_db"].engine.dispose()
