@@ -7,7 +7,7 @@ import secrets
 from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, current_app, jsonify, render_template, request, session
 
-from smart import audit, authz, scopes
+from smart import authz, scopes
 from smart.oauth import consents, discovery, revocation
 from smart.oauth.grants import context_patient, end_user_scope, find_launch, launch_refusal, scope_has
 from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError
@@ -243,19 +243,12 @@ def authorize():
 
     if action == "login":
         candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
-                                       request.remote_addr)
+                                       request.remote_addr, client_id=grant.request.client.client_id)
         if candidate is None:
-            # Recorded by address only: what was typed as a username may be a mistyped password.
-            audit.record("login", audit.events.MINOR_FAILURE, client_id=grant.request.client.client_id,
-                         address=request.remote_addr, description="unknown username, wrong password or throttled")
             # One message for wrong, unknown and throttled alike (no username enumeration).
             return _page("smart/login.html", status=401, client=grant.request.client,
                          message="Unknown username or wrong password.")
         # New login: fresh session and CSRF token (session fixation).
-        audit.record("login", client_id=grant.request.client.client_id, who=candidate.fhir_user,
-                     user=None if candidate.fhir_user else candidate.username,
-                     agent_patient=candidate.patient if candidate.role == "patient" else None,
-                     address=request.remote_addr)
         session.clear()
         session["user_id"] = candidate.id
         session["auth_time"] = now()

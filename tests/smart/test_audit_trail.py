@@ -79,6 +79,7 @@ def test_scripted_session_is_audited_exactly(world, caplog):
     found = sorted(_summary(entry["resource"]) for entry in bundle["entry"])
     assert found == sorted([
         ("110122", "0", None),                                # P's login
+        ("consent-given", "0", None),                         # remembered consent (then not asked again)
         ("token-issued", "0", None), ("token-issued", "0", None),
         ("search-type", "0", None),                           # ImagingStudy?patient=P
         ("wado-rs", "0", None),                               # the whole study
@@ -86,7 +87,7 @@ def test_scripted_session_is_audited_exactly(world, caplog):
         ("wado-rs", "4", None),                               # Q's study, refused
         ("token-revoked", "0", None),
     ]), found
-    assert bundle["total"] == 8
+    assert bundle["total"] == 9
     # The 401 after revocation names no one: it is not P's event (no token verified).
     by_kind = {(_summary(e["resource"])[0], e["resource"]["outcome"]): e["resource"] for e in bundle["entry"]}
     refused = by_kind[("wado-rs", "4")]
@@ -102,7 +103,7 @@ def test_scripted_session_is_audited_exactly(world, caplog):
     assert used["total"] == 1 and used["entry"][0]["resource"]["entity"][-2]["role"]["code"] == "24"
     assert app.extensions["smart_audit"].flush()
     page = _events(client, reader, f"patient={P}&_count=2").get_json()
-    assert page["total"] == 8 + 2 and len(page["entry"]) == 2
+    assert page["total"] == 9 + 2 and len(page["entry"]) == 2
     assert any(link["relation"] == "next" for link in page["link"])
     # Searching by entity (the study) and type.
     by_study = _events(client, reader, f"entity=ImagingStudy/{world['study']}").get_json()
