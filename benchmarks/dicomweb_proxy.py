@@ -636,7 +636,9 @@ def audit_compare(workdir: Path, pacs, study: Study, repeat: int, seconds: float
         raise
     finally:
         off.stop()
-        on.stop()
+        on.stop()  # graceful: the audit queue and the frames being aggregated are written
+    frames_recorded, studies_recorded = _recorded(on)
+    frames_made, studies_made = 2 * FRAME_REQUESTS + 1 + load["requests"], repeat + 1
     print("\n| measure | FACADE_AUDIT=0 | FACADE_AUDIT=1 | on/off |\n| --- | --- | --- | --- |")
     within = True
     for label, a, b in rows:
@@ -647,7 +649,28 @@ def audit_compare(workdir: Path, pacs, study: Study, repeat: int, seconds: float
     print(f"| {CLIENTS}-client load, audited | {load['requests']} requests, {load['errors']} errors, "
           f"{load['rps']:.0f} req/s | events written {counters.get('facade_audit_events_written_total', 0):.0f}, "
           f"dropped {dropped:.0f} | |")
-    return within and dropped == 0 and load["errors"] == 0
+    print(f"| recorded after the graceful stop | | frame requests {frames_recorded} of {frames_made}, "
+          f"whole studies {studies_recorded} of {studies_made} | |")
+    complete = (frames_recorded, studies_recorded) == (frames_made, studies_made)
+    return within and dropped == 0 and load["errors"] == 0 and complete
+
+
+def _recorded(facade: Facade) -> tuple[int, int]:
+    """Frame requests (the counts of aggregated events) and whole-study retrievals in *facade*'s audit table."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(facade.workdir / "facade.db") as connection:
+        rows = connection.execute("SELECT subtype, resource FROM facade_audit_event WHERE subtype LIKE 'wado-rs%'")
+        frames = studies = 0
+        for subtype, resource in rows:
+            if subtype == "wado-rs":
+                studies += 1
+                continue
+            for entity in json.loads(resource).get("entity", []):
+                for detail in entity.get("detail", []):
+                    frames += int(detail["valueString"])
+    return frames, studies
 
 
 def main(argv: list[str] | None = None) -> int:
