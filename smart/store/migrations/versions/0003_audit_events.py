@@ -19,7 +19,10 @@ INDEXED = ("recorded", "type", "subtype", "outcome", "patient", "agent_patient",
 
 
 def upgrade() -> None:
-    """Create ``facade_audit_event`` and its indexes."""
+    """Create ``facade_audit_event`` and its indexes, unless a database made by ``create_all``
+    (no ``alembic_version``) has them already."""
+    if "facade_audit_event" in sa.inspect(op.get_bind()).get_table_names():
+        return
     op.create_table(
         "facade_audit_event",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
