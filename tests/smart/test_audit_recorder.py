@@ -133,6 +133,7 @@ def test_an_auditor_needs_an_access_list(tmp_path, monkeypatch):
     with app.app_context():
         add_client("test-client", ["https://auditor.example/cb"], public=False, secret="s3cret-audit")
         grant_access(client_id="test-client", patients=["P2"])
+    assert app.extensions["smart_audit"].flush()
     seen = client.get("/fhir/AuditEvent", headers=bearer(auditor)).get_json()
     assert sorted((e["resource"]["subtype"][0]["code"], e["resource"]["entity"][0]["what"]["reference"])
                   for e in seen["entry"]) == [("110136", "Patient/P2"), ("read", "Patient/P2")]
