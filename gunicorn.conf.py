@@ -134,3 +134,11 @@ def on_exit(server):
     own = os.environ.get("FACADE_OWN_METRICS_DIR")
     if own and own == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(own, ignore_errors=True)
+
+
+def worker_exit(server, worker):
+    """Write the audit events this worker still holds (queued, or frames being aggregated) before
+    it exits: a graceful stop loses none (smart/audit/recorder.py)."""
+    from smart.audit import close_all
+
+    close_all()

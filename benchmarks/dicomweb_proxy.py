@@ -34,6 +34,12 @@ affinity: Orthanc on the first CPU, the facade and the benchmark's clients on th
 a model of the PACS on its own host, where the facade does not take CPU time from it. The
 aims are judged on the first pass, where all three share every CPU.
 
+With ``--audit`` it measures only the cost of the audit trail (issue 16): two facades on the
+same Orthanc, ``FACADE_AUDIT=0`` and ``1``, their CPU per whole study and per frame (each
+facade's processes over the phase, the audit writer included, per request), then the 32
+concurrent clients on the audited one and its ``facade_audit_events_dropped_total`` (aim 0);
+aim: CPU on/off within 5 %.
+
 Everything it starts is stopped at the end; nothing listens beyond loopback.
 """
 from __future__ import annotations
@@ -177,13 +183,15 @@ def part_bodies(body: bytes, content_type: str) -> list[bytes]:
 class Facade:
     """The facade started as in production: ``gunicorn -c gunicorn.conf.py "app:create_app()"``."""
 
-    def __init__(self, workdir: Path, pacs_dicomweb: str):
+    def __init__(self, workdir: Path, pacs_dicomweb: str, **extra_env: str):
         self.port = devpacs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ, FACADE_PACS_URL=pacs_dicomweb, FACADE_PUBLIC_URL=self.url,
                         FACADE_HOST="127.0.0.1", FACADE_PORT=str(self.port),
-                        FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db")
+                        FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db", **extra_env)
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each instance its own (gunicorn.conf.py)
         self.log_path = workdir / "gunicorn.log"
         self.process: subprocess.Popen | None = None
 
@@ -576,11 +584,102 @@ def report(a: dict, b: dict, c: dict, d: dict, seconds: float, pinned: tuple[dic
             and c["facade"]["errors"] == 0 and d["growth"] <= AIMS["d"])
 
 
+# --- auditing on vs off (issue 16) ----------------------------------------------------------
+
+def _facade_cpu(facade: Facade) -> float:
+    return sum(_cpu_ms(pid) for pid in facade.pids())
+
+
+def _audit_metrics(facade: Facade) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", facade.port, timeout=10)
+    conn.request("GET", "/metrics")
+    body = conn.getresponse().read().decode()
+    conn.close()
+    found = {}
+    for line in body.splitlines():
+        for name in ("facade_audit_events_dropped_total", "facade_audit_events_written_total"):
+            if line.startswith(name + " "):
+                found[name] = float(line.split()[1])
+    return found
+
+
+def audit_compare(workdir: Path, pacs, study: Study, repeat: int, seconds: float) -> bool:
+    """Two facades on the same Orthanc, FACADE_AUDIT=0 and 1: facade CPU per whole study and per
+    frame (each facade's own processes over the phase, writer thread included, divided by its
+    requests; the sides alternate), then CLIENTS concurrent clients on the audited one and its
+    dropped-events counter (aim: 0). Report table; aim: CPU within 5 %."""
+    off = Facade(workdir / "audit-off", pacs.dicomweb_url, FACADE_AUDIT="0")
+    on = Facade(workdir / "audit-on", pacs.dicomweb_url, FACADE_AUDIT="1")
+    try:
+        tokens = {f: f.init_db_and_token() for f in (off, on)}
+        for facade in (off, on):
+            facade.start()
+        # whole_study / single_frames key their results by target name: "direct" is the baseline here.
+        base = Target("direct", off.url + "/dicomweb", {"Authorization": f"Bearer {tokens[off]}"})
+        audited = Target("facade", on.url + "/dicomweb", {"Authorization": f"Bearer {tokens[on]}"})
+        rows = []
+        for label, run, requests in (
+                ("CPU ms per whole study", lambda: whole_study(base, audited, study, repeat), repeat + 1),
+                ("CPU ms per frame", lambda: single_frames(base, audited, study), 2 * FRAME_REQUESTS + 1)):
+            print(f"audit off vs on: {label} ...", flush=True)
+            before = {f: _facade_cpu(f) for f in (off, on)}
+            run()
+            time.sleep(1.5)  # the writer's last batch belongs to this phase
+            spent = {f: (_facade_cpu(f) - before[f]) / requests for f in (off, on)}
+            rows.append((label, spent[off], spent[on]))
+        print(f"audit on: {CLIENTS} concurrent clients, {seconds:.0f} s ...", flush=True)
+        load = concurrent_frames(audited, study, seconds)
+        time.sleep(1.5)
+        counters = _audit_metrics(on)
+    except BaseException:
+        print(on.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        off.stop()
+        on.stop()  # graceful: the audit queue and the frames being aggregated are written
+    frames_recorded, studies_recorded = _recorded(on)
+    frames_made, studies_made = 2 * FRAME_REQUESTS + 1 + load["requests"], repeat + 1
+    print("\n| measure | FACADE_AUDIT=0 | FACADE_AUDIT=1 | on/off |\n| --- | --- | --- | --- |")
+    within = True
+    for label, a, b in rows:
+        ratio = b / a if a else float("nan")
+        within &= ratio <= 1.05
+        print(f"| {label} | {a:.2f} | {b:.2f} | {ratio:.3f} |")
+    dropped = counters.get("facade_audit_events_dropped_total", -1)
+    print(f"| {CLIENTS}-client load, audited | {load['requests']} requests, {load['errors']} errors, "
+          f"{load['rps']:.0f} req/s | events written {counters.get('facade_audit_events_written_total', 0):.0f}, "
+          f"dropped {dropped:.0f} | |")
+    print(f"| recorded after the graceful stop | | frame requests {frames_recorded} of {frames_made}, "
+          f"whole studies {studies_recorded} of {studies_made} | |")
+    complete = (frames_recorded, studies_recorded) == (frames_made, studies_made)
+    return within and dropped == 0 and load["errors"] == 0 and complete
+
+
+def _recorded(facade: Facade) -> tuple[int, int]:
+    """Frame requests (the counts of aggregated events) and whole-study retrievals in *facade*'s audit table."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(facade.workdir / "facade.db") as connection:
+        rows = connection.execute("SELECT subtype, resource FROM facade_audit_event WHERE subtype LIKE 'wado-rs%'")
+        frames = studies = 0
+        for subtype, resource in rows:
+            if subtype == "wado-rs":
+                studies += 1
+                continue
+            for entity in json.loads(resource).get("entity", []):
+                for detail in entity.get("detail", []):
+                    frames += int(detail["valueString"])
+    return frames, studies
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 s instead of 30 s for (c), 5 runs for (a)")
     parser.add_argument("--repeat", type=int, help="whole-study retrievals per side for (a) (default 11, quick 5)")
     parser.add_argument("--no-pin", action="store_true", help="skip the pass with the PACS on a CPU of its own")
+    parser.add_argument("--audit", action="store_true", help="only compare two facades, FACADE_AUDIT=0 and 1: "
+                        "CPU per whole study and per frame, and dropped audit events under the concurrent load")
     args = parser.parse_args(argv)
     repeat = args.repeat or (5 if args.quick else 11)
     seconds = 10.0 if args.quick else 30.0
@@ -591,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with devpacs.Orthanc(workdir / "pacs") as pacs:
             store(pacs.url, study)
+            if args.audit:
+                met = audit_compare(workdir, pacs, study, repeat, seconds)
+                print(f"\ntotal {time.perf_counter() - began:.0f} s; audit aims met: {'yes' if met else 'no'}")
+                return 0 if met else 1
             facade = Facade(workdir, pacs.dicomweb_url)
             try:
                 token = facade.init_db_and_token()

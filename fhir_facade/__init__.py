@@ -19,7 +19,7 @@ def init_app(app: Flask) -> None:
     from fhir_facade.fhir import picker
     from fhir_facade.pacs import client as pacs
     from fhir_facade.pacs import lookups, studies
-    from fhir_facade.web import accesslog, cors, ops, viewer
+    from fhir_facade.web import accesslog, audit, cors, ops, viewer
 
     pacs.init_app(app)
     lookups.init_app(app)
@@ -32,6 +32,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(viewer.bp)
     cors.init_app(app)
     accesslog.init_app(app)
+    audit.init_app(app)
     ops.init_app(app)
 
     @app.errorhandler(HTTPException)

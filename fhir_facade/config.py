@@ -64,6 +64,14 @@ SETTINGS = (
     ("FACADE_METRICS_TOKEN", None, str),
     # Seconds the readiness probe waits for the PACS.
     ("FACADE_READY_TIMEOUT", 2.0, float),
+    # Audit trail (smart/audit): "0" turns recording off; seconds a viewer's frame requests of
+    # one study are aggregated over; bound of the per-process queue; days kept by `audit prune`;
+    # syslog collector (udp://host:port or tcp://host:port, RFC 5424) each event is forwarded to.
+    ("FACADE_AUDIT", "1", str),
+    ("FACADE_AUDIT_WINDOW", 10.0, float),
+    ("FACADE_AUDIT_QUEUE", 10000, int),
+    ("FACADE_AUDIT_RETENTION_DAYS", 365, int),
+    ("FACADE_AUDIT_SYSLOG", None, str),
 )
 
 

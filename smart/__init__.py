@@ -12,7 +12,9 @@ from flask import Flask, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import IntegrityError
 
-from smart.admin import cli, schema
+from smart.admin import audit_cli, cli, schema
+from smart.audit import recorder as audit_recorder
+from smart.audit import syslog as audit_syslog
 from smart.oauth import cors, server
 from smart.store import db
 from smart.store.models import Setting
@@ -113,8 +115,9 @@ def database_error(exc: Exception):
 
 
 def init_app(app: Flask) -> None:
-    """Register the database, the authorization server, its routes and CLI on *app*."""
+    """Register the database, the audit recorder, the authorization server, its routes and CLI on *app*."""
     db.init_app(app)
+    audit_recorder.init_app(app, forward=audit_syslog.forwarding_logger(app.config.get("FACADE_AUDIT_SYSLOG")))
     for error_class in db.DATABASE_ERRORS:
         app.register_error_handler(error_class, database_error)
     app.cli.add_command(schema.init_db_command)
@@ -130,6 +133,7 @@ def init_app(app: Flask) -> None:
     if "shares" not in app.blueprints:
         app.register_blueprint(shares.bp)
     app.cli.add_command(cli.smart_cli)
+    app.cli.add_command(audit_cli.audit_cli)
 
 
 bp.after_request(cors.add_cors_headers)

@@ -468,9 +468,24 @@ def check_patient(grant: AccessGrant, resource_type: str, patient_id: str, inter
     Forbidden
         If the grant does not reach that patient (:meth:`AccessGrant.patients`).
     """
+    asked = g.get("_asked_patients")
+    if asked is None:
+        g._asked_patients = asked = []
+    asked.append(patient_id)  # for the audit trail: the patients this request was about
     allowed = grant.patients(resource_type, interaction)
     if allowed is not None and patient_id not in allowed:
         raise Forbidden("the access token is not for this patient")
+
+
+def request_grant() -> AccessGrant | None:
+    """The grant the current request's token was verified to carry, or ``None`` (no token, or
+    one that was refused); verifies nothing (the audit trail's after-request hook)."""
+    return g.get("_access_grant")
+
+
+def asked_patients() -> list[str]:
+    """The Patient ids :func:`check_patient` was asked about in the current request, in order."""
+    return g.get("_asked_patients") or []
 
 
 # --- routes declare what they need -----------------------------------------------------------

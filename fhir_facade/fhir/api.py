@@ -18,6 +18,7 @@ from fhir_facade.access import check_owners, local_patient_params, public_patien
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir import bundle, capability
+from fhir_facade.fhir.audit_search import parse_audit_search
 from fhir_facade.fhir.outcomes import BadSearch, FhirError, NotAcceptable, NotFound, operation_outcome
 from fhir_facade.fhir.patient_search import parse_endpoint_search, parse_patient_search
 from fhir_facade.fhir.render import FHIR_JSON, fhir_response, negotiate, negotiate_request
@@ -381,6 +382,27 @@ def search_patient():
         resources = [r for r in resources if keep(r)]
     page = [bundle.shape(r, search) for r in _page(resources, search)]
     return fhir_response(bundle.searchset(_ctx().fhir_base, "Patient", page, len(resources), search))
+
+
+@bp.route("/AuditEvent", methods=["GET"])
+@bp.route("/AuditEvent/_search", methods=["POST"])
+@authz.needs("AuditEvent", "s")
+def search_audit_event():
+    """Search the audit trail by ``patient``, ``date``, ``agent``, ``entity``, ``type``, ``subtype``,
+    ``outcome`` (FHIR R4 AuditEvent), newest first, within the patients the token reaches: a
+    patient's token its own events, an auditor's (``user/`` or ``system/AuditEvent.rs``) those of
+    its stored access list (all of them with ``--all-patients``)."""
+    grant = authz.current_grant()
+    query, result = parse_audit_search(local_patient_params(grant, _query_params()), _ctx().timezone,
+                                       strict=_strict())
+    reach = grant.patients("AuditEvent", "s")
+    if reach is not None:
+        for patients in query.patients:
+            if not reach & set(patients):
+                raise authz.Forbidden("the access token is not for this patient")
+    events, total = authz.search_audit(query, reach, result.offset, 0 if result.summary_count else result.count)
+    page = [bundle.shape(event, result) for event in events]
+    return fhir_response(bundle.searchset(_ctx().fhir_base, "AuditEvent", page, total, result))
 
 
 # Every request is checked against what its view declares (after the checks above).

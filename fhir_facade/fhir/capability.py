@@ -44,6 +44,19 @@ RESOURCES = {
          ("gender", "token", f"{SPEC}/individual-gender")],
         [],
     ),
+    # The audit trail (smart/audit; fhir_facade.fhir.audit_search): read by a patient's own
+    # token (patient/AuditEvent.rs) or an auditor's with an access list.
+    "AuditEvent": (
+        ("search-type",),
+        [("patient", "reference", f"{SPEC}/AuditEvent-patient"),
+         ("date", "date", f"{SPEC}/AuditEvent-date"),
+         ("agent", "reference", f"{SPEC}/AuditEvent-agent"),
+         ("entity", "reference", f"{SPEC}/AuditEvent-entity"),
+         ("type", "token", f"{SPEC}/AuditEvent-type"),
+         ("subtype", "token", f"{SPEC}/AuditEvent-subtype"),
+         ("outcome", "token", f"{SPEC}/AuditEvent-outcome")],
+        [],
+    ),
 }
 
 

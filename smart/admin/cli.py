@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import click
 from sqlalchemy import delete, select
 
-from smart import authz
+from smart import audit, authz
 from smart.admin import issuers as issuer_admin
 from smart.oauth import cors
 from smart.admin.schema import DatabaseGroup
@@ -315,6 +315,7 @@ def grant_access(client_id: str | None = None, username: str | None = None, pati
                         for patient in sorted(set(patients) - current))
     session.commit()
     authz.forget_access()
+    _audit_access("access-granted", kind, subject, [] if all_patients else sorted(set(patients) - (current or set())))
     return authz.read_access_list(kind, subject)
 
 
@@ -345,10 +346,22 @@ def revoke_access(client_id: str | None = None, username: str | None = None,
     if patients and authz.read_access_list(kind, subject) is None:
         raise AdminError(f"{subject!r} has access to all patients: revoke everything (no --patient), "
                          "then grant the patients it keeps")
+    before = authz.read_access_list(kind, subject)
     _delete_access(kind, subject, patients)
     get_session().commit()
     authz.forget_access()
+    _audit_access("access-revoked", kind, subject, sorted(set(patients) & before if patients and before else before or []))
     return authz.read_access_list(kind, subject)
+
+
+def _audit_access(kind: str, subject_kind: str, subject: str, patients: list[str]) -> None:
+    """Record an access list change: one event per patient named (so each patient's trail shows
+    who was given or lost access), one without a patient for "all patients" or "everything"."""
+    description = f"{'granted to' if kind == 'access-granted' else 'revoked from'} {subject_kind} {subject!r}"
+    if not patients:
+        audit.record(kind, user="administrator", description=description + " (all patients)")
+    for patient in patients:
+        audit.record(kind, user="administrator", patient=patient, description=description)
 
 
 def _delete_access(kind: str, subject: str, patients: list[str] = ()) -> None:

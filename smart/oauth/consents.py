@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flask import has_request_context, request
 from sqlalchemy import delete, select, update
 
+from smart import audit
 from smart.oauth.grants import revoke_family
 from smart.store.db import get_session
 from smart.store.models import AuthorizationCode, Client, Consent, RefreshToken, User, now
@@ -77,6 +79,14 @@ def remember(user: User, client_id: str, scope: str) -> None:
     row.scope = " ".join(sorted(approved | set(row.scope.split())))
     row.updated_at = now()
     session.commit()
+    _audit("consent-given", user, client_id, f"scopes remembered: {row.scope}")
+
+
+def _audit(kind: str, user: User, client_id: str, description: str) -> None:
+    """Record a consent given or withdrawn, about the user's own patient when a patient user."""
+    audit.record(kind, client_id=client_id, who=user.fhir_user, user=None if user.fhir_user else user.username,
+                 patient=user.patient if user.role == "patient" else None,
+                 address=request.remote_addr if has_request_context() else None, description=description)
 
 
 def approved_apps(user: User) -> list[ApprovedApp]:
@@ -115,4 +125,6 @@ def withdraw(user: User, client_id: str) -> bool:
         RefreshToken.user_id == user.id, RefreshToken.client_id == client_id, RefreshToken.revoked_at.is_(None),
     ).values(revoked_at=now()))
     session.commit()
+    if forgotten.rowcount > 0:
+        _audit("consent-withdrawn", user, client_id, "consent withdrawn; the app's tokens for this user revoked")
     return forgotten.rowcount > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from flask import jsonify, request
 
-from smart import authz
+from smart import audit, authz
 from smart.oauth.grants import RefreshTokenGrant
 from smart.oauth.server import server
 from smart.store.db import get_session
@@ -125,10 +125,16 @@ def revoke():
     if claims is not None:
         if claims.get("client_id") == client.client_id:
             tokens.revoke_jti(claims["jti"], claims["exp"])
+            audit.record("token-revoked", client_id=client.client_id, jti=claims.get("jti"),
+                         who=claims.get("fhirUser"), patient=claims.get("patient"), address=request.remote_addr,
+                         description="access token revoked")
         return _json({})
     row = _refresh_row(value)
     if row is not None and row.client_id == client.client_id:
         row.revoked_at = now()
         get_session().commit()
+        audit.record("token-revoked", client_id=client.client_id, patient=(row.context or {}).get("patient"),
+                     who=(row.context or {}).get("fhirUser"), address=request.remote_addr,
+                     description="refresh token revoked")
     return _json({})
 

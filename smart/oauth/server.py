@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from flask import request as flask_request
 from sqlalchemy import delete, select
 
+from smart import audit
 from smart.oauth import assertions, grants
 from smart.store.db import get_session
 from smart.store.models import Client, IssuedAccessToken, RefreshToken, digest, now
@@ -57,6 +58,17 @@ def save_token(token: dict, request) -> None:
         session.execute(delete(IssuedAccessToken).where(IssuedAccessToken.exp <= now()))
         session.add(IssuedAccessToken(jti=claims["jti"], code_id=family, exp=claims["exp"]))
     session.commit()
+    _audit_issued(request, refreshed=old is not None)
+
+
+def _audit_issued(request, refreshed: bool) -> None:
+    """Record the token issued (or refreshed) by its ``jti``, client, user and patient (never the token)."""
+    claims = getattr(request, "access_claims", None) or {}
+    user = request.user
+    audit.record("token-refreshed" if refreshed else "token-issued", client_id=request.client.client_id,
+                 jti=claims.get("jti"), who=claims.get("fhirUser"),
+                 user=user.username if user is not None and not claims.get("fhirUser") else None,
+                 patient=claims.get("patient"), address=flask_request.remote_addr)
 
 
 class SmartAuthorizationServer(AuthorizationServer):

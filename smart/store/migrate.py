@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from smart.store import models  # noqa: F401  (registers every table on Base.metadata)
+from smart.store import audit_log  # noqa: F401  (the audit trail's table)
 from smart.store.db import Base
 
 #: Folder of ``env.py`` and ``versions/``.

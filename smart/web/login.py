@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
+from smart import audit
 from smart.store.db import get_session
 from smart.store.models import LoginAttempt, User, hash_secret, now
 
@@ -123,7 +124,7 @@ def _forget(session: Session, *where) -> None:
     session.commit()
 
 
-def authenticate(username: str, password: str, address: str | None) -> User | None:
+def authenticate(username: str, password: str, address: str | None, client_id: str | None = None) -> User | None:
     """Return the user whose *username* and *password* match, or None.
 
     The attempt is first recorded as a failure, then counted under the throttling rule in
@@ -138,6 +139,8 @@ def authenticate(username: str, password: str, address: str | None) -> User | No
         As typed on the login form.
     address : str or None
         The client's IP address (``request.remote_addr``); None counts as one empty address.
+    client_id : str, optional
+        The app the user is signing in to (the audit trail's agent).
 
     Returns
     -------
@@ -149,10 +152,12 @@ def authenticate(username: str, password: str, address: str | None) -> User | No
     attempt = _record(session, key, address, current)
     if _throttled(session, key, address, current - FAILURE_WINDOW):
         _forget(session, LoginAttempt.id == attempt.id)
+        _audit_login(None, address, client_id)
         return None
     user = _check_password(session, username, password)
     if user is not None:
         _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
+    _audit_login(user, address, client_id)
     return user
 
 
@@ -185,3 +190,14 @@ def throttled_check(key: str, address: str | None, check) -> bool:
         return False
     _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
     return True
+
+
+def _audit_login(user: User | None, address: str, client_id: str | None) -> None:
+    """Record a login (DICOM 110114 / 110122). A failure is recorded by address only: what was
+    typed as a username may be a mistyped password."""
+    if user is None:
+        audit.record("login", audit.events.MINOR_FAILURE, client_id=client_id, address=address or None,
+                     description="unknown username, wrong password or throttled")
+        return
+    audit.record("login", client_id=client_id, who=user.fhir_user, user=None if user.fhir_user else user.username,
+                 agent_patient=user.patient if user.role == "patient" else None, address=address or None)

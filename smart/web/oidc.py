@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 from flask import jsonify, redirect, request, session
 from sqlalchemy import select
 
-from smart import authz
+from smart import audit, authz
 from smart.oauth import consents
 from smart.oauth.grants import scope_has
 from smart.oauth.server import query_client
@@ -111,6 +111,10 @@ def end_session():  # a browser page: it only ends this browser's login session
     match ``client_id``); otherwise shows a "signed out" page (400 when the redirect was
     refused, naming why).
     """
+    user = current_user()
+    if user is not None:
+        audit.record("logout", who=user.fhir_user, user=None if user.fhir_user else user.username,
+                     agent_patient=user.patient if user.role == "patient" else None, address=request.remote_addr)
     session.clear()
     target, problem = _logout_target()
     if target is not None:

@@ -243,7 +243,7 @@ def authorize():
 
     if action == "login":
         candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
-                                       request.remote_addr)
+                                       request.remote_addr, client_id=grant.request.client.client_id)
         if candidate is None:
             # One message for wrong, unknown and throttled alike (no username enumeration).
             return _page("smart/login.html", status=401, client=grant.request.client,

@@ -24,7 +24,7 @@ import time
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, session
 from werkzeug.security import check_password_hash
 
-from smart import authz
+from smart import audit, authz
 from smart.store.models import now
 from smart.tokens import jwt as tokens
 from smart.tokens import shares
@@ -223,3 +223,31 @@ def images():  # a browser page: the login session is its credential, CSRF token
             return _images_page(user, message="Link revoked: it no longer opens.")
         return _images_page(user, 404, "That link was not on your list.")
     return _images_page(user)
+
+
+#: A share's events (:data:`smart.tokens.shares.EVENTS`) as audit kinds and outcomes (issue 16:
+#: share links created, used and revoked; a refused link or PIN is a use that failed).
+_AUDITED = {
+    "created": ("share-created", audit.events.SUCCESS),
+    "redeemed": ("share-used", audit.events.SUCCESS),
+    "refused": ("share-used", audit.events.MINOR_FAILURE),
+    "revoked": ("share-revoked", audit.events.SUCCESS),
+}
+
+
+def _audit_share(event: str, share, details: dict) -> None:
+    """Record a share event in the audit trail: the patient, the study (none for ``all``), the
+    patient who made the link (created, revoked), the address and why a use was refused; the
+    link's secret and PIN are never known here."""
+    kind, outcome = _AUDITED[event]
+    study = share.study if share is not None and share.study != "all" else None
+    audit.record(kind, outcome,
+                 patient=share.patient if share is not None else None,
+                 study=study,
+                 who=share.created_by if share is not None and event in ("created", "revoked") else None,
+                 address=details.get("address") or request.remote_addr,
+                 description=details.get("reason"))
+
+
+# Registered once, when the module is first imported (the listeners are process-wide).
+shares.add_listener(_audit_share)

@@ -196,3 +196,30 @@ def test_a_share_of_all_studies_reaches_the_patient_only(sh):
     fhir = sh["app"].test_client()
     assert fhir.get(f"/fhir/ImagingStudy?patient={OTHER}", headers=bearer(share_token)).status_code == 403
     assert fhir.get(f"/fhir/ImagingStudy?patient={PATIENT}", headers=bearer(share_token)).status_code == 200
+
+
+def test_share_events_are_in_the_audit_trail_without_the_secret(sh, orthanc):
+    """Issue 16 × 15: a share created, a wrong PIN, a use and a revocation are AuditEvents (the
+    study named, the refused use a minor failure), and no row holds the link's secret or PIN."""
+    import json
+
+    from smart.audit import get_recorder
+
+    uid = pydicom.uid.generate_uid()  # a study no other test names, so the rows are this test's
+    ds = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=uid, Modality="OT")
+    devpacs.store_file(orthanc.url, devpacs.to_part10(ds))
+    body = create(sh, {"study": uid, "pin": "8642"}).get_json()
+    secret = body["url"].rsplit("/", 1)[1]
+    assert redeem(sh, body["url"], pin="1111", address="10.0.0.77")[1] is None
+    assert redeem(sh, body["url"], pin="8642", address="10.0.0.78")[1]
+    assert sh["app"].test_client().delete(f"/auth/shares/{body['id']}",
+                                          headers=bearer(sh["patient"])).status_code == 204
+    assert get_recorder(sh["app"]).flush()
+    with sqlite3.connect(sh["db"]) as db:
+        rows = db.execute("SELECT subtype, action, outcome, resource FROM facade_audit_event "
+                          "ORDER BY recorded, id").fetchall()
+    mine = [(subtype, action, outcome) for subtype, action, outcome, resource in rows if uid in resource]
+    assert mine == [("110135", "C", "0"), ("share-used", "E", "4"), ("share-used", "E", "0"),
+                    ("110135", "D", "0")]
+    dump = json.dumps(rows)
+    assert secret not in dump and "8642" not in dump

@@ -6,6 +6,7 @@ engine, through :func:`smart.store.migrate.upgrade`.
 from alembic import context
 
 from smart.store import models  # noqa: F401  (registers every table on Base.metadata)
+from smart.store import audit_log  # noqa: F401  (the audit trail's table)
 from smart.store.db import Base
 
 connection = context.config.attributes["connection"]

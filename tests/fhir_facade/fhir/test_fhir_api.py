@@ -446,9 +446,10 @@ def test_capability_statement_lists_exactly_what_works(fake_app, rsps):
     rest = statement["rest"][0]
     assert statement["format"] == ["json", "xml", "application/fhir+json", "application/fhir+xml"]
     listed = {r["type"]: r for r in rest["resource"]}
-    assert set(listed) == {"ImagingStudy", "Endpoint", "Patient"}
+    assert set(listed) == {"ImagingStudy", "Endpoint", "Patient", "AuditEvent"}
     for resource_type, entry in listed.items():
-        assert {i["code"] for i in entry["interaction"]} == {"read", "search-type"}
+        interactions = {"search-type"} if resource_type == "AuditEvent" else {"read", "search-type"}
+        assert {i["code"] for i in entry["interaction"]} == interactions
         for param in entry["searchParam"]:
             value = TOKEN_SAMPLES.get(param["name"]) or SAMPLE_VALUES[param["type"]]
             if resource_type == "Endpoint":
