@@ -14,7 +14,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create ``smart_share_link`` (the secret only as its SHA-256, unique; looked up by patient)."""
+    """Create ``smart_share_link`` (the secret only as its SHA-256, unique; looked up by patient),
+    unless it exists (as 0001 and 0002: a database without ``alembic_version`` that has it)."""
+    if "smart_share_link" in sa.inspect(op.get_bind()).get_table_names():
+        return
     op.create_table(
         "smart_share_link",
         sa.Column("id", sa.String(32), nullable=False),
