@@ -161,6 +161,26 @@ def authenticate(username: str, password: str, address: str | None, client_id: s
     return user
 
 
+def sign_in(form, address: str | None, client_id: str | None = None) -> User | None:
+    """Check a login form's ``username`` and ``password`` (:func:`authenticate`) and, when they
+    match, start a fresh login session: cleared, so a new CSRF token too (session fixation), with
+    ``user_id`` and ``auth_time`` (OIDC Core 1.0 §2, for ``max_age``).
+
+    Returns
+    -------
+    User or None
+        The signed-in user, or None for a wrong, unknown or throttled login (one answer for all).
+    """
+    from flask import session
+
+    user = authenticate(form.get("username", ""), form.get("password", ""), address, client_id=client_id)
+    if user is not None:
+        session.clear()
+        session["user_id"] = user.id
+        session["auth_time"] = now()
+    return user
+
+
 def throttled_check(key: str, address: str | None, check) -> bool:
     """Check another secret (a share link's PIN) under this module's throttling rule, with *key*
     in place of the username (e.g. ``share:<id>``): the same limits, window and answer as a

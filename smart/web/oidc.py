@@ -13,7 +13,7 @@ from smart.oauth.grants import scope_has
 from smart.oauth.server import query_client
 from smart.oauth.urls import APPS_PATH, END_SESSION_PATH, USERINFO_PATH
 from smart.store.db import get_session
-from smart.store.models import User, now
+from smart.store.models import User
 from smart.tokens import jwt as tokens
 from smart.web import login, picker
 from smart.web.routes import _csrf_ok, _json_error, _page, bp, current_user, describe_scope
@@ -149,13 +149,8 @@ def apps():  # a browser page: the login session is its credential, CSRF tokens 
         return _login_page(400, "The form expired; please sign in again.")
     action = request.form.get("action")
     if action == "login":
-        candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
-                                       request.remote_addr)
-        if candidate is None:
+        if login.sign_in(request.form, request.remote_addr) is None:
             return _login_page(401, "Unknown username or wrong password.")
-        session.clear()
-        session["user_id"] = candidate.id
-        session["auth_time"] = now()
         return redirect(APPS_PATH, code=303)
     if user is None:
         return _login_page()

@@ -14,7 +14,7 @@ from smart.oauth.launches import FHIR_ID, LAUNCH_LIFETIME, AdminError
 from smart.oauth.launches import create_launch as make_launch
 from smart.oauth.server import query_client, server
 from smart.store.db import get_session
-from smart.store.models import ACCESS_CLIENT, ACCESS_USER, User, now
+from smart.store.models import ACCESS_CLIENT, ACCESS_USER, User
 from smart.tokens import jwt as tokens
 from smart.tokens import keys
 from smart.web import login, picker, prompts
@@ -242,16 +242,11 @@ def authorize():
         return _page("smart/login.html", client=grant.request.client)
 
     if action == "login":
-        candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
-                                       request.remote_addr, client_id=grant.request.client.client_id)
+        candidate = login.sign_in(request.form, request.remote_addr, client_id=grant.request.client.client_id)
         if candidate is None:
             # One message for wrong, unknown and throttled alike (no username enumeration).
             return _page("smart/login.html", status=401, client=grant.request.client,
                          message="Unknown username or wrong password.")
-        # New login: fresh session and CSRF token (session fixation).
-        session.clear()
-        session["user_id"] = candidate.id
-        session["auth_time"] = now()
         return _after_login(grant, candidate, asked)
 
     if user is None or (action is None and "login" in asked):

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, redirect, render_template, request, session
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request
 from werkzeug.security import check_password_hash
 
 from smart import audit, authz
-from smart.store.models import now
 from smart.tokens import jwt as tokens
 from smart.tokens import shares
 from smart.web import login
@@ -203,13 +202,8 @@ def images():  # a browser page: the login session is its credential, CSRF token
         return _images_login(400, "The form expired; please sign in again.")
     action = request.form.get("action") if request.method == "POST" else None
     if action == "login":
-        candidate = login.authenticate(request.form.get("username", ""), request.form.get("password", ""),
-                                       request.remote_addr)
-        if candidate is None:
+        if login.sign_in(request.form, request.remote_addr) is None:
             return _images_login(401, "Unknown username or wrong password.")
-        session.clear()
-        session["user_id"] = candidate.id
-        session["auth_time"] = now()
         return redirect(IMAGES_PATH, code=303)
     if user is None:
         return _images_login()

@@ -3,19 +3,13 @@
 // Usage: node ehr_launch.mjs '<json config>'   (tests/smart/test_smart_clients.py builds the config)
 // Config: chromium, screenshots (folder), launchUrl, pickerUrl, username, password, patientQuery,
 //         patientId, timeoutMs. Prints one JSON object with what the pages showed.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const config = JSON.parse(process.argv[2]);
 const timeout = config.timeoutMs || 30000;
 const shot = (page, name) => page.screenshot({ path: `${config.screenshots}/${name}.png`, fullPage: true });
 
-const browser = await chromium.launch({
-  executablePath: config.chromium,
-  headless: true,
-  // This machine's network is closed: keep chromium from calling home (flags of the env notes).
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(config);
 const result = { console: [], requests: [] };
 try {
   // --- EHR launch: app launch URL -> login -> consent -> app reads studies and a frame --------

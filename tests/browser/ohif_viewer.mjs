@@ -7,34 +7,13 @@
 // For each viewer, in one browser: open the study (login, consent), wait until the viewport's
 // canvas shows an image, reload, open the study in a new tab, log out, visit again. Prints one
 // JSON object per viewer with what happened; the test judges it.
-import { chromium } from "playwright-core";
+import { canvasValues, launch } from "./chromium.mjs";
 
 const config = JSON.parse(process.argv[2]);
 const timeout = config.timeoutMs || 60000;
 
-const browser = await chromium.launch({
-  executablePath: config.chromium,
-  headless: true,
-  // This machine's network is closed: keep chromium from calling home (flags of the env notes).
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(config);
 
-// Distinct colours (up to 256) among the pixels of the viewport canvas showing most of them,
-// once there are more than `least` (an image, not a blank or uniform canvas); else 0.
-function canvasValues(least) {
-  let best = 0;
-  for (const canvas of document.querySelectorAll("canvas.cornerstone-canvas, .viewport-element canvas")) {
-    if (canvas.width < 64 || canvas.height < 64) continue;
-    const context = canvas.getContext("2d", { willReadFrequently: true });
-    if (!context) continue;
-    const { data } = context.getImageData(0, 0, canvas.width, canvas.height);
-    const seen = new Set();
-    for (let i = 0; i < data.length && seen.size < 256; i += 4 * 7) seen.add(data[i] | (data[i + 1] << 8) | (data[i + 2] << 16));
-    best = Math.max(best, seen.size);
-  }
-  return best > least ? best : 0;
-}
 
 async function waitForImage(page) {
   const handle = await page.waitForFunction(canvasValues, 16, { timeout, polling: 250 });

@@ -9,31 +9,12 @@
 // 3. The patient revokes the link; the doctor's next DICOMweb request (with the token the viewer
 //    used) and a reload of the link are answered.
 // Prints one JSON object with what happened; the test judges it.
-import { chromium } from "playwright-core";
+import { canvasValues, launch } from "./chromium.mjs";
 
 const config = JSON.parse(process.argv[2]);
 const timeout = config.timeoutMs || 60000;
-const browser = await chromium.launch({
-  executablePath: config.chromium,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(config);
 
-// Distinct colours among the pixels of the viewport canvas showing most (as ohif_viewer.mjs).
-function canvasValues(least) {
-  let best = 0;
-  for (const canvas of document.querySelectorAll("canvas.cornerstone-canvas, .viewport-element canvas")) {
-    if (canvas.width < 64 || canvas.height < 64) continue;
-    const context = canvas.getContext("2d", { willReadFrequently: true });
-    if (!context) continue;
-    const { data } = context.getImageData(0, 0, canvas.width, canvas.height);
-    const seen = new Set();
-    for (let i = 0; i < data.length && seen.size < 256; i += 4 * 7) seen.add(data[i] | (data[i + 1] << 8) | (data[i + 2] << 16));
-    best = Math.max(best, seen.size);
-  }
-  return best > least ? best : 0;
-}
 
 const out = { steps: [], failed: [], console: [] };
 const patientContext = await browser.newContext({ viewport: { width: 1200, height: 800 } });

@@ -4,16 +4,11 @@
 // Config: chromium, hostUrl (the app's page that frames the silent request and reports its answer),
 //         loginUrl (an ordinary authorize URL), framedLoginUrl (a page of the app framing that URL),
 //         username, password, timeoutMs. Prints one JSON object with what each step saw.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const config = JSON.parse(process.argv[2]);
 const timeout = config.timeoutMs || 30000;
-const browser = await chromium.launch({
-  executablePath: config.chromium,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(config);
 
 // The answer the hidden iframe reported to the app page (its callback's query string).
 async function silentAnswer(page) {
