@@ -137,8 +137,8 @@ def _signed_out():
 
 
 def _confirm_page(user: User, message: str | None = None, status: int = 200):
-    """"Sign out?" (RP-Initiated Logout 1.0 §2): a form whose fields carry only a redirect that
-    was validated here, so the answer to it needs no ``id_token_hint``."""
+    """The page asking "Sign out?" (RP-Initiated Logout 1.0 §2). Its form carries only a redirect
+    validated here (``client_id`` resolved from the hint's ``aud``), never the hint itself."""
     target, client_id, problem = _logout_target()
     fields = [("post_logout_redirect_uri", target), ("client_id", client_id)] if target else []
     if target and request.values.get("state"):
