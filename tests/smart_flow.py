@@ -183,6 +183,15 @@ class AuthActions:
         code.location = location
         return code
 
+    def logout(self, **params):
+        """Sign this browser out at the end-session endpoint, answering "Sign out?" when asked
+        (a logout without the user's id_token_hint, RP-Initiated Logout 1.0 §2)."""
+        response = self.client.get("/auth/logout", query_string=params)
+        html = response.get_data(as_text=True)
+        if any(("action", "logout") in form["fields"] for form in parse_forms(html)):
+            response = self.submit(html, "logout", button=("decision", "sign_out"))
+        return response
+
     # --- token endpoint -----------------------------------------------------------------
     def exchange_response(self, code, verifier, client_id=DEFAULT_CLIENT_ID, redirect_uri=DEFAULT_REDIRECT_URI,
                           secret=None, basic=True, **extra):

@@ -9,8 +9,8 @@ Two viewers, one browser (tests/browser/ohif_viewer.mjs, playwright-core):
 
 Each logs in as the demo patient, opens the demo study, and its viewport canvas must show the
 image (pixels of many values); a reload and a new tab reach the viewer without the consent page;
-logout passes the post-logout URI and the next visit asks for the login. Screenshots go to
-var/screenshots/ (git-ignored).
+logout passes its id_token_hint and the post-logout URI (no "Sign out?" question) and the next
+visit asks for the login. Screenshots go to var/screenshots/ (git-ignored).
 """
 from __future__ import annotations
 
@@ -153,6 +153,11 @@ def test_ohif_bundled_and_elsewhere_logs_in_shows_the_demo_study_and_logs_out(vi
         # Reload and a pasted link: no consent page, no login page.
         assert result["reloadConsent"] == 0 and result["tabConsent"] == 0, report
         assert result["tabLogin"] == 0, report
-        # Logout went through the post-logout URI; the next visit asks for the login.
+        # Logout: OHIF (oidc-client-ts) sends its id_token_hint, so the facade signs out without
+        # asking "Sign out?" (RP-Initiated Logout 1.0 §2) and goes back to the post-logout URI;
+        # the next visit asks for the login.
+        assert "id_token_hint" in result["logoutParams"], report
+        assert "post_logout_redirect_uri" in result["logoutParams"], report
+        assert result["signOutAsked"] is False, report
         assert result["postLogout"].split("?")[0] == wanted["postLogoutUrl"], report
         assert result["nextVisitLogin"].startswith(facade + "/auth/authorize"), report

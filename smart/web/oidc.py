@@ -77,9 +77,12 @@ def userinfo():
 
 
 # --- RP-initiated logout -----------------------------------------------------------------------
-def _logout_target() -> tuple[str | None, str | None]:
-    """Where RP-Initiated Logout 1.0 §3 lets this logout request go: ``(URI, None)`` or
-    ``(None, why not)``; ``(None, None)`` when no ``post_logout_redirect_uri`` was asked for."""
+def _logout_target() -> tuple[str | None, str | None, str | None]:
+    """Where RP-Initiated Logout 1.0 §3 lets this logout request go.
+
+    Returns ``(URI, client_id, None)``, or ``(None, None, why not)``; ``(None, None, None)`` when
+    no ``post_logout_redirect_uri`` was asked for.
+    """
     values = request.values
     uri, client_id, hint = (values.get(name) or None for name in ("post_logout_redirect_uri", "client_id",
                                                                    "id_token_hint"))
@@ -88,40 +91,89 @@ def _logout_target() -> tuple[str | None, str | None]:
         try:
             aud = tokens.decode_id_token_hint(hint).get("aud")
         except tokens.InvalidToken as exc:
-            return None, exc.description
+            return None, None, exc.description
         audiences = aud if isinstance(aud, list) else [aud]
         if client_id and client_id not in audiences:
-            return None, "client_id is not the audience of the id_token_hint."
+            return None, None, "client_id is not the audience of the id_token_hint."
     if not uri:
-        return None, None
+        return None, None, None
     client = query_client(client_id or (audiences[0] if len(audiences) == 1 else None))
     if client is None:
-        return None, "Give client_id or id_token_hint with post_logout_redirect_uri."
+        return None, None, "Give client_id or id_token_hint with post_logout_redirect_uri."
     if uri not in (client.post_logout_redirect_uris or []):
-        return None, "The post_logout_redirect_uri is not registered for this client."
-    return uri, None
+        return None, None, "The post_logout_redirect_uri is not registered for this client."
+    return uri, client.client_id, None
+
+
+def _hint_names(user: User) -> bool:
+    """Whether the request's ``id_token_hint`` is an id_token of ours issued to *user*: the RP
+    proved the logout is for the signed-in End-User (RP-Initiated Logout 1.0 §2)."""
+    hint = request.values.get("id_token_hint")
+    if not hint:
+        return False
+    try:
+        return tokens.decode_id_token_hint(hint).get("sub") == user.username
+    except tokens.InvalidToken:
+        return False
+
+
+def _sign_out(user: User | None) -> None:
+    """End this browser's login session (and audit it when there was one)."""
+    if user is not None:
+        audit.record("logout", who=user.fhir_user, user=None if user.fhir_user else user.username,
+                     agent_patient=user.patient if user.role == "patient" else None, address=request.remote_addr)
+    session.clear()
+
+
+def _signed_out():
+    """After signing out: the validated redirect (with ``state``, RP-Initiated Logout 1.0 §3),
+    else the signed-out page (400 naming why a redirect was refused)."""
+    target, _, problem = _logout_target()
+    if target is not None:
+        state = request.values.get("state")
+        separator = "&" if "?" in target else "?"
+        return redirect(target + (separator + urlencode({"state": state}) if state else ""), code=302)
+    return _page("smart/signed_out.html", status=400 if problem else 200, fields=[], message=problem)
+
+
+def _confirm_page(user: User, message: str | None = None, status: int = 200):
+    """The page asking "Sign out?" (RP-Initiated Logout 1.0 §2). Its form carries only a redirect
+    validated here (``client_id`` resolved from the hint's ``aud``), never the hint itself."""
+    target, client_id, problem = _logout_target()
+    fields = [("post_logout_redirect_uri", target), ("client_id", client_id)] if target else []
+    if target and request.values.get("state"):
+        fields.append(("state", request.values["state"]))
+    if problem:  # asked for a redirect this request cannot have: say so before asking
+        status, message = 400, message or f"You will not be sent back to the app: {problem}"
+    return _page("smart/sign_out.html", status=status, fields=fields, user=user, message=message, cancelled=False)
 
 
 @bp.route(END_SESSION_PATH, methods=["GET", "POST"])
 def end_session():  # a browser page: it only ends this browser's login session
     """End-session endpoint (RP-Initiated Logout 1.0 §2): sign this browser out.
 
-    Redirects to ``post_logout_redirect_uri`` (with ``state``) only when it is registered for
-    the client named by ``client_id`` or by a valid ``id_token_hint`` (whose audience must
-    match ``client_id``); otherwise shows a "signed out" page (400 when the redirect was
-    refused, naming why).
+    Signs out at once when there is no login session, or when a valid ``id_token_hint`` names
+    the signed-in user; otherwise asks "Sign out?" (the spec's MUST: a request without such a
+    hint may come from any site), and signs out when the user's form (CSRF token, ``action=logout``,
+    ``decision=sign_out``) answers yes. After signing out it redirects to
+    ``post_logout_redirect_uri`` (with ``state``) only when it is registered for the client
+    named by ``client_id`` or by a valid ``id_token_hint`` (whose audience must match
+    ``client_id``); otherwise shows a "signed out" page (400 when the redirect was refused,
+    naming why). The pages are unframeable.
     """
     user = current_user()
-    if user is not None:
-        audit.record("logout", who=user.fhir_user, user=None if user.fhir_user else user.username,
-                     agent_patient=user.patient if user.role == "patient" else None, address=request.remote_addr)
-    session.clear()
-    target, problem = _logout_target()
-    if target is not None:
-        state = request.values.get("state")
-        separator = "&" if "?" in target else "?"
-        return redirect(target + (separator + urlencode({"state": state}) if state else ""), code=302)
-    return _page("smart/signed_out.html", status=400 if problem else 200, fields=[], message=problem)
+    answered = request.method == "POST" and request.form.get("action") == "logout"
+    if user is None or _hint_names(user):
+        _sign_out(user)
+        return _signed_out()
+    if not answered:
+        return _confirm_page(user)
+    if request.form.get("decision") == "cancel":
+        return _page("smart/sign_out.html", fields=[], user=user, message=None, cancelled=True)
+    if not _csrf_ok() or request.form.get("decision") != "sign_out":
+        return _confirm_page(user, "The form expired; please answer again.", status=400)
+    _sign_out(user)
+    return _signed_out()
 
 
 # --- the user's approved apps -----------------------------------------------------------------

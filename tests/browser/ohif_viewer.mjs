@@ -77,6 +77,11 @@ async function runViewer(viewer) {
     // 4. Logout: through the facade's end_session_endpoint back to the post-logout URI; the
     //    next visit asks for the login again.
     const navigationsBefore = out.navigations.length;
+    // The end-session request's parameter names (never their values: the id_token_hint is a token).
+    page.on("request", (r) => {
+      const url = new URL(r.url());
+      if (url.origin + url.pathname === `${viewer.facade}/auth/logout`) out.logoutParams = [...url.searchParams.keys()].sort();
+    });
     const reached = new Promise((resolve) => {
       const check = (frame) => {
         if (frame === page.mainFrame() && frame.url().split("?")[0] === viewer.postLogoutUrl) resolve(frame.url());
@@ -87,6 +92,7 @@ async function runViewer(viewer) {
     await page.goto(viewer.logoutUrl);
     out.postLogout = await Promise.race([reached, page.waitForTimeout(timeout).then(() => null)]);
     out.afterLogout = out.navigations.slice(navigationsBefore);
+    out.signOutAsked = (await page.content()).includes("Sign out?");
     out.steps.push("logout");
     await page.goto(viewer.studyUrl);
     await page.waitForSelector("#username");

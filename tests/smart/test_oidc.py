@@ -168,7 +168,7 @@ def test_prompt_none_with_session_and_consent_gives_a_code(alice):
 def test_prompt_none_with_the_id_token_hint_of_another_user_is_login_required(alice):
     mine = alice.obtain_token()["id_token"]
     assert "code" in query_of(authorize(alice, prompt="none", id_token_hint=mine)[0])
-    alice.client.get("/auth/logout")
+    alice.logout()
     alice.register_user("bob", "pw-bob", patient="patient-2")
     alice.authorize("bob", "pw-bob")
     for hint in (mine, "a.b.c"):
@@ -221,7 +221,7 @@ def test_consent_is_per_client(alice):
 
 def test_consent_is_per_user(alice):
     alice.authorize()
-    alice.client.get("/auth/logout")
+    alice.logout()
     alice.register_user("bob", "pw-bob", patient="patient-2")
     page, _ = authorize(alice)
     assert is_consent_page(alice.login(page.get_data(as_text=True), "bob", "pw-bob"))
@@ -274,7 +274,7 @@ def test_remembered_consent_keeps_the_ehr_launch_context(app, auth):
 # --- the apps page ---------------------------------------------------------------------------
 def test_apps_page_asks_for_a_login_then_lists_the_approved_apps(alice):
     alice.authorize()
-    alice.client.get("/auth/logout")
+    alice.logout()
     page = alice.client.get("/auth/apps")
     assert is_login_page(page)
     assert page.headers["X-Frame-Options"] == "DENY"
@@ -324,6 +324,21 @@ def test_withdrawing_an_unknown_app_is_404(alice):
 
 
 # --- RP-initiated logout ---------------------------------------------------------------------
+def signed_in(auth) -> bool:
+    """Whether the browser still has its login session (a silent authorize gets a code)."""
+    return "code" in query_of(authorize(auth, prompt="none")[0])
+
+
+def is_confirm_page(response) -> bool:
+    html = response.get_data(as_text=True)
+    return "Sign out?" in html and any(("action", "logout") in f["fields"] for f in parse_forms(html))
+
+
+def confirm(auth, response, decision="sign_out", **overrides):
+    """Answer the "Sign out?" page as the user's browser does."""
+    return auth.submit(response.get_data(as_text=True), "logout", overrides, button=("decision", decision))
+
+
 def test_logout_with_id_token_hint_redirects_with_state_and_ends_the_session(alice):
     body = alice.obtain_token()
     response = alice.client.get("/auth/logout", query_string={
@@ -334,35 +349,134 @@ def test_logout_with_id_token_hint_redirects_with_state_and_ends_the_session(ali
     assert query_of(authorize(alice, prompt="none")[0])["error"] == "login_required"
 
 
-def test_logout_with_client_id_alone_redirects(alice):
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_logout_without_a_hint_asks_first_and_signs_nobody_out(alice, method):
+    # Any site can send the browser here (an <img>, an auto-submitted form): it must not sign out.
     alice.authorize()
-    response = alice.client.post("/auth/logout", data={"client_id": "test-app",
-                                                       "post_logout_redirect_uri": LOGOUT_URI})
+    response = alice.client.open("/auth/logout", method=method, data={
+        "client_id": "test-app", "post_logout_redirect_uri": LOGOUT_URI, "state": "bye"})
+    assert response.status_code == 200 and is_confirm_page(response)
+    assert "Location" not in response.headers
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    assert "alice" in response.get_data(as_text=True)
+    assert signed_in(alice)
+
+
+def test_confirmed_logout_redirects_to_the_registered_uri_with_state(alice):
+    alice.authorize()
+    page = alice.client.get("/auth/logout", query_string={
+        "client_id": "test-app", "post_logout_redirect_uri": LOGOUT_URI, "state": "bye"})
+    form = form_with_action(page.get_data(as_text=True), "logout")
+    assert {name for name, _ in form["fields"]} == {"post_logout_redirect_uri", "client_id", "state", "csrf_token",
+                                                    "action"}
+    response = confirm(alice, page)
+    assert response.status_code == 302 and response.headers["Location"] == LOGOUT_URI + "?state=bye"
+    assert not signed_in(alice)
+
+
+def test_confirmed_logout_without_a_redirect_shows_the_signed_out_page(alice):
+    alice.authorize()
+    page = alice.client.get("/auth/logout")
+    assert is_confirm_page(page)
+    response = confirm(alice, page)
+    assert response.status_code == 200 and "You are signed out" in response.get_data(as_text=True)
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    assert not signed_in(alice)
+
+
+def test_logout_with_the_hint_of_another_user_asks_and_keeps_no_token_in_the_page(alice):
+    alices = alice.obtain_token()["id_token"]  # then bob signs in on this browser
+    alice.logout()
+    alice.register_user("bob", "pw-bob", patient="patient-2")
+    alice.authorize("bob", "pw-bob")
+    page = alice.client.get("/auth/logout", query_string={"id_token_hint": alices,
+                                                          "post_logout_redirect_uri": LOGOUT_URI})
+    assert is_confirm_page(page) and signed_in(alice)
+    assert alices not in page.get_data(as_text=True)
+    # The hint still names the client: its registered URI is where the confirmed logout goes.
+    assert ("client_id", "test-app") in form_with_action(page.get_data(as_text=True), "logout")["fields"]
+    response = confirm(alice, page)
     assert response.headers["Location"] == LOGOUT_URI
+    assert not signed_in(alice)
 
 
-@pytest.mark.parametrize("params", [
+def test_cancel_keeps_the_session(alice):
+    alice.authorize()
+    page = alice.client.get("/auth/logout", query_string={"client_id": "test-app",
+                                                          "post_logout_redirect_uri": LOGOUT_URI})
+    response = confirm(alice, page, decision="cancel")
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert "You are still signed in" in response.get_data(as_text=True)
+    assert signed_in(alice)
+
+
+@pytest.mark.parametrize("csrf_token", [None, "", "forged"])
+def test_a_confirmation_without_the_sessions_csrf_token_signs_nobody_out(alice, csrf_token):
+    alice.authorize()
+    data = {"action": "logout", "decision": "sign_out", "client_id": "test-app", "post_logout_redirect_uri": LOGOUT_URI}
+    if csrf_token is not None:
+        data["csrf_token"] = csrf_token
+    response = alice.client.post("/auth/logout", data=data)
+    assert response.status_code == 400 and is_confirm_page(response)
+    assert "Location" not in response.headers and "expired" in response.get_data(as_text=True)
+    assert signed_in(alice)
+
+
+def test_logout_without_a_session_needs_no_confirmation(alice):
+    response = alice.client.get("/auth/logout", query_string={
+        "client_id": "test-app", "post_logout_redirect_uri": LOGOUT_URI, "state": "s"})
+    assert response.status_code == 302 and response.headers["Location"] == LOGOUT_URI + "?state=s"
+    page = alice.client.get("/auth/logout")
+    assert page.status_code == 200 and "You are signed out" in page.get_data(as_text=True)
+    assert not is_confirm_page(page)
+
+
+def test_the_apps_pages_sign_out_button_signs_out_at_once(alice):
+    alice.authorize()
+    page = alice.client.get("/auth/apps").get_data(as_text=True)
+    response = alice.submit(page, "logout", button=("decision", "sign_out"))
+    assert response.status_code == 200 and "You are signed out" in response.get_data(as_text=True)
+    assert not signed_in(alice)
+
+
+UNPROVEN = [
     {"client_id": "test-app", "post_logout_redirect_uri": "https://evil.example/out"},
     {"client_id": "test-app", "post_logout_redirect_uri": DEFAULT_REDIRECT_URI},  # a redirect URI, not a logout one
     {"post_logout_redirect_uri": LOGOUT_URI},                                      # whose URI?
-    {"client_id": "other-app", "post_logout_redirect_uri": LOGOUT_URI, "hint": True},
     {"id_token_hint": "a.b.c", "post_logout_redirect_uri": LOGOUT_URI},
-])
-def test_logout_never_redirects_to_an_unproven_uri_but_still_signs_out(alice, params):
+    {"id_token_hint": "a.b.c", "client_id": "test-app", "post_logout_redirect_uri": LOGOUT_URI},
+]
+
+
+@pytest.mark.parametrize("params", UNPROVEN)
+def test_confirmed_logout_never_redirects_to_an_unproven_uri(alice, params):
+    alice.authorize()
+    page = alice.client.get("/auth/logout", query_string=params)
+    assert page.status_code == 400 and is_confirm_page(page) and "Location" not in page.headers
+    assert "not be sent back" in page.get_data(as_text=True)
+    form = form_with_action(page.get_data(as_text=True), "logout")
+    assert {name for name, _ in form["fields"]} == {"csrf_token", "action"}  # the refused redirect is dropped
+    response = confirm(alice, page)
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert "You are signed out" in response.get_data(as_text=True)
+    assert not signed_in(alice)
+
+
+@pytest.mark.parametrize("params", UNPROVEN)
+def test_logout_without_a_session_never_redirects_to_an_unproven_uri(client, params):
+    response = client.get("/auth/logout", query_string=params)
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert "You are signed out" in response.get_data(as_text=True)
+
+
+def test_logout_with_the_users_hint_for_another_client_signs_out_but_refuses_the_redirect(alice):
     body = alice.obtain_token()
-    if params.pop("hint", False):
-        params["id_token_hint"] = body["id_token"]
-    response = alice.client.get("/auth/logout", query_string=params)
+    response = alice.client.get("/auth/logout", query_string={
+        "id_token_hint": body["id_token"], "client_id": "other-app", "post_logout_redirect_uri": LOGOUT_URI})
     assert response.status_code == 400 and "Location" not in response.headers
     assert "You are signed out" in response.get_data(as_text=True)
     assert is_login_page(authorize(alice)[0])
-
-
-def test_logout_without_parameters_shows_the_signed_out_page(alice):
-    alice.authorize()
-    response = alice.client.get("/auth/logout")
-    assert response.status_code == 200 and "You are signed out" in response.get_data(as_text=True)
-    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
 
 
 # --- clients with several redirect and post-logout URIs (CLI) ---------------------------------
