@@ -26,15 +26,14 @@ import io
 import os
 import tempfile
 import time
-import zlib
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import pydicom
-from flask import Response, current_app, stream_with_context
+from flask import Response, stream_with_context
 from pydicom.fileset import FileSet
 from stream_zip import NO_COMPRESSION_64, stream_zip
 
+from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance
 from fhir_facade.dicomweb import multipart
 from fhir_facade.pacs.client import PacsError, get_pacs
 
@@ -46,8 +45,6 @@ AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 MEMBER_MODE = 0o100444
 #: Bytes read from the PACS, and written to the client, at a time.
 CHUNK = 256 * 1024
-#: DICOMDIRs kept per app (:func:`dicomdir`); one of 300 instances is about 80 kB.
-DICOMDIR_CACHE_SIZE = 64
 
 
 class MediaError(PacsError):
@@ -130,28 +127,17 @@ class Names:
         return "/".join(parts)
 
 
-def _directory_cache() -> OrderedDict:
-    return current_app.extensions.setdefault("facade_dicomdirs", OrderedDict())
-
-
-def dicomdir(heads: list[bytes], names: list[str], key: tuple) -> bytes:
+def file_set_dicomdir(heads: list[bytes], names: list[str]) -> bytes:
     """The ``DICOMDIR`` of instances whose files begin with *heads* (up to Pixel Data), named
-    *names*, written by pydicom's FileSet.
-
-    FileSet costs time quadratic in the instances (about 5 s for 300), so the result is kept
-    per app under *key* (every File ID, SOP Instance UID, length and CRC of the header bytes):
-    the same study downloaded again gets it at once, a changed one a new one.
+    *names*, written by pydicom's FileSet: for instances with single-level records, which
+    :class:`~fhir_facade.dicom.dicomdir.Dicomdir` leaves to it. FileSet costs time quadratic in
+    the instances (about 5 s for 300).
 
     Raises
     ------
     MediaError
         The FileSet named an instance otherwise than *names* (never seen; the ZIP would be wrong).
     """
-    cache = _directory_cache()
-    found = cache.get(key)
-    if found is not None:
-        cache.move_to_end(key)
-        return found
     file_set = FileSet()
     file_set.ID = "FACADE"
     for head in heads:
@@ -161,24 +147,23 @@ def dicomdir(heads: list[bytes], names: list[str], key: tuple) -> bytes:
     with tempfile.TemporaryDirectory(prefix="facade-dicomdir-") as folder:
         file_set.write(folder)
         with open(os.path.join(folder, "DICOMDIR"), "rb") as out:
-            data = out.read()
-    cache[key] = data
-    while len(cache) > DICOMDIR_CACHE_SIZE:
-        cache.popitem(last=False)
-    return data
+            return out.read()
 
 
 def members(parts: Iterator[bytes]) -> Iterator[tuple]:
     """stream-zip members: each instance under its File ID as it arrives, then the ``DICOMDIR``.
 
-    Of each instance only its header bytes (up to Pixel Data) are kept, for the DICOMDIR.
+    Each instance is one chunk (stream-zip's cost is per chunk). Its directory records are made
+    as it arrives (:class:`~fhir_facade.dicom.dicomdir.Dicomdir`); its header bytes (up to Pixel
+    Data) are kept only in case an instance needs pydicom's FileSet (single-level records).
 
     Raises
     ------
     MediaError
-        An instance pydicom cannot read (the stream then breaks off).
+        An instance pydicom cannot read or list (the stream then breaks off).
     """
-    names, heads, key = Names(), [], []
+    names, directory = Names(), Dicomdir("FACADE")
+    heads: list[bytes] = []
     listed: list[str] = []
     modified_at = datetime.datetime(*time.gmtime()[:6])
     for data in parts:
@@ -186,16 +171,19 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
         try:
             header = pydicom.dcmread(source, stop_before_pixels=True)
             name = names.file_id(header)
+            if directory is not None:
+                directory.add(header, name)
+        except UnsupportedInstance:
+            directory = None
         except Exception as exc:  # pydicom raises many kinds for a damaged file
-            raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
-        head = data[:source.tell()]
-        key.append((name, str(header.SOPInstanceUID), len(data), zlib.crc32(head)))
-        heads.append(head)
+            raise MediaError(f"an instance of the study is not a DICOM file pydicom can read or list: {exc}") from exc
+        heads.append(data[:source.tell()])
         listed.append(name)
         del header, source  # a FileDataset read from a buffer keeps the buffer
         yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
         del data
-    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (dicomdir(heads, listed, tuple(key)),)
+    dicomdir = directory.encode() if directory is not None else file_set_dicomdir(heads, listed)
+    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (dicomdir,)
 
 
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
