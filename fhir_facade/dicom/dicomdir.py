@@ -4,9 +4,10 @@ pydicom's :class:`~pydicom.fileset.FileSet` writes a valid DICOMDIR, but staging
 costs time linear in those already staged (about 5 s for a 300-slice series, most of the time
 of a study downloaded as DICOM media) and writing copies every instance to disk. Here the same
 records are made by the same recorders (:data:`pydicom.fileset.DIRECTORY_RECORDERS`, which a
-deployment may customise for FileSet and this alike), arranged as FileSet arranges them, and
-encoded once with pydicom's writer after the record offsets are known: the records have fixed
-lengths, offsets being UL values of 4 bytes. FileSet reads the result back (that is tested).
+deployment may customise for FileSet and this alike), arranged as FileSet arranges them, each
+encoded once by pydicom's writer as it is made; the offsets between records (UL values of 4
+bytes, so a record's length does not depend on them) are set in the encoded bytes at the end.
+FileSet reads the result back (that is tested).
 
 Only the four-level hierarchy PATIENT / STUDY / SERIES / leaf is written here; an instance
 FileSet would list in a single-level record raises :class:`UnsupportedInstance`, for the caller
@@ -14,6 +15,7 @@ to fall back on FileSet.
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -30,6 +32,12 @@ LEVELS = ("PATIENT", "STUDY", "SERIES")
 _SEQUENCE_HEADER = 12
 #: An item's tag and length (PS3.5 Section 7.5).
 _ITEM_HEADER = 8
+#: Tag, VR and length of the two offsets of a record, Explicit VR Little Endian (PS3.5 7.1.2).
+_NEXT_TAG = b"\x04\x00\x00\x14UL\x04\x00"
+_LOWER_TAG = b"\x04\x00\x20\x14UL\x04\x00"
+#: Where their values are in an encoded record (the in-use flag, US, is 10 bytes between).
+_NEXT_AT = 8
+_LOWER_AT = 12 + 10 + 8
 
 
 class UnsupportedInstance(ValueError):
@@ -37,12 +45,12 @@ class UnsupportedInstance(ValueError):
 
 
 class _Node:
-    """A directory record with its children in the order they first appear."""
+    """A directory record, encoded, with its children in the order they first appear."""
 
     __slots__ = ("record", "children", "offset")
 
     def __init__(self, record: Dataset | None) -> None:
-        self.record = record
+        self.record = _encoded(record) if record is not None else None
         self.children: dict[str, _Node] = {}
         self.offset = 0
 
@@ -66,11 +74,18 @@ def _record(header: Dataset, record_type: str) -> Dataset:
     return record
 
 
-def _encoded_length(record: Dataset) -> int:
+def _encoded(record: Dataset) -> bytearray:
+    """The record in Explicit VR Little Endian. Its first elements are (0004,1400) Offset of the
+    Next Directory Record (UL), (0004,1410) Record In-use Flag (US) and (0004,1420) Offset of
+    Referenced Lower Level Directory Entity (UL): the offsets' values are at :data:`_NEXT_AT`
+    and :data:`_LOWER_AT`, to be set once every record's length is known."""
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
     write_dataset(fp, record)
-    return fp.tell()
+    data = bytearray(fp.getvalue())
+    if data[:_NEXT_AT] != _NEXT_TAG or data[_LOWER_AT - 8:_LOWER_AT] != _LOWER_TAG:
+        raise ValueError("a directory record does not begin with its offsets")  # never seen
+    return data
 
 
 class Dicomdir:
@@ -156,16 +171,18 @@ def _encode(root: _Node, file_set_id: str) -> bytes:
     first_at = fp.tell()
     write_dataset(fp, ds[0x00041200:0x00041220])
 
-    # A record's offset is where its item starts, from the start of the file (PS3.3 F.3.2.2);
-    # the offsets are UL (4 bytes), so a record's length does not depend on their values.
+    # A record's offset is where its item starts, from the start of the file (PS3.3 F.3.2.2).
     nodes = list(root.walk())
     offset = fp.tell() + _SEQUENCE_HEADER
     for node in nodes:
         node.offset = offset
-        offset += _ITEM_HEADER + _encoded_length(node.record)
+        offset += _ITEM_HEADER + len(node.record)
     _link(root)
-    ds.DirectoryRecordSequence = [node.record for node in nodes]
-    write_dataset(fp, ds[0x00041220:])
+    # (0004,1220) Directory Record Sequence, of defined length, its items too (PS3.5 7.5.2).
+    fp.write(b"\x04\x00\x20\x12SQ\x00\x00" + struct.pack("<I", offset - fp.tell() - _SEQUENCE_HEADER))
+    for node in nodes:
+        fp.write(b"\xfe\xff\x00\xe0" + struct.pack("<I", len(node.record)))
+        fp.write(node.record)
     if root.children:
         children = list(root.children.values())
         ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = children[0].offset
@@ -180,7 +197,8 @@ def _link(node: _Node) -> None:
     """Set each record's offsets of its next sibling and of its first child (0 if none)."""
     children = list(node.children.values())
     for index, child in enumerate(children):
-        child.record.OffsetOfTheNextDirectoryRecord = children[index + 1].offset if index + 1 < len(children) else 0
+        following = children[index + 1].offset if index + 1 < len(children) else 0
         grandchildren = list(child.children.values())
-        child.record.OffsetOfReferencedLowerLevelDirectoryEntity = grandchildren[0].offset if grandchildren else 0
+        struct.pack_into("<I", child.record, _NEXT_AT, following)
+        struct.pack_into("<I", child.record, _LOWER_AT, grandchildren[0].offset if grandchildren else 0)
         _link(child)
