@@ -46,8 +46,11 @@ ZIP = "application/zip"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 #: Permissions of the ZIP's members (read-only files).
 MEMBER_MODE = 0o100444
-#: Bytes read from the PACS, and written to the client, at a time.
+#: Bytes read from the PACS at a time.
 CHUNK = 256 * 1024
+#: Bytes written to the client at a time. stream-zip cuts its output into blocks of this size,
+#: slicing (copying) a member that straddles two; blocks of several instances leave most whole.
+BLOCK = 1024 * 1024
 #: DICOMDIRs kept per app (:func:`dicomdir`); one of 300 instances is about 80 kB.
 DICOMDIR_CACHE_SIZE = 64
 
@@ -238,7 +241,7 @@ def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
         The PACS failed before the answer started.
     """
     parts = stored_instances(study_uid, series_uid)
-    body = stream_with_context(stream_zip(members(parts), chunk_size=CHUNK))
+    body = stream_with_context(stream_zip(members(parts), chunk_size=BLOCK))
     response = Response(body, mimetype=ZIP)
     response.headers["Content-Disposition"] = f'attachment; filename="study-{study_uid}.zip"'
     response.headers["Cache-Control"] = "no-store"
