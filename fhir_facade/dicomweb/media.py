@@ -38,7 +38,7 @@ from stream_zip import NO_COMPRESSION_64, stream_zip
 
 from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance
 from fhir_facade.dicomweb import multipart
-from fhir_facade.pacs.client import PacsError, get_pacs
+from fhir_facade.pacs.client import READ_ERRORS, PacsError, broken_answer, get_pacs
 
 
 ZIP = "application/zip"
@@ -104,9 +104,17 @@ def stored_instances(study_uid: str, series_uid: str | None = None):
         response.close()
         raise MediaError(f"the PACS answered {status} without the instances", upstream_status=status)
 
+    def read(size: int) -> bytes:
+        # As sent (the PACS is not asked to compress), so that a part with a Content-Length is
+        # read by count in one piece: no search for the delimiter, no joining of chunks.
+        try:
+            return response.raw.read(size, decode_content=False)
+        except READ_ERRORS as exc:
+            raise broken_answer(response, exc) from exc
+
     def parts():
         try:
-            yield from multipart.each_part(response.iter_content(CHUNK), boundary)
+            yield from multipart.each_part(read, boundary)
         finally:
             response.close()
     return parts()
