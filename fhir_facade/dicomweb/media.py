@@ -97,7 +97,7 @@ def stored_instances(study_uid: str, series_uid: str | None = None):
         The PACS failed, or did not answer 200 with a multipart body.
     """
     path = f"studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")
-    response = get_pacs().get(path, headers={"Accept": AS_STORED}, stream=True)
+    response = get_pacs().get(path, headers={"Accept": AS_STORED, "Accept-Encoding": "identity"}, stream=True)
     boundary = _boundary(response.headers.get("Content-Type", ""))
     if response.status_code != 200 or not boundary:
         status = response.status_code
@@ -105,7 +105,7 @@ def stored_instances(study_uid: str, series_uid: str | None = None):
         raise MediaError(f"the PACS answered {status} without the instances", upstream_status=status)
 
     def read(size: int) -> bytes:
-        # As sent (the PACS is not asked to compress), so that a part with a Content-Length is
+        # As sent (identity: the PACS was asked not to compress), so that a part with a Content-Length is
         # read by count in one piece: no search for the delimiter, no joining of chunks.
         try:
             return response.raw.read(size, decode_content=False)
