@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -60,6 +61,18 @@ def _check_zip(facade: bench.Target, multipart: bench.Target, study: bench.Study
     return f"DICOMDIR lists {len(listed)} instances; members byte-identical to the multipart parts: {ok}"
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (from /proc/PID/stat)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -83,6 +96,7 @@ def _run(args, workdir: Path, orthanc) -> int:
         print(_check_zip(target, target, study), flush=True)
         path = f"studies/{study.study_uid}"
         speeds: dict[str, list[float]] = {"multipart": [], "zip": []}
+        cpu: dict[str, list[float]] = {"multipart": [], "zip": []}
         samples: list[float] = []
         baseline = facade.rss_mb()
         zipping = threading.Event()
@@ -101,9 +115,12 @@ def _run(args, workdir: Path, orthanc) -> int:
                 conn = target.connect()
                 if name == "zip":
                     zipping.set()
+                pids = facade.pids()
+                cpu_before = _cpu_seconds(pids)
                 started = time.perf_counter()
                 status, size, _ = target.get(conn, path, accept)
                 elapsed = time.perf_counter() - started
+                cpu[name].append(_cpu_seconds(pids) - cpu_before)
                 zipping.clear()
                 conn.close()
                 if status != 200:
@@ -116,6 +133,8 @@ def _run(args, workdir: Path, orthanc) -> int:
         growth = max(samples, default=baseline) - baseline
         print(f"(a) whole study, median of {args.repeat}: multipart {multipart:.0f} MB/s, ZIP {zipped:.0f} MB/s, "
               f"ratio {ratio:.2f} (aim >= {AIMS['a']}: {'met' if ratio >= AIMS['a'] else 'NOT met'})")
+        print(f"    facade CPU per request (s), median [all]: " + "; ".join(
+            f"{name} {statistics.median(v):.2f} {[round(x, 2) for x in v]}" for name, v in cpu.items()))
         print(f"(b) facade RSS {baseline:.0f} MB before, at most {baseline + growth:.0f} MB while zipping: "
               f"growth {growth:.1f} MB (aim <= {AIMS['b']:.0f}: {'met' if growth <= AIMS['b'] else 'NOT met'})")
         return 0 if ratio >= AIMS["a"] and growth <= AIMS["b"] else 1
