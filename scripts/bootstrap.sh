@@ -52,17 +52,7 @@ bootstrap_viewer() {
             echo "bootstrap: WARNING: could not install node/npm; /viewer/ will answer 503" >&2
     fi
     command -v npm >/dev/null || return 0
-    local dir=viewer stamp=viewer/node_modules/.package-lock.sha256 wanted
-    wanted=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-        echo "bootstrap: npm ci in $dir" >&2
-        # --ignore-scripts: nothing may download a binary of its own.
-        if (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null); then
-            echo "$wanted" >"$stamp"
-        else
-            echo "bootstrap: WARNING: npm ci failed in $dir; /viewer/ will answer 503" >&2
-        fi
-    fi
+    npm_ci viewer "/viewer/ will answer 503"
 }
 
 # The database tests on PostgreSQL (scripts/devpg.py: a throwaway cluster of Debian's binaries) and
@@ -100,9 +90,10 @@ bootstrap_browser() {
     npm_ci tests/ehr
 }
 
-# npm ci in folder $1, only when its package-lock.json changed since the last install.
+# npm ci in folder $1, only when its package-lock.json changed since the last install; $2 says
+# what a failure breaks (default: the tests that use the folder).
 npm_ci() {
-    local dir=$1 wanted
+    local dir=$1 broken=${2:-the tests that use it will fail} wanted
     local stamp=$dir/node_modules/.package-lock.sha256
     wanted=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
@@ -111,7 +102,7 @@ npm_ci() {
         if (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null); then
             echo "$wanted" >"$stamp"
         else
-            echo "bootstrap: WARNING: npm ci failed in $dir; the tests that use it will fail" >&2
+            echo "bootstrap: WARNING: npm ci failed in $dir; $broken" >&2
         fi
     fi
 }
