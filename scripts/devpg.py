@@ -14,17 +14,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from devpacs import LOOPBACK, free_port  # one free-port probe for every throwaway server
+
 #: The Debian package that provides initdb and postgres.
 DEBIAN_PACKAGE = "postgresql"
 
-LOOPBACK = "127.0.0.1"
 
 #: Seconds to wait for the server to accept connections.
 START_TIMEOUT = 30.0
@@ -83,13 +83,6 @@ def ensure_installed() -> None:
             raise PostgresError(f"{' '.join(command)!r} failed")
     if find_bin_dir() is None:
         raise PostgresError("apt-get succeeded but initdb/postgres are still missing")
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port free on *host* right now (another process may take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _os_user() -> pwd.struct_passwd | None:

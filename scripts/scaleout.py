@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from devpacs import LOOPBACK, free_port  # one free-port probe for every throwaway server
+
 ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
 
 #: Response header nginx adds: the ``host:port`` of the instance that answered.
 UPSTREAM_HEADER = "X-Facade-Upstream"
@@ -66,13 +67,6 @@ http {{
 
 class LaunchError(RuntimeError):
     """An instance or nginx did not start; the message holds the tail of its log."""
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port free on *host* right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _answers(port: int, path: str) -> bool:
