@@ -38,6 +38,7 @@ from stream_zip import NO_COMPRESSION_64, stream_zip
 
 from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance
 from fhir_facade.dicomweb import multipart
+from fhir_facade.dicomweb.negotiation import media_ranges, parse_media_type
 from fhir_facade.pacs.client import READ_ERRORS, PacsError, broken_answer, get_pacs
 
 
@@ -64,22 +65,7 @@ def wants_zip(accept: str | None) -> bool:
 
     Only an explicit ``application/zip`` chooses the ZIP: ``*/*`` keeps the DICOM answer.
     """
-    for media_range in (accept or "").split(","):
-        kind, *params = [p.strip() for p in media_range.split(";")]
-        if kind.lower() != ZIP:
-            continue
-        q = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
-        try:
-            if float(q) > 0:
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def _boundary(content_type: str) -> str | None:
-    return next((p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")
-                 if p.strip().lower().startswith("boundary=")), None)
+    return any(media == ZIP for media, _params, _q in media_ranges(accept))
 
 
 def stored_instances(study_uid: str, series_uid: str | None = None):
@@ -98,7 +84,7 @@ def stored_instances(study_uid: str, series_uid: str | None = None):
     """
     path = f"studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")
     response = get_pacs().get(path, headers={"Accept": AS_STORED, "Accept-Encoding": "identity"}, stream=True)
-    boundary = _boundary(response.headers.get("Content-Type", ""))
+    boundary = parse_media_type(response.headers.get("Content-Type", ""))[1].get("boundary")
     if response.status_code != 200 or not boundary:
         status = response.status_code
         response.close()
