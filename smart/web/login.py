@@ -147,18 +147,27 @@ def authenticate(username: str, password: str, address: str | None, client_id: s
     User or None
         None for a wrong or throttled attempt; the page shows one generic message for both.
     """
+    address = (address or "")[:64]
+    user = _attempt(_username_key(username), address,
+                    lambda: _check_password(get_session(), username, password))
+    _audit_login(user, address, client_id)
+    return user
+
+
+def _attempt(key: str, address: str, check):
+    """One throttled attempt at a secret, counted under *key* from *address*: recorded as a
+    failure first; when throttled, forgotten and refused (None) without calling *check*;
+    otherwise *check*'s result, and a true one forgets this key's failures from this address."""
     session = get_session()
-    key, address, current = _username_key(username), (address or "")[:64], now()
+    current = now()
     attempt = _record(session, key, address, current)
     if _throttled(session, key, address, current - FAILURE_WINDOW):
         _forget(session, LoginAttempt.id == attempt.id)
-        _audit_login(None, address, client_id)
         return None
-    user = _check_password(session, username, password)
-    if user is not None:
+    result = check()
+    if result:
         _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
-    _audit_login(user, address, client_id)
-    return user
+    return result
 
 
 def sign_in(form, address: str | None, client_id: str | None = None) -> User | None:
@@ -200,16 +209,7 @@ def throttled_check(key: str, address: str | None, check) -> bool:
     bool
         True when *check* passed and the attempt was not throttled.
     """
-    session = get_session()
-    key, address, current = key[:128], (address or "")[:64], now()
-    attempt = _record(session, key, address, current)
-    if _throttled(session, key, address, current - FAILURE_WINDOW):
-        _forget(session, LoginAttempt.id == attempt.id)
-        return False
-    if not check():
-        return False
-    _forget(session, LoginAttempt.username == key, LoginAttempt.address == address)
-    return True
+    return bool(_attempt(key[:128], (address or "")[:64], check))
 
 
 def _audit_login(user: User | None, address: str, client_id: str | None) -> None:
