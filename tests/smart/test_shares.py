@@ -171,11 +171,15 @@ def test_my_images_page_lists_shares_creates_and_revokes(sh):
     assert page.status_code == 200
     assert sh["a"].encode() in page.data and sh["b"].encode() in page.data and sh["other"].encode() not in page.data
     csrf = re.search(rb'name="csrf_token" value="([^"]+)"', page.data).group(1).decode()
+    listed_before = set(re.findall(rb'data-share="([^"]+)"', page.data))
     made = browser.post("/auth/images", data={"action": "share", "study": sh["a"], "days": "2", "pin": "2468",
                                               "csrf_token": csrf})
     assert made.status_code == 201
     url = re.search(rb'id="share-link" href="([^"]+)"', made.data).group(1).decode()
-    share_id = re.findall(rb'data-share="([^"]+)"', made.data)[0].decode()
+    # the new share: the one listed now and not before (other tests' shares made in the same
+    # second may be listed first)
+    (share_id,) = {i.decode() for i in re.findall(rb'data-share="([^"]+)"', made.data)} - {
+        i.decode() for i in listed_before}
     assert redeem(sh, url, pin="2468")[1]
     assert browser.post("/auth/images", data={"action": "share", "study": sh["other"], "days": "2",
                                               "csrf_token": csrf}).status_code == 403
