@@ -23,41 +23,42 @@ holds a truncated ZIP, which every unzip tool reports (no central directory).
 from __future__ import annotations
 
 import datetime
-import io
-import os
-import tempfile
 import time
+import types
 import zlib
-from collections import OrderedDict
 from collections.abc import Iterator
 
-import pydicom
-from flask import Response, current_app, stream_with_context
-from pydicom.fileset import FileSet
+import stream_zip as _stream_zip
+from flask import Response, request, stream_with_context
+from isal.isal_zlib import crc32
 from stream_zip import NO_COMPRESSION_64, stream_zip
 
-from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance
-from fhir_facade.dicomweb import multipart
+from fhir_facade.dicom.hierarchy import hierarchy
+from fhir_facade.dicomweb import multipart, zerocopy
+from fhir_facade.dicomweb.media_directory import MediaError, Names, dicomdir, directories, header_bytes
 from fhir_facade.dicomweb.negotiation import media_ranges, parse_media_type
-from fhir_facade.pacs.client import READ_ERRORS, PacsError, broken_answer, get_pacs
+from fhir_facade.pacs.client import READ_ERRORS, broken_answer, get_pacs
 
+__all__ = ["MediaError", "Names", "ZIP", "wants_zip", "stored_instances", "members", "zip_response"]
 
 ZIP = "application/zip"
 #: Each instance as stored (PS3.18 Section 8.7.3.5.2: ``transfer-syntax=*``).
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 #: Permissions of the ZIP's members (read-only files).
 MEMBER_MODE = 0o100444
-#: Bytes read from the PACS at a time.
-CHUNK = 256 * 1024
-#: Bytes written to the client at a time. stream-zip cuts its output into blocks of this size,
-#: slicing (copying) a member that straddles two; blocks of several instances leave most whole.
-BLOCK = 1024 * 1024
-#: DICOMDIRs kept per app (:func:`dicomdir`); one of 300 instances is about 80 kB.
-DICOMDIR_CACHE_SIZE = 64
+#: Bytes written to the client at a time: stream-zip joins its output into blocks of this size.
+BLOCK = 256 * 1024
+#: Instances of BLOCK to this many bytes are read into memory reused from one to the next
+#: (:class:`Places`); others into memory of their own.
+REUSED_UP_TO = 8 * 1024 * 1024
 
-
-class MediaError(PacsError):
-    """The PACS answered an instance the ZIP cannot hold (not one DICOM part)."""
+#: stream-zip computes every member's CRC-32 with ``zlib.crc32``, which is CPython's system zlib
+#: (1.2.13 here: 2.3 GB/s, a third of the facade's CPU for a study). ISA-L's CRC-32 (python-isal,
+#: the same CRC: ISO 3309 / ITU-T V.42, as PKWARE's APPNOTE 4.4.7 asks) uses the CPU's carry-less
+#: multiply, ten times as fast. stream-zip looks ``zlib`` up in its module at each call, so its
+#: name there is bound to a module of zlib's own functions with ISA-L's ``crc32``; stream-zip is
+#: pinned and ``tests/.../test_media_zip.py`` checks the binding and every member's CRC.
+_stream_zip.zlib = types.SimpleNamespace(**{**vars(zlib), "crc32": crc32})
 
 
 def wants_zip(accept: str | None) -> bool:
@@ -68,14 +69,44 @@ def wants_zip(accept: str | None) -> bool:
     return any(media == ZIP for media, _params, _q in media_ranges(accept))
 
 
-def stored_instances(study_uid: str, series_uid: str | None = None):
+class Places:
+    """Memory for the instances of one ZIP, as they arrive: ``places(length)`` is a buffer of
+    *length* bytes for the next one.
+
+    Instances of :data:`BLOCK` to :data:`REUSED_UP_TO` bytes take turns in three buffers reused
+    from one to the next (read into by the socket: no allocation, no page faults); others get
+    memory of their own. Reuse is safe because stream-zip joins its output into blocks of
+    :data:`BLOCK` bytes and reads the next instance only when this one is used up: a block that
+    holds bytes of an instance of at least :data:`BLOCK` bytes is complete, joined and sent
+    before the instance after the next one is read, so a buffer is never written while a block
+    still refers to it (two would do; the third is margin).
+    """
+
+    TURNS = 3
+
+    def __init__(self) -> None:
+        self._buffers = [bytearray() for _ in range(self.TURNS)]
+        self._turn = 0
+
+    def __call__(self, length: int) -> memoryview:
+        if not BLOCK <= length <= REUSED_UP_TO:
+            return memoryview(bytearray(length))
+        turn, self._turn = self._turn, (self._turn + 1) % self.TURNS
+        if len(self._buffers[turn]) < length:
+            self._buffers[turn] = bytearray(length)  # a new buffer: views of the old one stay valid
+        return memoryview(self._buffers[turn])[:length]
+
+
+def stored_instances(study_uid: str, series_uid: str | None = None) -> Iterator[memoryview | bytes]:
     """The study's (or series') instances as the PACS stores them, one at a time, from one WADO-RS
     retrieval (``transfer-syntax=*``) parsed as it streams.
 
     Returns
     -------
-    iterator of bytes
-        PS3.10 files. The PACS was asked before this returns, so a refusal is an exception here.
+    iterator of bytes-like
+        PS3.10 files, in memory reused from one to the next (:class:`Places`): each is valid until
+        the one after the next is asked for. The PACS was asked before this returns, so a refusal
+        is an exception here.
 
     Raises
     ------
@@ -89,6 +120,7 @@ def stored_instances(study_uid: str, series_uid: str | None = None):
         status = response.status_code
         response.close()
         raise MediaError(f"the PACS answered {status} without the instances", upstream_status=status)
+    unframed = zerocopy.unframed_answer(response)
 
     def read(size: int) -> bytes:
         # As sent (identity: the PACS was asked not to compress), so that a part with a Content-Length is
@@ -98,136 +130,65 @@ def stored_instances(study_uid: str, series_uid: str | None = None):
         except READ_ERRORS as exc:
             raise broken_answer(response, exc) from exc
 
+    def readinto(view: memoryview) -> int:
+        try:
+            return unframed.readinto(view)
+        except READ_ERRORS as exc:
+            raise broken_answer(response, exc) from exc
+
     def parts():
         try:
-            yield from multipart.each_part(read, boundary)
+            yield from multipart.each_part_into(read, boundary, Places(), readinto if unframed else None)
         finally:
             response.close()
     return parts()
 
 
-
-class Names:
-    """PS3.10 File IDs as pydicom's FileSet assigns them (PS3.10 Section 8.2: components of at
-    most 8 upper case characters): ``PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn``, each number the
-    record's place among its siblings in the order they first appear."""
-
-    def __init__(self) -> None:
-        self.children: dict[tuple, dict[str, int]] = {}
-
-    def _index(self, parent: tuple, key: str) -> int:
-        siblings = self.children.setdefault(parent, {})
-        return siblings.setdefault(key, len(siblings))
-
-    def file_id(self, header) -> str:
-        """The File ID of an instance (its header: PatientID, the UIDs)."""
-        keys = (str(header.get("PatientID", "")), str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
-                str(header.SOPInstanceUID))
-        parts, parent = [], ()
-        for prefix, key in zip(("PT", "ST", "SE", "IM"), keys):
-            parts.append(f"{prefix}{self._index(parent, key):06d}")
-            parent = parent + (key,)
-        return "/".join(parts)
-
-
-def _directory_cache() -> OrderedDict:
-    return current_app.extensions.setdefault("facade_dicomdirs", OrderedDict())
-
-
-def dicomdir(heads: list[bytes], names: list[str], key: tuple) -> bytes:
-    """The ``DICOMDIR`` of instances whose files begin with *heads* (up to Pixel Data), named
-    *names*: written in one pass (:class:`~fhir_facade.dicom.dicomdir.Dicomdir`, about 0.25 s of
-    CPU for 300 instances), or by pydicom's FileSet (quadratic, about 5 s for 300) when an
-    instance needs a single-level record.
-
-    The result is kept per app under *key* (every File ID, SOP Instance UID, length and CRC of
-    the header bytes): the same study downloaded again gets it at once, a changed one a new one.
-
-    Raises
-    ------
-    MediaError
-        An instance cannot be listed, or the FileSet named one otherwise than *names*.
-    """
-    cache = _directory_cache()
-    found = cache.get(key)
-    if found is not None:
-        cache.move_to_end(key)
-        return found
-    headers = [pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True) for head in heads]
-    directory = Dicomdir("FACADE")
-    try:
-        for header, name in zip(headers, names):
-            directory.add(header, name)
-        data = directory.encode()
-    except UnsupportedInstance:
-        data = file_set_dicomdir(headers, names)
-    except ValueError as exc:  # pydicom's recorders: an element a record requires is missing
-        raise MediaError(f"an instance of the study cannot be listed in a DICOMDIR: {exc}") from exc
-    cache[key] = data
-    while len(cache) > DICOMDIR_CACHE_SIZE:
-        cache.popitem(last=False)
-    return data
-
-
-def file_set_dicomdir(headers: list, names: list[str]) -> bytes:
-    """The ``DICOMDIR`` of instances (their *headers*) named *names*, written by pydicom's
-    FileSet: for instances with single-level records, which
-    :class:`~fhir_facade.dicom.dicomdir.Dicomdir` leaves to it. FileSet costs time quadratic in
-    the instances (about 5 s for 300).
-
-    Raises
-    ------
-    MediaError
-        The FileSet named an instance otherwise than *names* (never seen; the ZIP would be wrong).
-    """
-    file_set = FileSet()
-    file_set.ID = "FACADE"
-    for header in headers:
-        file_set.add(header)
-    if [instance.FileID.replace(os.sep, "/") for instance in file_set] != names:
-        raise MediaError("the DICOMDIR's File IDs are not the ZIP's")
-    with tempfile.TemporaryDirectory(prefix="facade-dicomdir-") as folder:
-        file_set.write(folder)
-        with open(os.path.join(folder, "DICOMDIR"), "rb") as out:
-            return out.read()
-
-
 def members(parts: Iterator[bytes]) -> Iterator[tuple]:
     """stream-zip members: each instance under its File ID as it arrives, then the ``DICOMDIR``.
 
-    Each instance is one chunk (stream-zip's cost is per chunk). Of each instance only its
-    header bytes (up to Pixel Data) are kept, for the DICOMDIR (:func:`dicomdir`).
+    Each instance is one chunk, its length and CRC-32 given up front (stream-zip checks both as
+    it writes), so nothing is held twice. Of each instance only its place in the hierarchy is
+    read for its File ID (:func:`~fhir_facade.dicom.hierarchy.hierarchy`); its header is parsed
+    only when no DICOMDIR was written before for these very instances (:class:`Directories`).
 
     Raises
     ------
     MediaError
         An instance pydicom cannot read or list (the stream then breaks off).
     """
-    names, heads, key = Names(), [], []
-    listed: list[str] = []
+    names, known = Names(), directories()
+    listed, heads, key = [], [], []
     modified_at = datetime.datetime(*time.gmtime()[:6])
     for data in parts:
-        source = io.BytesIO(data)
         try:
-            header = pydicom.dcmread(source, stop_before_pixels=True)
-            name = names.file_id(header)
+            keys = hierarchy(data)
         except Exception as exc:  # pydicom raises many kinds for a damaged file
             raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
-        head = data[:source.tell()]
-        key.append((name, str(header.SOPInstanceUID), len(data), zlib.crc32(head)))
-        heads.append(head)
+        name, crc = names.file_id(keys), crc32(data)
+        identity = (keys.SOPInstanceUID, len(data), crc)
+        head = known.head(identity)
+        if head is None:
+            head = header_bytes(data)
+            known.keep_head(identity, head)
+        key.append((name, identity))
         listed.append(name)
-        del header, source  # a FileDataset read from a buffer keeps the buffer
-        yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
+        heads.append(head)
+        yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64(len(data), crc), (data,)
         del data
-    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (dicomdir(heads, listed, tuple(key)),)
+    directory = known.dicomdir(tuple(key))
+    if directory is None:
+        directory = dicomdir(heads, listed)
+        known.keep_dicomdir(tuple(key), directory)
+    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64(len(directory), crc32(directory)), (directory,)
 
 
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
     """The study (or series) as a streaming DICOM-media ZIP (``application/zip``).
 
     The PACS is asked before the answer starts (a refusal then is a proper error); authorization
-    is the caller's (the proxy's ``authorize_study``).
+    is the caller's (the proxy's ``authorize_study``). Under the production server the blocks go
+    to the client socket from here (:func:`~fhir_facade.dicomweb.zerocopy.write_blocks`).
 
     Raises
     ------
@@ -235,8 +196,11 @@ def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
         The PACS failed before the answer started.
     """
     parts = stored_instances(study_uid, series_uid)
-    body = stream_with_context(stream_zip(members(parts), chunk_size=BLOCK))
-    response = Response(body, mimetype=ZIP)
+    blocks = stream_zip(members(parts), chunk_size=BLOCK)
+    client = zerocopy.client_socket(request.environ)
+    if client is not None:
+        blocks = zerocopy.write_blocks(blocks, *client, get_pacs().timeout)
+    response = Response(stream_with_context(blocks), mimetype=ZIP)
     response.headers["Content-Disposition"] = f'attachment; filename="study-{study_uid}.zip"'
     response.headers["Cache-Control"] = "no-store"
     return response

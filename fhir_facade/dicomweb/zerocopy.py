@@ -147,10 +147,7 @@ class Splicer:
                 self._wait(self.sink, readable=False)
 
     def _wait(self, fd: int, readable: bool) -> None:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN if readable else select.POLLOUT)
-        if not poller.poll(self.timeout * 1000):
-            raise TimeoutError("a connection stalled while relaying a part body")
+        _wait(fd, readable, self.timeout)
 
     def close(self) -> None:
         """Close the pipe (idempotent)."""
@@ -185,6 +182,38 @@ def enable(protocol: str, http_protocols=("h1",), http2_cleartext: str = "off") 
     return _enabled
 
 
+def client_socket(environ: dict) -> tuple[socket.socket, bool] | None:
+    """The client socket of this request and whether its body is framed as HTTP/1.1 chunks, when
+    the facade may write the response body to it itself (the server conditions of the module
+    docstring); else ``None``."""
+    chunked = _FRAMING.get(environ.get("SERVER_PROTOCOL"))
+    if not _enabled or chunked is None or environ.get("REQUEST_METHOD") == "HEAD":
+        return None
+    sink = environ.get("gunicorn.socket")
+    if type(sink) is not socket.socket or sink.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return None
+    return sink, chunked
+
+
+def unframed_answer(upstream):
+    """http.client's response under a PACS answer *upstream* whose body ends when the connection
+    closes (plain HTTP, no Content-Length, not chunked: the PACS conditions of the module
+    docstring), so that reading its socket directly cannot confuse the HTTP client; else ``None``.
+
+    Parameters
+    ----------
+    upstream : requests.Response
+        Opened with ``stream=True``.
+    """
+    response = getattr(getattr(upstream, "raw", None), "_fp", None)  # urllib3 keeps http.client's here
+    reader = getattr(response, "fp", None)
+    if (not str(getattr(upstream, "url", "")).startswith("http://") or not isinstance(reader, io.BufferedReader)
+            or getattr(response, "chunked", True) or getattr(response, "length", 0) is not None
+            or not getattr(response, "will_close", False)):
+        return None
+    return response
+
+
 def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
     """A :class:`Splicer` from the PACS answer *upstream* to this request's client, when safe.
 
@@ -202,16 +231,53 @@ def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
     Splicer or None
         ``None`` unless every condition in the module docstring holds.
     """
-    chunked = _FRAMING.get(environ.get("SERVER_PROTOCOL"))
-    if not _enabled or chunked is None or environ.get("REQUEST_METHOD") == "HEAD":
+    client = client_socket(environ)
+    response = unframed_answer(upstream) if client is not None else None
+    if response is None:
         return None
-    sink = environ.get("gunicorn.socket")
-    if type(sink) is not socket.socket or sink.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-        return None
-    response = getattr(getattr(upstream, "raw", None), "_fp", None)  # urllib3 keeps http.client's here
-    reader = getattr(response, "fp", None)
-    if (not str(getattr(upstream, "url", "")).startswith("http://") or not isinstance(reader, io.BufferedReader)
-            or getattr(response, "chunked", True) or getattr(response, "length", 0) is not None
-            or not getattr(response, "will_close", False)):
-        return None
-    return Splicer(reader, sink, chunked, timeout)
+    return Splicer(response.fp, client[0], client[1], timeout)
+
+
+def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, timeout: float) -> Iterator[bytes]:
+    """A response body that writes *blocks* to the client socket itself, each in one system call
+    (``writev(2)``: the chunk framing around it, RFC 9112 Section 7.1, without copying it into
+    one buffer as gunicorn does).
+
+    The first block is yielded, for the server to send the status line and headers with it; the
+    others are written as the iteration resumes. For a socket from :func:`client_socket`.
+
+    Raises
+    ------
+    OSError
+        The client socket fails, or stalls for *timeout* seconds.
+    """
+    blocks = iter(blocks)
+    for first in blocks:
+        yield first
+        break
+    fd = sink.fileno()
+    for block in blocks:
+        if block:
+            _write_all(fd, [b"%X\r\n" % len(block), block, b"\r\n"] if chunked else [block], timeout)
+
+
+def _write_all(fd: int, buffers: list, timeout: float) -> None:
+    views = [memoryview(buffer) for buffer in buffers]
+    while views:
+        try:
+            written = os.writev(fd, views)
+        except BlockingIOError:
+            _wait(fd, readable=False, timeout=timeout)
+            continue
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _wait(fd: int, readable: bool, timeout: float) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN if readable else select.POLLOUT)
+    if not poller.poll(timeout * 1000):
+        raise TimeoutError("a connection stalled while relaying a part body")

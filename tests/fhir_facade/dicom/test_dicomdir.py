@@ -12,6 +12,7 @@ from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 import devpacs
 import samples
 from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance, write_dicomdir
+from fhir_facade.dicom.hierarchy import hierarchy
 from fhir_facade.dicomweb.media import Names
 
 #: Record elements compared with FileSet's (the offsets are compared as the links they encode).
@@ -46,7 +47,7 @@ def instances():
                          PatientName="Müller^Jürgen")
         headers.append(stored(**attrs))
     names = Names()
-    return headers, [names.file_id(header) for header in headers]
+    return headers, [names.file_id(hierarchy(FILES[header.SOPInstanceUID])) for header in headers]
 
 
 def records(file_set_ds: pydicom.Dataset) -> list[dict]:

@@ -118,14 +118,16 @@ def test_each_part_yields_whole_parts_however_the_body_is_cut():
 
 def test_names_are_the_file_ids_pydicom_gives(tmp_path):
     import samples
+    from fhir_facade.dicom.hierarchy import hierarchy
     from fhir_facade.dicomweb.media import Names
     names, file_set, ours = Names(), FileSet(), []
     study = pydicom.uid.generate_uid()
     series = [pydicom.uid.generate_uid() for _ in range(3)]
     for patient, series_uid in (("A", series[0]), ("B", series[1]), ("A", series[2]), ("A", series[0])):
         ds = samples.make_instance(PatientID=patient, StudyInstanceUID=study, SeriesInstanceUID=series_uid)
-        ds = pydicom.dcmread(io.BytesIO(devpacs.to_part10(ds)))
-        ours.append(names.file_id(ds))
+        data = devpacs.to_part10(ds)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ours.append(names.file_id(hierarchy(data)))
         file_set.add(ds)
     assert [i.FileID.replace("\\", "/") for i in file_set] == ours
     assert ours[3] == "PT000000/ST000000/SE000000/IM000001" and ours[2] == "PT000000/ST000000/SE000001/IM000000"
