@@ -31,6 +31,7 @@ _EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 #: Deflated syntaxes compress the data set (PS3.5 Section A.5): left to dcmread.
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 _LAST = Tag(0x0020, 0x000E)
+_LAST_TAG = 0x0020000E  # an int: comparing with a BaseTag calls Python code
 #: Tag -> place in :class:`Hierarchy`.
 _PLACES = {0x00100020: 0, 0x0020000D: 1, 0x0020000E: 2, 0x00080018: 3}
 _PADDING = b" \x00"
@@ -124,7 +125,7 @@ def _scanned(data: bytes) -> Hierarchy:
         if pos + 8 > len(data):
             raise _Truncated("the bytes end before (0020,000E)")
         tag, pos, length = _element(data, pos, implicit)
-        if tag > _LAST:
+        if tag > _LAST_TAG:
             return Hierarchy(values[0], *(value.decode("ascii") for value in values[1:]))
         if length == _UNDEFINED:
             raise _Unusual("an element of undefined length")

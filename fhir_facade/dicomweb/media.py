@@ -147,10 +147,11 @@ def stored_instances(study_uid: str, series_uid: str | None = None) -> Iterator[
 def members(parts: Iterator[bytes]) -> Iterator[tuple]:
     """stream-zip members: each instance under its File ID as it arrives, then the ``DICOMDIR``.
 
-    Each instance is one chunk, its length and CRC-32 given up front (stream-zip checks both as
-    it writes), so nothing is held twice. Of each instance only its place in the hierarchy is
-    read for its File ID (:func:`~fhir_facade.dicom.hierarchy.hierarchy`); its header is parsed
-    only when no DICOMDIR was written before for these very instances (:class:`Directories`).
+    Each instance is one chunk, in stream-zip's buffered mode (one method object for all, where
+    the streamed mode makes a class per member: 30 µs and garbage-collector work each). Of each
+    instance only its place in the hierarchy is read, for its File ID
+    (:func:`~fhir_facade.dicom.hierarchy.hierarchy`), and its CRC-32 computed, for its identity;
+    its header is parsed only when not kept from an earlier download (:class:`Directories`).
 
     Raises
     ------
@@ -174,13 +175,13 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
         key.append((name, identity))
         listed.append(name)
         heads.append(head)
-        yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64(len(data), crc), (data,)
+        yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
         del data
     directory = known.dicomdir(tuple(key))
     if directory is None:
         directory = dicomdir(heads, listed)
         known.keep_dicomdir(tuple(key), directory)
-    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64(len(directory), crc32(directory)), (directory,)
+    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (directory,)
 
 
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
