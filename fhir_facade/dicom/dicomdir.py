@@ -40,6 +40,10 @@ _NEXT_AT = 8
 _LOWER_AT = 12 + 10 + 8
 
 
+#: What every record of an instance names (PS3.3 Table F.5-1 and F.3-3: Type 1 and 1C keys).
+_REQUIRED = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+
+
 class UnsupportedInstance(ValueError):
     """An instance this writer cannot list (FileSet would give it a single-level record)."""
 
@@ -122,6 +126,9 @@ class Dicomdir:
         ValueError
             The instance lacks an element its record requires (pydicom's recorders, PS3.3 F.5).
         """
+        missing = [keyword for keyword in _REQUIRED if keyword not in header]
+        if missing or "TransferSyntaxUID" not in header.get("file_meta", {}):
+            raise ValueError(f"the instance has no {', '.join(missing) or 'TransferSyntaxUID'}, which its records require")
         if _single_level_record_type(header) != "PATIENT":
             raise UnsupportedInstance(f"instance {header.get('SOPInstanceUID')} needs a single-level record")
         node = self.root

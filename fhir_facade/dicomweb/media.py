@@ -23,6 +23,7 @@ holds a truncated ZIP, which every unzip tool reports (no central directory).
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 import types
 import zlib
@@ -170,7 +171,7 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
         identity = (keys.SOPInstanceUID, len(data), crc)
         head = known.head(identity)
         if head is None:
-            head = header_bytes(data)
+            head = header_bytes(data, name)
             known.keep_head(identity, head)
         key.append((name, identity))
         listed.append(name)
@@ -187,17 +188,26 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
     """The study (or series) as a streaming DICOM-media ZIP (``application/zip``).
 
-    The PACS is asked before the answer starts (a refusal then is a proper error); authorization
-    is the caller's (the proxy's ``authorize_study``). Under the production server the blocks go
-    to the client socket from here (:func:`~fhir_facade.dicomweb.zerocopy.write_blocks`).
+    The PACS is asked, and the first block of the ZIP made, before the answer starts: a refusal,
+    or a first instance that cannot be zipped, is then a proper DICOMweb error, not a 500 or a
+    broken stream. Authorization is the caller's (the proxy's ``authorize_study``). Under the
+    production server the other blocks go to the client socket from here
+    (:func:`~fhir_facade.dicomweb.zerocopy.write_blocks`).
 
     Raises
     ------
     PacsError
-        The PACS failed before the answer started.
+        The PACS failed, or its first instance cannot be zipped (:class:`MediaError`), before
+        the answer started.
     """
     parts = stored_instances(study_uid, series_uid)
     blocks = stream_zip(members(parts), chunk_size=BLOCK)
+    try:
+        first = next(blocks)
+    except BaseException:
+        parts.close()  # the PACS answer, at once
+        raise
+    blocks = itertools.chain((first,), blocks)
     client = zerocopy.client_socket(request.environ)
     if client is not None:
         blocks = zerocopy.write_blocks(blocks, *client, get_pacs().timeout)

@@ -111,19 +111,23 @@ def directories() -> Directories:
     return current_app.extensions.setdefault("facade_media_directories", Directories())
 
 
-def header_bytes(data: bytes | memoryview) -> bytes:
-    """The beginning of a PS3.10 file up to its Pixel Data (a copy): what a DICOMDIR record needs.
+def header_bytes(data: bytes | memoryview, name: str) -> bytes:
+    """The beginning of a PS3.10 file up to its Pixel Data (a copy): what a DICOMDIR record needs,
+    once checked that the records can be made (so that an instance that cannot be listed stops the
+    ZIP where it comes, before its bytes are sent, not at the end).
 
     Raises
     ------
     MediaError
-        pydicom cannot read the file.
+        pydicom cannot read the file, or its records lack an element they require.
     """
     source = io.BytesIO(data)
     try:
-        pydicom.dcmread(source, stop_before_pixels=True)
+        Dicomdir("FACADE").add(pydicom.dcmread(source, stop_before_pixels=True), name)
+    except UnsupportedInstance:
+        pass  # a single-level record: FileSet lists it (file_set_dicomdir)
     except Exception as exc:  # pydicom raises many kinds for a damaged file
-        raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
+        raise MediaError(f"an instance of the study cannot be listed in a DICOMDIR: {exc}") from exc
     return bytes(memoryview(data)[:source.tell()])
 
 
