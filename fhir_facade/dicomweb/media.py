@@ -36,7 +36,7 @@ from stream_zip import NO_COMPRESSION_64, stream_zip
 
 from fhir_facade.dicom.hierarchy import hierarchy
 from fhir_facade.dicomweb import multipart, zerocopy
-from fhir_facade.dicomweb.media_directory import MediaError, Names, dicomdir, directories, header_bytes
+from fhir_facade.dicomweb.media_directory import Listing, MediaError, Names, directories
 from fhir_facade.dicomweb.negotiation import media_ranges, parse_media_type
 from fhir_facade.pacs.client import READ_ERRORS, broken_answer, get_pacs
 
@@ -152,37 +152,26 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
     the streamed mode makes a class per member: 30 µs and garbage-collector work each). Of each
     instance only its place in the hierarchy is read, for its File ID
     (:func:`~fhir_facade.dicom.hierarchy.hierarchy`), and its CRC-32 computed, for its identity;
-    its header is parsed only when not kept from an earlier download (:class:`Directories`).
+    its header is parsed only when not kept from an earlier download
+    (:class:`~fhir_facade.dicomweb.media_directory.Listing`).
 
     Raises
     ------
     MediaError
         An instance pydicom cannot read or list (the stream then breaks off).
     """
-    names, known = Names(), directories()
-    listed, heads, key = [], [], []
+    names, listing = Names(), Listing(directories())
     modified_at = datetime.datetime(*time.gmtime()[:6])
     for data in parts:
         try:
             keys = hierarchy(data)
         except Exception as exc:  # pydicom raises many kinds for a damaged file
             raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
-        name, crc = names.file_id(keys), crc32(data)
-        identity = (keys.SOPInstanceUID, len(data), crc)
-        head = known.head(identity)
-        if head is None:
-            head = header_bytes(data, name)
-            known.keep_head(identity, head)
-        key.append((name, identity))
-        listed.append(name)
-        heads.append(head)
+        name = names.file_id(keys)
+        listing.add(data, name, (keys.SOPInstanceUID, len(data), crc32(data)))
         yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
         del data
-    directory = known.dicomdir(tuple(key))
-    if directory is None:
-        directory = dicomdir(heads, listed)
-        known.keep_dicomdir(tuple(key), directory)
-    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (directory,)
+    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (listing.dicomdir(),)
 
 
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:

@@ -2,9 +2,10 @@
 
 - :class:`Names`: each instance's PS3.10 File ID (PS3.10 Sections 8.2 and 8.5), as pydicom's
   FileSet gives it, from the instance's place in the hierarchy;
-- :func:`dicomdir`: the ``DICOMDIR`` (PS3.10 Section 7.2, Basic Directory IOD of PS3.3 Annex F)
-  of the instances' headers, written in one pass (:class:`fhir_facade.dicom.dicomdir.Dicomdir`;
-  FileSet itself is quadratic), FileSet only for what needs single-level records;
+- :class:`Listing`: the ``DICOMDIR`` (PS3.10 Section 7.2, Basic Directory IOD of PS3.3 Annex F)
+  of one ZIP's instances, listed as they arrive and written in one pass
+  (:class:`fhir_facade.dicom.dicomdir.Dicomdir`; FileSet itself is quadratic), FileSet only for
+  what needs single-level records;
 - :class:`Directories`: DICOMDIRs and instance headers kept per app, so that a study downloaded
   again costs neither a DICOMDIR nor parsing its headers.
 """
@@ -18,6 +19,7 @@ from collections import OrderedDict
 
 import pydicom
 from flask import current_app
+from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 
 from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance
@@ -111,47 +113,98 @@ def directories() -> Directories:
     return current_app.extensions.setdefault("facade_media_directories", Directories())
 
 
-def header_bytes(data: bytes | memoryview, name: str) -> bytes:
-    """The beginning of a PS3.10 file up to its Pixel Data (a copy): what a DICOMDIR record needs,
-    once checked that the records can be made (so that an instance that cannot be listed stops the
-    ZIP where it comes, before its bytes are sent, not at the end).
+def _read_header(data: bytes | memoryview) -> tuple[Dataset, bytes]:
+    """The header of a PS3.10 file (pydicom, up to Pixel Data) and its bytes (a copy).
 
     Raises
     ------
     MediaError
-        pydicom cannot read the file, or its records lack an element they require.
+        pydicom cannot read the file.
     """
     source = io.BytesIO(data)
     try:
-        Dicomdir("FACADE").add(pydicom.dcmread(source, stop_before_pixels=True), name)
-    except UnsupportedInstance:
-        pass  # a single-level record: FileSet lists it (file_set_dicomdir)
+        header = pydicom.dcmread(source, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many kinds for a damaged file
-        raise MediaError(f"an instance of the study cannot be listed in a DICOMDIR: {exc}") from exc
-    return bytes(memoryview(data)[:source.tell()])
+        raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
+    return header, bytes(memoryview(data)[:source.tell()])
 
 
-def dicomdir(heads: list[bytes], names: list[str]) -> bytes:
-    """The ``DICOMDIR`` of instances whose files begin with *heads* (up to Pixel Data), named
-    *names*: written in one pass (:class:`~fhir_facade.dicom.dicomdir.Dicomdir`, about 0.25 s of
-    CPU for 300 instances), or by pydicom's FileSet (quadratic, about 5 s for 300) when an
-    instance needs a single-level record.
+class Listing:
+    """The DICOMDIR of one ZIP's instances, listed as they arrive (:meth:`add`), written at the
+    end (:meth:`dicomdir`).
 
-    Raises
-    ------
-    MediaError
-        An instance cannot be listed, or the FileSet named one otherwise than *names*.
+    An instance seen before (its header kept by the app's :class:`Directories`) is not parsed:
+    when every instance was seen, in the same places, the DICOMDIR written then is the answer. At
+    the first new instance the records are made, of the instances before it (from their kept
+    headers) and of each one after, as it arrives: an instance whose records cannot be made is
+    refused where it comes, before its bytes are sent. Records are written in one pass
+    (:class:`~fhir_facade.dicom.dicomdir.Dicomdir`, about 0.25 s of CPU for 300 instances), or,
+    when an instance needs a single-level record, by pydicom's FileSet at the end (quadratic,
+    about 5 s for 300).
     """
-    headers = [pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True) for head in heads]
-    directory = Dicomdir("FACADE")
-    try:
-        for header, name in zip(headers, names):
-            directory.add(header, name)
-        return directory.encode()
-    except UnsupportedInstance:
-        return file_set_dicomdir(headers, names)
-    except ValueError as exc:  # pydicom's recorders: an element a record requires is missing
-        raise MediaError(f"an instance of the study cannot be listed in a DICOMDIR: {exc}") from exc
+
+    def __init__(self, known: Directories) -> None:
+        self.known = known
+        self.names: list[str] = []
+        self.heads: list[bytes] = []
+        self.key: list[tuple] = []
+        self._directory: Dicomdir | None = None
+        self._by_file_set = False
+
+    def add(self, data: bytes | memoryview, name: str, identity: tuple) -> None:
+        """List an instance (its PS3.10 bytes) under File ID *name*; *identity* is its SOP Instance
+        UID, length and CRC-32.
+
+        Raises
+        ------
+        MediaError
+            The instance cannot be read, or its records lack an element they require (PS3.3 F.5).
+        """
+        head, header = self.known.head(identity), None
+        if head is None:
+            header, head = _read_header(data)
+            if self._directory is None and not self._by_file_set:
+                self._directory = Dicomdir("FACADE")
+                for earlier_head, earlier_name in zip(self.heads, self.names):
+                    self._list(_read_header(earlier_head)[0], earlier_name)
+        if self._directory is not None:
+            self._list(header if header is not None else _read_header(head)[0], name)
+        if header is not None:
+            self.known.keep_head(identity, head)
+        self.names.append(name)
+        self.heads.append(head)
+        self.key.append((name, identity))
+
+    def _list(self, header: Dataset, name: str) -> None:
+        try:
+            self._directory.add(header, name)
+        except UnsupportedInstance:
+            self._directory, self._by_file_set = None, True
+        except ValueError as exc:  # pydicom's recorders: an element a record requires is missing
+            raise MediaError(f"an instance of the study cannot be listed in a DICOMDIR: {exc}") from exc
+
+    def dicomdir(self) -> bytes:
+        """The ``DICOMDIR`` of the instances listed, kept by the app for the same instances.
+
+        Raises
+        ------
+        MediaError
+            FileSet cannot list an instance, or named one otherwise than the ZIP does.
+        """
+        key = tuple(self.key)
+        found = self.known.dicomdir(key) if self._directory is None else None
+        if found is not None:
+            return found
+        if self._directory is None and not self._by_file_set:  # seen before, not in these places
+            self._directory = Dicomdir("FACADE")
+            for head, name in zip(self.heads, self.names):
+                self._list(_read_header(head)[0], name)
+        if self._directory is not None:
+            data = self._directory.encode()
+        else:
+            data = file_set_dicomdir([_read_header(head)[0] for head in self.heads], self.names)
+        self.known.keep_dicomdir(key, data)
+        return data
 
 
 def file_set_dicomdir(headers: list, names: list[str]) -> bytes:
