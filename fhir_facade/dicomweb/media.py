@@ -151,8 +151,7 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
     Each instance is one chunk, in stream-zip's buffered mode (one method object for all, where
     the streamed mode makes a class per member: 30 µs and garbage-collector work each). Of each
     instance only its place in the hierarchy is read, for its File ID
-    (:func:`~fhir_facade.dicom.hierarchy.hierarchy`), and its CRC-32 computed, for its identity;
-    its header is parsed only when not kept from an earlier download
+    (:func:`~fhir_facade.dicom.hierarchy.hierarchy`); its header is parsed only when not kept from an earlier download
     (:class:`~fhir_facade.dicomweb.media_directory.Listing`).
 
     Raises
@@ -168,7 +167,7 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
         except Exception as exc:  # pydicom raises many kinds for a damaged file
             raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
         name = names.file_id(keys)
-        listing.add(data, name, (keys.SOPInstanceUID, len(data), crc32(data)))
+        listing.add(data, name, keys.SOPInstanceUID)
         yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
         del data
     yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (listing.dicomdir(),)

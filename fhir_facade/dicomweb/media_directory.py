@@ -20,6 +20,7 @@ from collections import OrderedDict
 import pydicom
 from flask import current_app
 from pydicom.dataset import Dataset
+from isal.isal_zlib import crc32
 from pydicom.fileset import FileSet
 
 from fhir_facade.dicom.dicomdir import Dicomdir, UnsupportedInstance
@@ -61,11 +62,11 @@ class Directories:
     """What a DICOMDIR is made of, kept per app (:func:`directories`) between downloads.
 
     - DICOMDIRs by the exact instances they list (each File ID with the instance's SOP Instance
-      UID, length and CRC-32): the same study downloaded again gets its DICOMDIR at once, a
-      changed one a new one (at most :data:`DICOMDIR_CACHE_SIZE`);
-    - the header bytes (up to Pixel Data) of instances seen, by SOP Instance UID, length and
-      CRC-32 (at most :data:`HEADS_CACHE_BYTES` in all): an instance seen before is not parsed
-      again when a DICOMDIR has to be written.
+      UID, length and the CRC-32 of its header bytes): the same study downloaded again gets its
+      DICOMDIR at once, a changed one a new one (at most :data:`DICOMDIR_CACHE_SIZE`);
+    - the header bytes (up to Pixel Data) of instances seen, by SOP Instance UID and length (at
+      most :data:`HEADS_CACHE_BYTES` in all): an instance that still begins with them is not
+      parsed again.
 
     Thread-safe (gunicorn's threads share it).
     """
@@ -88,15 +89,16 @@ class Directories:
                 self._dicomdirs.popitem(last=False)
 
     def head(self, identity: tuple) -> bytes | None:
-        """The header bytes kept for an instance ``(SOPInstanceUID, length, CRC-32)``, if any."""
+        """The header bytes kept for an instance ``(SOPInstanceUID, length)``, if any."""
         with self._lock:
             return _lookup(self._heads, identity)
 
     def keep_head(self, identity: tuple, head: bytes) -> None:
+        """Keep an instance's header bytes (replacing what was kept for it)."""
         with self._lock:
-            if identity not in self._heads:
-                self._heads[identity] = head
-                self._head_bytes += len(head)
+            replaced = self._heads.pop(identity, None)
+            self._head_bytes += len(head) - (len(replaced) if replaced is not None else 0)
+            self._heads[identity] = head
             while self._head_bytes > HEADS_CACHE_BYTES and self._heads:
                 self._head_bytes -= len(self._heads.popitem(last=False)[1])
 
@@ -151,16 +153,21 @@ class Listing:
         self._directory: Dicomdir | None = None
         self._by_file_set = False
 
-    def add(self, data: bytes | memoryview, name: str, identity: tuple) -> None:
-        """List an instance (its PS3.10 bytes) under File ID *name*; *identity* is its SOP Instance
-        UID, length and CRC-32.
+    def add(self, data: bytes | memoryview, name: str, sop_instance_uid: str) -> None:
+        """List an instance (its PS3.10 bytes) under File ID *name*.
+
+        A header kept from an earlier download is used only if the instance still begins with
+        exactly those bytes (its pixel data may have changed: the records do not depend on it).
 
         Raises
         ------
         MediaError
             The instance cannot be read, or its records lack an element they require (PS3.3 F.5).
         """
+        identity = (sop_instance_uid, len(data))
         head, header = self.known.head(identity), None
+        if head is not None and memoryview(data)[:len(head)].tobytes() != head:
+            head = None
         if head is None:
             header, head = _read_header(data)
             if self._directory is None and not self._by_file_set:
@@ -173,7 +180,7 @@ class Listing:
             self.known.keep_head(identity, head)
         self.names.append(name)
         self.heads.append(head)
-        self.key.append((name, identity))
+        self.key.append((name, identity, crc32(head)))
 
     def _list(self, header: Dataset, name: str) -> None:
         try:
