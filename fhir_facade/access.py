@@ -69,6 +69,22 @@ def local_patient_params(grant: authz.AccessGrant, params: list[tuple[str, str]]
     return local
 
 
+def local_patient_ids(grant: authz.AccessGrant, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """*params* of a Patient search with each ``_id`` value the client sent in its grant's ids
+    (an EHR token's: the EHR's Patient id) turned into the facade's, as :func:`local_patient_params`
+    does for ``patient``.
+
+    Raises
+    ------
+    smart.authz.Forbidden
+        An EHR token with a patient, and an ``_id`` that is not that patient.
+    """
+    if grant.ehr_patient is None:
+        return params
+    return [(name, ",".join(grant.local_patient(value) for value in raw.split(",")) if name == "_id" else raw)
+            for name, raw in params]
+
+
 def public_patient(grant: authz.AccessGrant, patient: dict) -> dict:
     """A Patient resource with the id the grant's client knows it by: the EHR's Patient id for
     an EHR token's patient (a copy), else *patient* itself."""

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.access import check_owners, local_patient_params, public_patient, public_subject
+from fhir_facade.access import check_owners, local_patient_ids, local_patient_params, public_patient, public_subject
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir import bundle, capability
@@ -363,7 +363,7 @@ def read_patient(patient_id: str):
 def search_patient():
     """Search Patient by ``_id``, ``identifier``, ``name``, ``family``, ``given``, ``birthdate``, ``gender``."""
     grant = authz.current_grant()
-    search = parse_patient_search(_query_params(), _ctx().timezone, strict=_strict())
+    search = parse_patient_search(local_patient_ids(grant, _query_params()), _ctx().timezone, strict=_strict())
     allowed = grant.patients("Patient", "s")
     if allowed is not None:
         if search.fhir_ids is not None and not search.fhir_ids & allowed:
@@ -377,7 +377,7 @@ def search_patient():
     else:
         found = studies.find_studies([])
     newest = _newest_per_patient(found)
-    resources = _patients([newest[pid] for pid in sorted(newest)])
+    resources = [public_patient(grant, r) for r in _patients([newest[pid] for pid in sorted(newest)])]
     for keep in search.filters:
         resources = [r for r in resources if keep(r)]
     page = [bundle.shape(r, search) for r in _page(resources, search)]

@@ -132,6 +132,20 @@ def test_the_patient_is_named_by_the_ehrs_id_in_includes_and_reads(ehr_world):
     assert client.get("/fhir/Patient/ehr-bob", headers=bearer(token)).status_code == 403
 
 
+def test_the_patient_search_speaks_the_ehrs_id(ehr_world):
+    token = ehr_world["ehr"].token("imaging-app", scope="launch/patient patient/ImagingStudy.rs patient/Patient.rs")
+    client = ehr_world["client"]
+    for query in ("", "?_id=ehr-alice", "?_id=ehr-alice&gender=female,male,other,unknown"):
+        answer = client.get(f"/fhir/Patient{query}", headers=bearer(token))
+        assert answer.status_code == 200, (query, answer.get_json())
+        entries = answer.get_json()["entry"]
+        assert [e["resource"]["id"] for e in entries] == ["ehr-alice"], query
+        assert entries[0]["fullUrl"].endswith("/Patient/ehr-alice")
+        assert {i["value"] for i in entries[0]["resource"]["identifier"]} == {ehr_world["mrn_a"]}
+    for other in ("ehr-bob", ehr_world["mrn_a"], f"ehr-alice,{ehr_world['mrn_a']}"):
+        assert client.get(f"/fhir/Patient?_id={other}", headers=bearer(token)).status_code == 403, other
+
+
 def test_a_token_revoked_at_the_ehr_is_refused_within_the_cache_bound(ehr_world):
     ehr = ehr_world["ehr"]
     token = ehr.token("imaging-app-opaque")
