@@ -70,7 +70,7 @@ def test_every_configuration_key_the_code_reads_comes_from_the_environment():
     from fhir_facade.config import SETTINGS, from_environ
     root = Path(__file__).resolve().parents[1]
     read = set()
-    for path in list((root / "fhir_facade").glob("*.py")) + list((root / "smart").glob("*.py")) + [root / "app.py"]:
+    for path in list((root / "fhir_facade").rglob("*.py")) + list((root / "smart").rglob("*.py")) + [root / "app.py"]:
         read |= set(re.findall(r"config(?:\.get\(|\[)\"((?:FACADE|SMART)_[A-Z_]+)\"", path.read_text()))
     assert read <= {name for name, _, _ in SETTINGS}, read - {name for name, _, _ in SETTINGS}
     assert from_environ({"FACADE_QUERY_CACHE_TTL": "0", "SMART_REVOCATION_CACHE_SECONDS": "0"})[

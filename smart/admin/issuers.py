@@ -95,7 +95,7 @@ def list_issuers() -> list[dict]:
 
 def remove_issuer(issuer: str) -> None:
     """Stop trusting *issuer*: its tokens are refused at once in this process, within
-    :data:`smart.tokens.issuers.ISSUER_CACHE_SECONDS` (plus cached verdicts) in others.
+    :data:`smart.tokens.ehr_metadata.ISSUER_CACHE_SECONDS` (plus cached verdicts) in others.
 
     Raises
     ------

@@ -14,7 +14,7 @@ import requests
 from cachetools import TTLCache
 from flask import current_app
 
-from smart.tokens.issuers import Issuer, IssuerUnavailable, setting, state
+from smart.tokens.ehr_metadata import Issuer, IssuerUnavailable, setting, state
 
 #: FHIR R4 §2.24.0.1 ``id``: what may be put in the ``Patient/{id}`` path.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")

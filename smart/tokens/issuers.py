@@ -1,18 +1,17 @@
 """Access tokens issued by trusted EHR authorization servers (SMART Imaging Access: the EHR
-issues the token, the facade is its resource server).
+issues the token, the facade is its resource server): verified, introspected, and the verdict
+cached.
 
 A JWT whose ``iss`` is a trusted issuer is verified against that issuer's JWK Set; any other
 token that is not the facade's own (opaque) is introspected (RFC 7662, SMART App Launch 2.2
 §Token Introspection) at the trusted issuers that have an introspection credential. The
-issuer's endpoints come from its ``.well-known/smart-configuration`` (else its OpenID
-discovery). What is fetched is cached per app:
+trusted issuers, their discovery documents and JWK Sets are :mod:`smart.tokens.ehr_metadata`
+(its names used elsewhere are re-exported here). Cached per app here:
 
-- discovery documents and JWK Sets for ``SMART_EHR_METADATA_CACHE_SECONDS`` (a JWK Set is
-  fetched again at once for an unknown ``kid``, at most every :data:`UNKNOWN_KID_BACKOFF` s);
 - each token's verdict under the SHA-256 of the token (never the token itself): an accepted
   token until ``min(exp, SMART_EHR_TOKEN_CACHE_SECONDS)``, a refused one for
   ``SMART_EHR_INACTIVE_CACHE_SECONDS``;
-- the trusted issuers themselves (the database) for :data:`ISSUER_CACHE_SECONDS`.
+- what :mod:`smart.authz` built of an accepted token (:func:`keep_grant`), as long as its verdict.
 
 An issuer that cannot be reached, answers late or answers nonsense raises
 :class:`IssuerUnavailable` (503 with ``Retry-After``): never "active" by default.
@@ -22,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import secrets
 import threading
 import time
@@ -34,76 +32,30 @@ from cachetools import TLRUCache
 from flask import current_app
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, import_key
-from sqlalchemy import select
+from joserfc.jwk import import_key
 
-from smart.store.db import get_session
-from smart.store.models import TrustedIssuer
+from smart.tokens import ehr_metadata
+from smart.tokens.ehr_metadata import (DEFAULTS, ISSUER_CACHE_SECONDS, Issuer, IssuerUnavailable, fetch_json, has_kid,
+                                       key_set_for, metadata, setting, trusted_issuers)
 from smart.tokens.jwt import InvalidToken, fhir_base
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ALGORITHMS", "UNKNOWN_KID_BACKOFF", "TOKEN_CACHE_SIZE", "CLAIMS", "EhrToken", "state", "forget", "token_key",
+    "unverified_issuer", "check_claims", "verify_jwt", "private_key", "introspect", "decode_ehr_token",
+    "cached_grant", "keep_grant",
+    # smart.tokens.ehr_metadata's, for the callers that know them from here
+    "DEFAULTS", "ISSUER_CACHE_SECONDS", "Issuer", "IssuerUnavailable", "metadata", "setting", "trusted_issuers",
+]
 
 #: Signature algorithms accepted from an EHR (asymmetric only: never ``none``, never HS*,
 #: whose "secret" would be the issuer's public key; RFC 8725 §3.1-3.2).
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
-#: Seconds the trusted-issuer table is trusted before it is read again.
-ISSUER_CACHE_SECONDS = 5.0
 #: Least seconds between two JWK Set fetches caused by an unknown ``kid``.
 UNKNOWN_KID_BACKOFF = 10.0
 #: Verdicts kept per app.
 TOKEN_CACHE_SIZE = 8192
-#: Configuration keys and their defaults (``fhir_facade.config.SETTINGS`` reads them from the environment).
-DEFAULTS = {
-    "SMART_EHR_TOKEN_CACHE_SECONDS": 60.0,
-    "SMART_EHR_INACTIVE_CACHE_SECONDS": 5.0,
-    "SMART_EHR_METADATA_CACHE_SECONDS": 3600.0,
-    "SMART_EHR_PATIENT_CACHE_SECONDS": 300.0,
-    "SMART_EHR_TIMEOUT": 5.0,
-    "SMART_EHR_RETRY_AFTER": 5,
-}
 #: Claims kept of an EHR token (RFC 9068 §2.2, SMART App Launch 2.2 §Token Introspection).
 CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope", "patient", "encounter", "fhirUser")
-
-
-def setting(name: str):
-    """The configured value of one of :data:`DEFAULTS` (needs an app context)."""
-    value = current_app.config.get(name)
-    return DEFAULTS[name] if value is None else value
-
-
-class IssuerUnavailable(Exception):
-    """A trusted issuer (or its FHIR server) could not be asked in time: answer 503 with
-    ``Retry-After`` (RFC 9110 §15.6.4, §10.2.3)."""
-
-    def __init__(self, description: str = "the EHR's authorization server is unavailable"):
-        super().__init__(description)
-        self.description = description
-
-    @property
-    def retry_after(self) -> int:
-        return int(setting("SMART_EHR_RETRY_AFTER"))
-
-
-@dataclass(frozen=True)
-class Issuer:
-    """A trusted issuer's configuration (a detached copy of its :class:`TrustedIssuer` row)."""
-
-    issuer: str
-    patient_identifier_system: str
-    fhir_base: str
-    audience: str | None
-    introspection_client_id: str | None
-    introspection_secret: str | None
-    introspection_key: str | None
-
-    @classmethod
-    def of(cls, row: TrustedIssuer) -> Issuer:
-        return cls(row.issuer, row.patient_identifier_system, (row.fhir_base or row.issuer).rstrip("/"),
-                   row.audience, row.introspection_client_id, row.introspection_secret, row.introspection_key)
-
-    @property
-    def introspects(self) -> bool:
-        return bool(self.introspection_client_id and (self.introspection_secret or self.introspection_key))
 
 
 @dataclass(frozen=True)
@@ -121,16 +73,10 @@ def _verdict_ttu(_key, value, now):
 
 
 class _State:
-    """Per-app caches (see the module docstring) and counters."""
+    """Per-app caches of verdicts and grants (see the module docstring) and counters."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.http = requests.Session()
-        self.issuers: dict[str, Issuer] = {}
-        self.issuers_at = float("-inf")
-        self.metadata: dict[str, tuple[float, dict]] = {}
-        self.jwks: dict[str, tuple[float, KeySet]] = {}
-        self.kid_refetched: dict[str, float] = {}
         #: sha256(token) -> (EhrToken or InvalidToken, monotonic expiry)
         self.verdicts: TLRUCache = TLRUCache(TOKEN_CACHE_SIZE, ttu=_verdict_ttu, timer=time.monotonic)
         #: sha256(token) -> (what the caller built of an accepted token, monotonic expiry): the
@@ -141,125 +87,23 @@ class _State:
 
 
 def state() -> _State:
-    """This app's caches."""
-    found = current_app.extensions.get("smart_issuers")
+    """This app's caches of verdicts and grants."""
+    found = current_app.extensions.get("smart_ehr_tokens")
     if found is None:
-        found = current_app.extensions.setdefault("smart_issuers", _State())
+        found = current_app.extensions.setdefault("smart_ehr_tokens", _State())
     return found
 
 
 def forget() -> None:
-    """Drop every cache of this app (after ``add-issuer`` / ``remove-issuer``)."""
-    current_app.extensions["smart_issuers"] = _State()
-
-
-def trusted_issuers() -> dict[str, Issuer]:
-    """The trusted issuers by ``iss``, read from the database at most every few seconds."""
-    st = state()
-    if time.monotonic() - st.issuers_at > ISSUER_CACHE_SECONDS:
-        rows = get_session().scalars(select(TrustedIssuer)).all()
-        st.issuers = {row.issuer: Issuer.of(row) for row in rows}
-        st.issuers_at = time.monotonic()
-    return st.issuers
+    """Drop every cache of this app, verdicts and metadata alike (after ``add-issuer`` /
+    ``remove-issuer``)."""
+    ehr_metadata.forget()
+    current_app.extensions["smart_ehr_tokens"] = _State()
 
 
 def token_key(token: str) -> str:
     """The cache key of *token*: its SHA-256, so no cache and no log holds a usable token."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-# --- fetching ---------------------------------------------------------------------------------
-
-def _fetch_json(method: str, url: str, quiet: bool = False, **kwargs) -> dict:
-    """One request to an issuer; a JSON object, or :class:`IssuerUnavailable` (never a 500).
-    Failures are logged (method, URL, status or error type: never a token), unless *quiet*."""
-    try:
-        response = state().http.request(method, url, timeout=float(setting("SMART_EHR_TIMEOUT")), **kwargs)
-    except requests.RequestException as exc:
-        log.warning("EHR request failed: %s %s (%s)", method, url, type(exc).__name__)
-        raise IssuerUnavailable() from exc
-    if response.status_code != 200:
-        (log.debug if quiet else log.warning)("EHR answered %s to %s %s", response.status_code, method, url)
-        raise IssuerUnavailable(f"the EHR's server answered {response.status_code}")
-    try:
-        body = response.json()
-    except (ValueError, RecursionError) as exc:
-        raise IssuerUnavailable("the EHR's server answered something that is not JSON") from exc
-    if not isinstance(body, dict):
-        raise IssuerUnavailable("the EHR's server answered something that is not a JSON object")
-    return body
-
-
-def metadata(issuer: Issuer) -> dict:
-    """The issuer's discovery document: ``.well-known/smart-configuration`` (SMART App Launch
-    2.2 §Using well-known), else ``.well-known/openid-configuration`` (OIDC Discovery §4).
-
-    Raises
-    ------
-    IssuerUnavailable
-        If neither can be read, or the document names another issuer (OIDC Discovery §4.3).
-    """
-    st = state()
-    hit = st.metadata.get(issuer.issuer)
-    if hit is not None and time.monotonic() - hit[0] < float(setting("SMART_EHR_METADATA_CACHE_SECONDS")):
-        return hit[1]
-    base = issuer.issuer.rstrip("/")
-    try:
-        found = _fetch_json("GET", base + "/.well-known/smart-configuration", quiet=True)
-    except IssuerUnavailable:
-        found = _fetch_json("GET", base + "/.well-known/openid-configuration")
-    if found.get("issuer", issuer.issuer) != issuer.issuer:
-        raise IssuerUnavailable("the EHR's discovery document names another issuer")
-    st.metadata[issuer.issuer] = (time.monotonic(), found)
-    return found
-
-
-def _key_set(issuer: Issuer, refetch: bool = False) -> KeySet:
-    st = state()
-    hit = st.jwks.get(issuer.issuer)
-    fresh = hit is not None and time.monotonic() - hit[0] < float(setting("SMART_EHR_METADATA_CACHE_SECONDS"))
-    if fresh and not refetch:
-        return hit[1]
-    uri = metadata(issuer).get("jwks_uri")
-    if not isinstance(uri, str):
-        raise IssuerUnavailable("the EHR's discovery document has no jwks_uri")
-    found = _fetch_json("GET", uri).get("keys")
-    usable = [key for key in (found if isinstance(found, list) else []) if _importable(key)]
-    if not usable:
-        raise IssuerUnavailable("the EHR's JWK Set holds no usable key")
-    keys = KeySet.import_key_set({"keys": usable})
-    st.jwks[issuer.issuer] = (time.monotonic(), keys)
-    return keys
-
-
-def _importable(jwk) -> bool:
-    """Whether *jwk* is an RSA or EC public key joserfc can use. Others are ignored, not fatal
-    (RFC 7517 §5: ignore JWKs whose ``kty`` is not understood); joserfc raises KeyError for an
-    unknown ``crv``, so each key is tried alone."""
-    if not isinstance(jwk, dict) or jwk.get("kty") not in ("RSA", "EC"):
-        return False
-    try:
-        KeySet.import_key_set({"keys": [jwk]})
-    except (JoseError, ValueError, TypeError, KeyError):
-        return False
-    return True
-
-
-def _has_kid(keys: KeySet, kid: str | None) -> bool:
-    return any(key.kid == kid for key in keys) if kid else len(keys.keys) > 0
-
-
-def key_set_for(issuer: Issuer, kid: str | None) -> KeySet:
-    """The issuer's JWK Set, fetched again (at most every :data:`UNKNOWN_KID_BACKOFF` s) when it
-    lacks *kid* (rotation: RFC 7517 §4.5, OIDC Core §10.1.1)."""
-    keys = _key_set(issuer)
-    if _has_kid(keys, kid):
-        return keys
-    st = state()
-    if time.monotonic() - st.kid_refetched.get(issuer.issuer, float("-inf")) >= UNKNOWN_KID_BACKOFF:
-        st.kid_refetched[issuer.issuer] = time.monotonic()
-        keys = _key_set(issuer, refetch=True)
-    return keys
 
 
 # --- verifying --------------------------------------------------------------------------------
@@ -336,8 +180,8 @@ def verify_jwt(token: str, issuer: Issuer) -> dict:
     if alg not in ALGORITHMS:
         raise InvalidToken(f"The access token's algorithm is not accepted ({str(alg)[:16]}).")
     kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-    keys = key_set_for(issuer, kid)
-    if not _has_kid(keys, kid):
+    keys = key_set_for(issuer, kid, UNKNOWN_KID_BACKOFF)
+    if not has_kid(keys, kid):
         raise InvalidToken("The access token is signed with an unknown key.")
     try:
         claims = jwt.decode(token, keys, algorithms=[alg]).claims
@@ -405,7 +249,7 @@ def introspect(token: str, issuer: Issuer) -> dict | None:
     else:  # RFC 6749 §2.3.1: both form-encoded, then Basic
         auth = requests.auth.HTTPBasicAuth(_form(issuer.introspection_client_id), _form(issuer.introspection_secret))
     state().introspections += 1
-    answer = _fetch_json("POST", endpoint, data=data, auth=auth, headers={"Accept": "application/json"})
+    answer = fetch_json("POST", endpoint, data=data, auth=auth, headers={"Accept": "application/json"})
     if answer.get("active") is not True:
         return None
     return check_claims(answer, issuer)
