@@ -25,7 +25,8 @@ CODE_LIFETIME = 60
 
 
 def now() -> int:
-    """Current time in whole seconds since the epoch (all timestamps in these tables)."""
+    """Current time in whole seconds since the epoch (all timestamps in these tables, 64-bit:
+    :data:`smart.store.columns.EpochSeconds`)."""
     return int(time.time())
 
 

@@ -344,3 +344,23 @@ def test_revision_0005_widens_a_database_at_0004_and_keeps_its_rows(empty_url):
             _assert_postgresql_types(engine, "bigint")
     finally:
         engine.dispose()
+
+
+def test_a_database_create_all_made_from_the_current_models_upgrades_to_the_same_schema(empty_url):
+    """No ``alembic_version``, every column BIGINT already (PostgreSQL): 0001-0005 leave it as it is."""
+    from smart.store import migrate
+    from smart.store.db import Base
+
+    engine = create_engine(empty_url)
+    try:
+        Base.metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(text(f"INSERT INTO facade_audit_event {ROWS_AT_0004['facade_audit_event']}"))
+        assert migrate.upgrade(engine) == (None, migrate.head_revision())
+        assert migrate.schema_differences(engine) == []
+        if empty_url.startswith("postgresql"):
+            _assert_postgresql_types(engine, "bigint")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id, recorded FROM facade_audit_event")).all() == [(1, 1700000300.5)]
+    finally:
+        engine.dispose()
