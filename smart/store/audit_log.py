@@ -1,9 +1,10 @@
 """The audit trail's table: one row per FHIR AuditEvent, with the columns its searches filter on."""
 from __future__ import annotations
 
-from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy import JSON, Float, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from smart.store.columns import BigRowId
 from smart.store.db import Base
 
 
@@ -18,7 +19,8 @@ class AuditRecord(Base):
 
     __tablename__ = "facade_audit_event"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: 64-bit: one id per recorded event for the life of the deployment (pruning does not reuse ids).
+    id: Mapped[int] = mapped_column(BigRowId, primary_key=True, autoincrement=True)
     #: AuditEvent.id (32 hex digits).
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     #: AuditEvent.recorded, seconds since the epoch (UTC).

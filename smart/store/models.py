@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from smart import scopes
+from smart.store.columns import BigRowId, EpochSeconds
 from smart.store.db import Base
 
 #: Client authentication methods at the token endpoint (RFC 7591 §2, SMART 2.2 §Client Authentication).
@@ -24,7 +25,8 @@ CODE_LIFETIME = 60
 
 
 def now() -> int:
-    """Current time in whole seconds since the epoch (all timestamps in these tables)."""
+    """Current time in whole seconds since the epoch (all timestamps in these tables, 64-bit:
+    :data:`smart.store.columns.EpochSeconds`)."""
     return int(time.time())
 
 
@@ -59,7 +61,7 @@ class Client(Base, ClientMixin):
     #: Public keys for private_key_jwt (a JWK Set) or where to fetch them.
     jwks: Mapped[dict | None] = mapped_column(JSON)
     jwks_uri: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    created_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
     #: Rows of :attr:`post_logout_redirect_uris` (a table of their own: ``init-db`` adds it to an
     #: existing database, where a new column would need a migration).
     post_logout_rows: Mapped[list[PostLogoutRedirectURI]] = relationship(
@@ -185,9 +187,9 @@ class AuthorizationCode(Base, AuthorizationCodeMixin):
     aud: Mapped[str | None] = mapped_column(Text)
     #: Launch context (SMART 2.2 §Launch context arrives with your access_token).
     context: Mapped[dict] = mapped_column(JSON, default=dict)
-    auth_time: Mapped[int] = mapped_column(Integer, default=now)
-    expires_at: Mapped[int] = mapped_column(Integer)
-    used_at: Mapped[int | None] = mapped_column(Integer)
+    auth_time: Mapped[int] = mapped_column(EpochSeconds, default=now)
+    expires_at: Mapped[int] = mapped_column(EpochSeconds)
+    used_at: Mapped[int | None] = mapped_column(EpochSeconds)
     #: jti of the access token issued from this code, revoked if the code is replayed.
     access_jti: Mapped[str | None] = mapped_column(String(64))
 
@@ -218,9 +220,9 @@ class RefreshToken(Base, TokenMixin):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("smart_user.id"))
     scope: Mapped[str] = mapped_column(Text, default="")
     context: Mapped[dict] = mapped_column(JSON, default=dict)
-    issued_at: Mapped[int] = mapped_column(Integer, default=now)
-    expires_at: Mapped[int | None] = mapped_column(Integer)
-    revoked_at: Mapped[int | None] = mapped_column(Integer)
+    issued_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
+    expires_at: Mapped[int | None] = mapped_column(EpochSeconds)
+    revoked_at: Mapped[int | None] = mapped_column(EpochSeconds)
     #: Authorization code the token family started from (replay of that code revokes it).
     code_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
@@ -249,7 +251,7 @@ class IssuedAccessToken(Base):
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: Authorization code the grant started from (:attr:`RefreshToken.code_id`).
     code_id: Mapped[int] = mapped_column(Integer, index=True)
-    exp: Mapped[int] = mapped_column(Integer, index=True)
+    exp: Mapped[int] = mapped_column(EpochSeconds, index=True)
 
 
 class SigningKey(Base):
@@ -260,8 +262,8 @@ class SigningKey(Base):
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     private_jwk: Mapped[str] = mapped_column(Text)
     alg: Mapped[str] = mapped_column(String(16), default="RS256")
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    retired_at: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
+    retired_at: Mapped[int | None] = mapped_column(EpochSeconds)
 
 
 class RevokedToken(Base):
@@ -270,7 +272,7 @@ class RevokedToken(Base):
     __tablename__ = "smart_revoked_token"
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
-    exp: Mapped[int] = mapped_column(Integer, index=True)
+    exp: Mapped[int] = mapped_column(EpochSeconds, index=True)
 
 
 class LaunchContext(Base):
@@ -286,9 +288,9 @@ class LaunchContext(Base):
     #: False by default: the launching EHR shows the patient itself (a standalone launch says true).
     need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
     smart_style_url: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    expires_at: Mapped[int] = mapped_column(Integer)
-    used_at: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
+    expires_at: Mapped[int] = mapped_column(EpochSeconds)
+    used_at: Mapped[int | None] = mapped_column(EpochSeconds)
 
 
 class Setting(Base):
@@ -307,7 +309,7 @@ class UsedAssertion(Base):
 
     client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     jti: Mapped[str] = mapped_column(String(256), primary_key=True)
-    exp: Mapped[int] = mapped_column(Integer, index=True)
+    exp: Mapped[int] = mapped_column(EpochSeconds, index=True)
 
 
 class LoginAttempt(Base):
@@ -317,11 +319,12 @@ class LoginAttempt(Base):
 
     __tablename__ = "smart_login_attempt"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    #: 64-bit: every attempt takes an id, at the pace of whoever sends them (ids are not reused).
+    id: Mapped[int] = mapped_column(BigRowId, primary_key=True)
     #: The username as typed, case-folded and cut to 128 characters (known or not).
     username: Mapped[str] = mapped_column(String(128), index=True)
     address: Mapped[str] = mapped_column(String(64), index=True)
-    at: Mapped[int] = mapped_column(Integer, index=True)
+    at: Mapped[int] = mapped_column(EpochSeconds, index=True)
 
 
 class PatientAlias(Base):
@@ -363,7 +366,7 @@ class PatientAccess(Base):
     subject: Mapped[str] = mapped_column(String(128), primary_key=True)
     #: A FHIR Patient id, or :data:`ALL_PATIENTS`.
     patient: Mapped[str] = mapped_column(String(64), primary_key=True)
-    granted_at: Mapped[int] = mapped_column(Integer, default=now)
+    granted_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
 
 
 class TrustedIssuer(Base):
@@ -392,7 +395,7 @@ class TrustedIssuer(Base):
     introspection_secret: Mapped[str | None] = mapped_column(Text)
     #: PEM private key for ``private_key_jwt`` (RFC 7523 §2.2).
     introspection_key: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    created_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
 
 
 class Consent(Base):
@@ -406,8 +409,8 @@ class Consent(Base):
     client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     #: Every scope approved so far, space separated, sorted.
     scope: Mapped[str] = mapped_column(Text, default="")
-    granted_at: Mapped[int] = mapped_column(Integer, default=now)
-    updated_at: Mapped[int] = mapped_column(Integer, default=now)
+    granted_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
+    updated_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
 
 
 class ShareLink(Base):
@@ -433,8 +436,8 @@ class ShareLink(Base):
     #: Who made it (the token's ``sub`` or the logged-in username).
     created_by: Mapped[str] = mapped_column(String(256))
     pin_hash: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    expires_at: Mapped[int] = mapped_column(Integer)
-    revoked_at: Mapped[int | None] = mapped_column(Integer)
-    last_used_at: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(EpochSeconds, default=now)
+    expires_at: Mapped[int] = mapped_column(EpochSeconds)
+    revoked_at: Mapped[int | None] = mapped_column(EpochSeconds)
+    last_used_at: Mapped[int | None] = mapped_column(EpochSeconds)
     uses: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,7 +1,8 @@
 """Schema migrations (issue 13 item 2) on SQLite and PostgreSQL: the migrated schema is the models'
 schema, ``init-db`` is idempotent, a database of the release before migrations upgrades with its
-client, user, refresh token, signing key and revoked token still working, and a database never
-initialised is named as such (admin commands and HTTP) instead of a traceback or a 500."""
+client, user, refresh token, signing key and revoked token still working, a database at 0004 is
+widened to 64-bit times and ids with its rows kept (0005), and a database never initialised is
+named as such (admin commands and HTTP) instead of a traceback or a 500."""
 from __future__ import annotations
 
 import base64
@@ -22,7 +23,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 REDIRECT_URI = "http://127.0.0.1:9999/callback"
 REFRESH_TOKEN = "legacy-refresh-token-0123456789abcdefghijklmnopqrstuv"
 REVOKED_JTI = "legacy-revoked-jti"
-EXP = 2000000000  # 2033 (the columns are 32-bit INTEGER on PostgreSQL)
+EXP = 2000000000  # 2033: the schemas before revision 0005 hold no time after 2038 on PostgreSQL
 
 
 @pytest.fixture(params=BACKENDS)
@@ -226,3 +227,140 @@ def test_requests_on_a_database_never_initialised_are_503_in_each_protocol(empty
     assert len(outages) == 1, [r.getMessage() for r in outages]  # logged once, not per request
     assert "init-db" in outages[0].getMessage()
     app.extensions["smart_db"].engine.dispose()
+
+
+# --- revision 0005: times after 2038, ids beyond 2**31 - 1 -----------------------------------------
+
+YEAR_2100 = 4102444800  # 2100-01-01T00:00:00Z
+LAST_32_BIT = 2**31 - 1  # 2038-01-19T03:14:07Z, the last second a PostgreSQL INTEGER holds
+
+
+def _revision_0005():
+    from alembic.script import ScriptDirectory
+
+    from smart.store import migrate
+    return ScriptDirectory.from_config(migrate.alembic_config()).get_revision("0005").module
+
+
+def _postgresql_types(connection) -> tuple[dict, dict]:
+    """information_schema's data_type of every column altered by 0005, and of their tables' sequences."""
+    module = _revision_0005()
+    columns = {(table, column): None for table, names in module.TIMESTAMPS.items() for column in names}
+    columns.update({(table, column): None for table, column in module.ROW_IDS.items()})
+    for table, column, data_type in connection.execute(text(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public'")):
+        if (table, column) in columns:
+            columns[table, column] = data_type
+    sequences = dict(connection.execute(text(
+        "SELECT sequence_name, data_type FROM information_schema.sequences WHERE sequence_schema = 'public' "
+        "AND sequence_name IN ('facade_audit_event_id_seq', 'smart_login_attempt_id_seq')")).all())
+    return columns, sequences
+
+
+def _assert_postgresql_types(engine, data_type: str) -> None:
+    with engine.connect() as connection:
+        columns, sequences = _postgresql_types(connection)
+    assert len(columns) == 26
+    assert set(columns.values()) == {data_type}, columns
+    assert sequences == {"facade_audit_event_id_seq": data_type, "smart_login_attempt_id_seq": data_type}
+
+
+#: Rows of a database at 0004, by table: (columns, values) in plain SQL as that schema stores them.
+ROWS_AT_0004 = {
+    "smart_client": "(client_id, redirect_uris, token_endpoint_auth_method, grant_types, created_at) "
+                    "VALUES ('c-0004', '[]', 'none', '[\"refresh_token\"]', 1700000000)",
+    "smart_user": "(username, password_hash, patient, role) VALUES ('u-0004', 'x', 'P-0004', 'patient')",
+    "smart_refresh_token": "(token_hash, client_id, user_id, scope, context, issued_at, expires_at, revoked_at) "
+                           f"VALUES ('{'a' * 64}', 'c-0004', 1, 'online_access', '{{}}', 1700000000, "
+                           f"{LAST_32_BIT}, NULL)",
+    "smart_revoked_token": f"(jti, exp) VALUES ('jti-0004', {LAST_32_BIT})",
+    "smart_share_link": "(id, secret_hash, patient, study, created_by, created_at, expires_at, last_used_at, uses) "
+                        f"VALUES ('s-0004', '{'b' * 64}', 'P-0004', 'all', 'u-0004', 1700000000, {EXP}, "
+                        "1700000100, 3)",
+    "smart_login_attempt": "(username, address, at) VALUES ('u-0004', '127.0.0.1', 1700000200)",
+    "facade_audit_event": "(event_id, recorded, type, subtype, action, outcome, patient, resource) "
+                          f"VALUES ('{'c' * 32}', 1700000300.5, 'rest', 'read', 'R', '0', 'P-0004', '{{}}')",
+}
+
+
+def _rows(engine) -> dict:
+    """Every row of :data:`ROWS_AT_0004`'s tables, as tuples, in id order."""
+    with engine.connect() as connection:
+        return {table: [tuple(row) for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY 1"))]
+                for table in ROWS_AT_0004}
+
+
+def test_revision_0005_widens_a_database_at_0004_and_keeps_its_rows(empty_url):
+    """On PostgreSQL the 26 columns (and the two id sequences) go INTEGER -> BIGINT -> INTEGER ->
+    BIGINT with the rows unchanged; on SQLite nothing changes; the schema is the models' on both.
+    Then a time of 2100 and an id beyond 2**31 - 1 are written, and PostgreSQL refuses to go back."""
+    from alembic import command
+    from sqlalchemy.exc import DBAPIError
+
+    from smart.store import migrate
+
+    postgres = empty_url.startswith("postgresql")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(migrate.alembic_config(connection), "0004")
+            for table, values in ROWS_AT_0004.items():
+                connection.execute(text(f"INSERT INTO {table} {values}"))
+        before = _rows(engine)
+        assert before["smart_refresh_token"][0][7] == LAST_32_BIT
+        if postgres:
+            _assert_postgresql_types(engine, "integer")
+
+        assert migrate.upgrade(engine) == ("0004", migrate.head_revision())
+        assert migrate.schema_differences(engine) == []
+        assert _rows(engine) == before
+        if postgres:
+            _assert_postgresql_types(engine, "bigint")
+
+        with engine.begin() as connection:
+            command.downgrade(migrate.alembic_config(connection), "0004")
+        assert _rows(engine) == before
+        if postgres:
+            _assert_postgresql_types(engine, "integer")
+        assert migrate.upgrade(engine) == ("0004", migrate.head_revision())
+
+        # What did not fit now does: an expiry in 2100, an audit id past 2**31 - 1 from the sequence.
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE smart_share_link SET expires_at = :t"), {"t": YEAR_2100})
+            if postgres:
+                connection.execute(text("SELECT setval('facade_audit_event_id_seq', :id)"), {"id": LAST_32_BIT})
+            else:
+                connection.execute(text("UPDATE facade_audit_event SET id = :id"), {"id": LAST_32_BIT})
+            connection.execute(text(f"INSERT INTO facade_audit_event {ROWS_AT_0004['facade_audit_event']}"
+                                    .replace("c" * 32, "d" * 32)))
+            assert connection.execute(text("SELECT max(id) FROM facade_audit_event")).scalar() == 2**31
+            assert connection.execute(text("SELECT expires_at FROM smart_share_link")).scalar() == YEAR_2100
+
+        if postgres:  # such a database cannot go back to 32 bits: the downgrade fails whole
+            with pytest.raises(DBAPIError, match="out of range"), engine.begin() as connection:
+                command.downgrade(migrate.alembic_config(connection), "0004")
+            assert migrate.current_revision(engine) == migrate.head_revision()
+            _assert_postgresql_types(engine, "bigint")
+    finally:
+        engine.dispose()
+
+
+def test_a_database_create_all_made_from_the_current_models_upgrades_to_the_same_schema(empty_url):
+    """No ``alembic_version``, every column BIGINT already (PostgreSQL): 0001-0005 leave it as it is."""
+    from smart.store import migrate
+    from smart.store.db import Base
+
+    engine = create_engine(empty_url)
+    try:
+        Base.metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(text(f"INSERT INTO facade_audit_event {ROWS_AT_0004['facade_audit_event']}"))
+        assert migrate.upgrade(engine) == (None, migrate.head_revision())
+        assert migrate.schema_differences(engine) == []
+        if empty_url.startswith("postgresql"):
+            _assert_postgresql_types(engine, "bigint")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id, recorded FROM facade_audit_event")).all() == [(1, 1700000300.5)]
+    finally:
+        engine.dispose()
