@@ -14,6 +14,11 @@ measures, alternating, ``--repeat`` whole-study retrievals each way:
 (b) resident memory of the facade (master and workers, from /proc) sampled every 20 ms while
     the ZIPs stream; aim growth <= 64 MB over the value before the first ZIP.
 
+It also reports the CPU each party spends per request, each way (Orthanc and the facade from
+/proc, the benchmark's client from its thread's CPU time), and the median of the ratios of each
+back-to-back pair. On two shared cores the three parties compete for CPU, so the throughput ratio
+follows the ratio of their summed CPU, and moves with whatever else runs.
+
 One ZIP is checked outside the timings: its DICOMDIR (pydicom FileSet) lists the 300 instances
 and each member equals the multipart part of the same instance, byte for byte.
 """
