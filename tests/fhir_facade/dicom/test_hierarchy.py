@@ -9,6 +9,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, generate_uid)
@@ -207,6 +209,34 @@ def test_every_place_of_the_first_bytes_boundary(case, monkeypatch):
     for head in range(1, end):
         monkeypatch.setattr(module, "HEAD_BYTES", head)
         assert hierarchy(data) == want, head
+
+
+def mislabelled(declared, implicit: bool, pixel_side: int) -> tuple[bytes, pydicom.Dataset]:
+    """A file whose File Meta Information says *declared* but whose data set is encoded with implicit
+    (or explicit) VRs: found in the wild, and read by dcmread as it is encoded (with a warning)."""
+    ds = samples.make_instance(transfer_syntax=declared, PatientID="PAT-MIX", Rows=pixel_side, Columns=pixel_side)
+    good = devpacs.to_part10(ds)
+    meta_end = 132 + 12 + pydicom.dcmread(io.BytesIO(good)).file_meta.FileMetaInformationGroupLength
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, implicit
+    body = ds.copy()
+    del body.file_meta
+    write_dataset(encoded, body)
+    return good[:meta_end] + encoded.getvalue(), ds
+
+
+@pytest.mark.filterwarnings("ignore:Expected:UserWarning")
+@pytest.mark.parametrize("pixel_side", [8, 700], ids=["small", "700x700"])
+@pytest.mark.parametrize("declared, implicit", [(ExplicitVRLittleEndian, True), (ImplicitVRLittleEndian, False)],
+                         ids=["implicit-labelled-explicit", "explicit-labelled-implicit"])
+def test_a_data_set_not_encoded_as_its_transfer_syntax_says_is_read_as_dcmread_reads_it(declared, implicit,
+                                                                                         pixel_side, tiers):
+    """Regression: the byte scan took such a data set at its word and answered empty values (the implicit
+    file), or jumped by a VR read as a length into the pixel data (the explicit one)."""
+    data, ds = mislabelled(declared, implicit, pixel_side)
+    assert hierarchy(data) == expected(data) == (b"PAT-MIX", ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                 ds.SOPInstanceUID)
+    assert tiers == ["_read"]
 
 
 def test_a_file_that_ends_at_the_series_uid(tiers):
