@@ -78,6 +78,14 @@ def test_each_transfer_syntax_gives_what_dcmread_gives(transfer_syntax, tiers):
     assert tiers == [TIER[transfer_syntax]]
 
 
+def test_a_compressed_file_is_scanned_too(tiers):
+    """Encapsulated Pixel Data (undefined length, PS3.5 Section A.4) comes after the values: no matter."""
+    data = part10(pydicom.uid.RLELossless, PatientID="PAT-RLE", Rows=32, Columns=32)
+    assert b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" in data
+    assert hierarchy(data) == expected(data) and hierarchy(data).PatientID == b"PAT-RLE"
+    assert tiers == ["_scanned", "_scanned"]
+
+
 def test_the_common_file_is_scanned_without_pydicom(monkeypatch):
     data = part10(PatientID="PAT-0001")
     want = expected(data)
