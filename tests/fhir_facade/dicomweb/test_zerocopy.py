@@ -307,3 +307,33 @@ def test_a_client_that_never_reads_times_out():
     finally:
         facade_out.close()
         client_side.close()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "write_blocks' timeout holds only for a non-blocking socket: gunicorn's gthread worker hands the client "
+    "socket over in blocking mode (setblocking(True) before the request), where writev(2) waits as long as "
+    "the client does not read, holding the thread; the docstring promises an OSError after *timeout*"))
+def test_a_client_that_never_reads_times_out_on_a_socket_as_gunicorn_hands_it_over():
+    facade_out, client_side = pair()
+    facade_out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_side.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    facade_out.setblocking(True)  # as gunicorn.workers.gthread leaves it while the app runs
+    outcome = []
+
+    def serve():
+        body = zerocopy.write_blocks(iter([b"first"] + [bytes(256 * 1024)] * 64), facade_out, True, 0.3)
+        next(body)
+        try:
+            next(body)
+        except Exception as exc:  # what ended the write: a timeout, or the reset below
+            outcome.append(exc)
+    server = threading.Thread(target=serve)
+    server.start()
+    server.join(1.5)  # five times the timeout
+    stalled = server.is_alive()
+    client_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client_side.close()  # a reset ends the blocked write
+    server.join(10)
+    facade_out.close()
+    assert not server.is_alive()  # the thread is not left behind, whatever the outcome
+    assert not stalled and isinstance(outcome[0], TimeoutError), outcome
