@@ -9,8 +9,9 @@ raw element reader (:func:`pydicom.filereader.data_element_generator`) walks the
 Information and the data set only up to (0020,000E) Series Instance UID, converting nothing but
 those four values: about 0.06 ms.
 
-Whatever that walk does not expect (no ``DICM`` prefix, a deflated data set, a damaged element)
-is left to ``pydicom.dcmread``, which reads the file as usual or raises.
+Whatever that walk does not expect (no ``DICM`` prefix, a deflated data set, a damaged element, a
+data set not encoded as its transfer syntax says) is left to ``pydicom.dcmread``, which reads the
+file as usual or raises.
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ _EXPLICIT = struct.Struct("<HH2sH")
 _U16, _U32 = struct.Struct("<H"), struct.Struct("<L")
 #: ... or, for these VRs, 2 reserved bytes and a 4-byte length (PS3.5 Table 7.1-1).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+#: The other VRs of PS3.5 Table 6.2-1 (a 2-byte length): two bytes that are neither are not an explicit VR.
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+_VRS = _SHORT_VRS | _LONG_VRS
 _UNDEFINED = 0xFFFFFFFF
 #: Bytes read first; a CT or MR header is a few kB, so the four values are almost always within.
 HEAD_BYTES = 16 * 1024
@@ -107,6 +112,11 @@ class _Unusual(ValueError):
     """What :func:`_scanned` leaves to pydicom's element reader."""
 
 
+class _Mismatch(ValueError):
+    """A data set not encoded as its transfer syntax says (explicit VRs in an implicit one, or none in an
+    explicit one): left to ``pydicom.dcmread``, which detects that and reads it as it is encoded."""
+
+
 def _scanned(data: bytes) -> Hierarchy:
     """The four values of a Little Endian data set whose elements before them all have a defined
     length (PS3.5 Sections 7.1.2 and 7.1.3): almost every file; the rest is :class:`_Unusual`."""
@@ -121,6 +131,8 @@ def _scanned(data: bytes) -> Hierarchy:
     if syntax is None or syntax in _DEFLATED or syntax == _EXPLICIT_VR_BIG_ENDIAN:
         raise _Unusual("no transfer syntax, or not a little endian data set")
     implicit, values = syntax == _IMPLICIT_VR_LITTLE_ENDIAN, [b"", b"", b"", b""]
+    if implicit and data[pos + 4:pos + 6] in _VRS:  # pydicom's test of the first element
+        raise _Mismatch("explicit VRs in an Implicit VR Little Endian data set")
     while True:
         if pos + 8 > len(data):
             raise _Truncated("the bytes end before (0020,000E)")
@@ -147,6 +159,8 @@ def _element(data: bytes, pos: int, implicit: bool) -> tuple[int, int, int]:
         if pos + 12 > len(data):
             raise _Truncated("the bytes end inside an element header")
         return tag, pos + 12, _U32.unpack_from(data, pos + 8)[0]
+    if vr not in _SHORT_VRS:
+        raise _Mismatch(f"({group:04X},{number:04X}) has no explicit VR")
     return tag, pos + 8, short
 
 

@@ -2,6 +2,7 @@
 PACS's, the DICOMDIR read by pydicom's FileSet listing them all, names PS3.10 File IDs."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import re
@@ -131,3 +132,96 @@ def test_names_are_the_file_ids_pydicom_gives(tmp_path):
         file_set.add(ds)
     assert [i.FileID.replace("\\", "/") for i in file_set] == ours
     assert ours[3] == "PT000000/ST000000/SE000000/IM000001" and ours[2] == "PT000000/ST000000/SE000001/IM000000"
+
+
+@pytest.mark.parametrize("data", [b"", b"a", bytes(range(256)) * 4099, numpy.random.default_rng(15).bytes(1 << 20)],
+                         ids=["empty", "one", "pattern", "random"])
+@pytest.mark.parametrize("start", [None, 0, 1, 0xFFFFFFFF, 0x1234ABCD])
+def test_stream_zip_computes_member_crcs_with_isa_l_and_the_crc_is_zlibs(data, start):
+    """stream-zip looks ``zlib.crc32`` up in its own module: media binds it to ISA-L's, the same CRC-32."""
+    import zlib
+
+    import stream_zip
+    from isal import isal_zlib
+
+    from fhir_facade.dicomweb import media
+    assert stream_zip.zlib.crc32 is isal_zlib.crc32
+    assert stream_zip.zlib.compressobj is zlib.compressobj  # the rest of zlib is left as it is
+    assert media.crc32 is isal_zlib.crc32
+    if start is None:
+        assert isal_zlib.crc32(data) == zlib.crc32(data)
+    else:
+        assert isal_zlib.crc32(data, start) == zlib.crc32(data, start)
+    assert isal_zlib.crc32(memoryview(data)) == zlib.crc32(data)
+
+
+def test_a_zip_of_reused_memory_holds_each_member_as_it_was():
+    """stream-zip's blocks are copies: members read into buffers reused by Places come out intact."""
+    from stream_zip import NO_COMPRESSION_64, stream_zip
+
+    from fhir_facade.dicomweb.media import BLOCK, MEMBER_MODE, Places
+    rng = numpy.random.default_rng(4)
+    # Runs of equal sizes, as in a CT series: with fewer turns, the next instance would overwrite the tail of
+    # the one before while stream-zip still holds it for a block.
+    sizes = [20_000, BLOCK, 300_000, 600_000, 5_000, 270_000, 1_500_000, BLOCK + 1, 100_000, 2 * BLOCK - 3, 700_000,
+             525_400, 525_400, 525_400, 525_400, 300_000, 2_000, 300_000, 300_000]
+    originals = [rng.bytes(size) for size in sizes]
+    places = Places()
+
+    def files():
+        for n, data in enumerate(originals):
+            place = places(len(data))
+            place[:] = data
+            yield f"IM{n:06d}", datetime.datetime(2026, 1, 1), MEMBER_MODE, NO_COMPRESSION_64, (place,)
+
+    blocks = list(stream_zip(files(), chunk_size=BLOCK))  # all held, as a buffering client would
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(blocks)))
+    assert archive.testzip() is None
+    assert [sha(archive.read(f"IM{n:06d}")) for n in range(len(sizes))] == [sha(data) for data in originals]
+
+
+def test_places_take_turns_in_three_buffers_for_the_sizes_reused():
+    from fhir_facade.dicomweb.media import BLOCK, REUSED_UP_TO, Places
+    places = Places()
+    sizes = [300_000, REUSED_UP_TO, BLOCK + 1, BLOCK, 290_000, 400_000, 280_000]
+    views = [places(size) for size in sizes]
+    assert [len(view) for view in views] == sizes
+    assert all(view.readonly is False and view.contiguous for view in views)
+    owners = [view.obj for view in views]
+    assert len({id(owner) for owner in owners[:3]}) == 3
+    # The fourth reuses the first's memory, and so on, where it fits.
+    assert owners[3] is owners[0] and owners[4] is owners[1] and owners[6] is owners[0]
+    assert owners[5] is not owners[2]  # 400 kB did not fit the BLOCK + 1 bytes of the third: replaced
+    assert places(BLOCK).obj is owners[1]  # the rotation goes on where it was
+    assert places(400_000).obj is owners[5]
+
+
+@pytest.mark.parametrize("size", [0, 1, 5_000, "BLOCK - 1", "REUSED_UP_TO + 1", 20_000_000])
+def test_places_outside_the_reused_sizes_are_fresh_memory_and_do_not_turn(size):
+    from fhir_facade.dicomweb import media
+    size = eval(size, vars(media)) if isinstance(size, str) else size
+    places = media.Places()
+    first = places(media.BLOCK)
+    fresh = [places(size) for _ in range(4)]
+    assert [len(view) for view in fresh] == [size] * 4
+    assert len({id(view.obj) for view in fresh} | {id(first.obj)}) == 5
+    for view in fresh:
+        view[:] = b"\x07" * size  # writable, each its own
+    assert bytes(first[:16]) == bytes(16)
+    second, third, fourth = places(media.BLOCK), places(media.BLOCK), places(media.BLOCK)
+    assert second.obj is not first.obj and third.obj is not first.obj and fourth.obj is first.obj
+
+
+def test_a_buffer_grows_by_replacement_and_an_old_view_stays_as_it_was():
+    from fhir_facade.dicomweb.media import BLOCK, Places
+    places = Places()
+    old = places(BLOCK)
+    old[:] = b"\x01" * BLOCK
+    places(BLOCK), places(BLOCK)
+    grown = places(3 * BLOCK)  # the first buffer's turn again, and more than it holds
+    assert grown.obj is not old.obj and len(grown) == 3 * BLOCK
+    grown[:] = b"\x02" * (3 * BLOCK)
+    assert bytes(old) == b"\x01" * BLOCK  # still valid, not written over
+    places(BLOCK), places(BLOCK)
+    again = places(BLOCK)  # the grown buffer, used for a smaller instance
+    assert again.obj is grown.obj and len(again) == BLOCK
