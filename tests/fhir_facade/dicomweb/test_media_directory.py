@@ -11,7 +11,7 @@ from fhir_facade.dicomweb.media_directory import Directories
 
 
 def identity(n: int) -> tuple:
-    """An instance's identity as media.members makes it: (SOPInstanceUID, length, CRC-32)."""
+    """An identity to keep a header by (Listing uses SOPInstanceUID and length; any tuple does)."""
     return (f"1.2.3.{n}", 1000 + n, 0xABCD0000 + n)
 
 

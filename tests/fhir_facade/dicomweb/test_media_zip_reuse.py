@@ -184,25 +184,38 @@ def download(study, tmp_path) -> tuple[bytes, list[zipfile.ZipInfo]]:
     return zipfile.ZipFile(io.BytesIO(body)).read("DICOMDIR"), members
 
 
-def counting(monkeypatch, name: str, fail: bool = False) -> list:
-    """Wrap media.<name>: record each call's first argument, or fail the download if it is called."""
-    calls, real = [], getattr(media, name)
+def counting(monkeypatch, fail: bool = False) -> list:
+    """Wrap media_directory._read_header (every header parse of a ZIP): record the bytes parsed,
+    or fail the download if it is called."""
+    calls, real = [], media_directory._read_header
 
-    def wrapper(*args, **kwargs):
+    def wrapper(data):
         if fail:
-            raise AssertionError(f"media.{name} called again")
-        calls.append(bytes(args[0]))  # a copy: the instance's memory may be reused
-        return real(*args, **kwargs)
-    monkeypatch.setattr(media, name, wrapper)
+            raise AssertionError("a header was parsed again")
+        calls.append(bytes(data))  # a copy: the instance's memory may be reused
+        return real(data)
+    monkeypatch.setattr(media_directory, "_read_header", wrapper)
     return calls
 
 
+def whole_instances(calls: list, files: list) -> list:
+    """The parses of whole instances among *calls*; every other call must be a header kept
+    earlier, i.e. the beginning of one of *files*."""
+    whole = [c for c in calls if c in files]
+    assert all(any(f.startswith(c) for f in files) for c in calls if c not in files)
+    return whole
+
+
 def test_a_second_download_parses_no_header_and_writes_no_dicomdir(small_study, tmp_path, monkeypatch):
-    heads = counting(monkeypatch, "header_bytes")
+    heads = counting(monkeypatch)
     first, _ = download(small_study, tmp_path)
-    assert len(heads) == 4
-    counting(monkeypatch, "header_bytes", fail=True)
-    counting(monkeypatch, "dicomdir", fail=True)
+    assert sorted(heads) == sorted(small_study["files"])
+    counting(monkeypatch, fail=True)
+
+    def no_writer(*args, **kwargs):
+        raise AssertionError("a DICOMDIR was written again")
+    monkeypatch.setattr(media_directory, "Dicomdir", no_writer)
+    monkeypatch.setattr(media_directory, "file_set_dicomdir", no_writer)
     second, _ = download(small_study, tmp_path)
     assert second == first
 
@@ -214,28 +227,29 @@ def test_one_more_instance_is_listed_in_the_next_dicomdir_and_only_its_header_pa
     assert devpacs.store_file(small_study["orthanc"].url, data) is not None
     new_uid = str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
     small_study["stored"][new_uid] = sha(data)
-    heads = counting(monkeypatch, "header_bytes")
+    heads = counting(monkeypatch)
     second, members = download(small_study, tmp_path)  # check_zip: the DICOMDIR lists all five
     assert second != first and len(members) == 6
-    assert [sha(data) for data in heads] == [small_study["stored"][new_uid]]
+    assert whole_instances(heads, small_study["files"] + [data]) == [data]
 
 
 def test_the_kept_headers_stay_within_their_budget(small_study, tmp_path, monkeypatch):
-    head = max(len(media_directory.header_bytes(data)) for data in small_study["files"])
+    head = max(len(media_directory._read_header(data)[1]) for data in small_study["files"])
     budget = 2 * head + head // 2  # room for two of these headers, not four
     monkeypatch.setattr(media_directory, "HEADS_CACHE_BYTES", budget)
-    heads = counting(monkeypatch, "header_bytes")
+    heads = counting(monkeypatch)
     first, _ = download(small_study, tmp_path)
-    assert len(heads) == 4
+    assert len(whole_instances(heads, small_study["files"])) == 4
     with small_study["app"].app_context():
         kept = media_directory.directories()
     sizes = [len(value) for value in kept._heads.values()]
     assert len(sizes) == 2 and kept._head_bytes == sum(sizes) <= budget
-    # Without the DICOMDIR kept, the headers no longer kept are parsed again; the budget still holds.
+    # Without the DICOMDIR kept, the instances whose headers are no longer kept are parsed again
+    # (in arrival order, each header kept pushes out the next one needed: up to all four).
     kept._dicomdirs.clear()
     heads.clear()
     second, _ = download(small_study, tmp_path)
-    assert 2 <= len(heads) <= 4
+    assert 2 <= len(whole_instances(heads, small_study["files"])) <= 4
     records = [pydicom.dcmread(io.BytesIO(d)).DirectoryRecordSequence for d in (first, second)]
     assert records[0] == records[1] and len(records[0]) == 1 + 1 + 2 + 4  # a new DICOMDIR, the same records
     assert kept._head_bytes == sum(len(value) for value in kept._heads.values()) <= budget
