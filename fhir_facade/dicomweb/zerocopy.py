@@ -244,7 +244,9 @@ def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, ti
     one buffer as gunicorn does).
 
     The first block is yielded, for the server to send the status line and headers with it; the
-    others are written as the iteration resumes. For a socket from :func:`client_socket`.
+    others are written as the iteration resumes, the socket non-blocking meanwhile (gunicorn hands
+    it over blocking), so that a client that stops reading is given up after *timeout* seconds
+    instead of holding the thread. For a socket from :func:`client_socket`.
 
     Raises
     ------
@@ -255,10 +257,16 @@ def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, ti
     for first in blocks:
         yield first
         break
-    fd = sink.fileno()
-    for block in blocks:
-        if block:
-            _write_all(fd, [b"%X\r\n" % len(block), block, b"\r\n"] if chunked else [block], timeout)
+    fd, blocking = sink.fileno(), sink.getblocking()
+    if blocking:
+        sink.setblocking(False)  # gunicorn's gthread worker hands it over blocking: no timeout would hold
+    try:
+        for block in blocks:
+            if block:
+                _write_all(fd, [b"%X\r\n" % len(block), block, b"\r\n"] if chunked else [block], timeout)
+    finally:
+        if blocking:
+            sink.setblocking(True)
 
 
 def _write_all(fd: int, buffers: list, timeout: float) -> None:

@@ -309,10 +309,6 @@ def test_a_client_that_never_reads_times_out():
         client_side.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "write_blocks' timeout holds only for a non-blocking socket: gunicorn's gthread worker hands the client "
-    "socket over in blocking mode (setblocking(True) before the request), where writev(2) waits as long as "
-    "the client does not read, holding the thread; the docstring promises an OSError after *timeout*"))
 def test_a_client_that_never_reads_times_out_on_a_socket_as_gunicorn_hands_it_over():
     facade_out, client_side = pair()
     facade_out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
