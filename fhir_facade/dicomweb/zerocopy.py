@@ -28,6 +28,7 @@ import logging
 import os
 import select
 import socket
+import struct
 from collections.abc import Iterator
 
 #: Part bodies at least this long (bytes) are spliced; shorter ones cost less to copy.
@@ -38,6 +39,8 @@ PIPE_SIZE = 1 << 20
 _AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 #: HTTP versions whose framing :class:`Splicer` writes: chunked for 1.1, none for 1.0.
 _FRAMING = {"HTTP/1.1": True, "HTTP/1.0": False}
+#: ``struct timeval`` (seconds, microseconds), for ``SO_SNDTIMEO``.
+_TIMEVAL = struct.Struct("@ll")
 _enabled = False
 
 log = logging.getLogger(__name__)
@@ -244,9 +247,10 @@ def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, ti
     one buffer as gunicorn does).
 
     The first block is yielded, for the server to send the status line and headers with it; the
-    others are written as the iteration resumes, the socket non-blocking meanwhile (gunicorn hands
-    it over blocking), so that a client that stops reading is given up after *timeout* seconds
-    instead of holding the thread. For a socket from :func:`client_socket`.
+    others are written as the iteration resumes. A blocking socket (gunicorn hands it over so) gets
+    a send timeout meanwhile (``SO_SNDTIMEO``, socket(7)), so that a client that stops reading is
+    given up after *timeout* seconds instead of holding the thread. For a socket from
+    :func:`client_socket`.
 
     Raises
     ------
@@ -258,23 +262,31 @@ def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, ti
         yield first
         break
     fd, blocking = sink.fileno(), sink.getblocking()
-    if blocking:
-        sink.setblocking(False)  # gunicorn's gthread worker hands it over blocking: no timeout would hold
+    if blocking:  # as gunicorn's gthread worker hands it over: the kernel bounds each write instead
+        before = sink.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size)
+        seconds = max(timeout, 0.001)
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        _TIMEVAL.pack(int(seconds), int(seconds % 1 * 1_000_000)))
     try:
         for block in blocks:
             if block:
-                _write_all(fd, [b"%X\r\n" % len(block), block, b"\r\n"] if chunked else [block], timeout)
+                _write_all(fd, [b"%X\r\n" % len(block), block, b"\r\n"] if chunked else [block], timeout,
+                           waited=blocking)
     finally:
         if blocking:
-            sink.setblocking(True)
+            sink.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, before)
 
 
-def _write_all(fd: int, buffers: list, timeout: float) -> None:
+def _write_all(fd: int, buffers: list, timeout: float, waited: bool = False) -> None:
+    """Write every byte of *buffers*; *waited*: the socket is blocking with ``SO_SNDTIMEO``, so a
+    write that would block has already waited *timeout* seconds."""
     views = [memoryview(buffer) for buffer in buffers]
     while views:
         try:
             written = os.writev(fd, views)
         except BlockingIOError:
+            if waited:
+                raise TimeoutError("the client stopped reading") from None
             _wait(fd, readable=False, timeout=timeout)
             continue
         while views and written >= len(views[0]):

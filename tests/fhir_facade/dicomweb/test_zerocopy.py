@@ -330,6 +330,9 @@ def test_a_client_that_never_reads_times_out_on_a_socket_as_gunicorn_hands_it_ov
     client_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     client_side.close()  # a reset ends the blocked write
     server.join(10)
+    timeout_after = facade_out.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)
+    blocking_after = facade_out.getblocking()
     facade_out.close()
     assert not server.is_alive()  # the thread is not left behind, whatever the outcome
     assert not stalled and isinstance(outcome[0], TimeoutError), outcome
+    assert timeout_after == bytes(16) and blocking_after  # the socket handed back as it was given
