@@ -147,3 +147,18 @@ def test_the_same_study_twice_then_with_an_instance_replaced_and_one_added(ortha
                                                        SeriesInstanceUID=series, InstanceNumber=4, Modality="OT"))
     stored[added] = sha(data)
     assert media(download(app, f"studies/{study}"), tmp_path) == stored
+
+
+def test_instances_about_a_block_long_take_turns_in_the_reused_buffers(orthanc, app, tmp_path):
+    """Ten instances just under, at and over media.BLOCK (256 KiB) and a few MiB, so that each of
+    the three reused buffers is filled again several times while blocks may still refer to it."""
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    stored = {}
+    for n, (rows, columns) in enumerate([(362, 362), (256, 512), (363, 362), (1024, 1024), (10, 10), (370, 370),
+                                         (362, 362), (1448, 1448), (256, 511), (400, 400)], 1):
+        ds = samples.make_instance(PatientID=PATIENT, StudyInstanceUID=study, SeriesInstanceUID=series,
+                                   InstanceNumber=n, Rows=rows, Columns=columns, Modality="OT")
+        uid, data = store(orthanc, ds)
+        stored[uid] = sha(data)
+    assert media(download(app, f"studies/{study}"), tmp_path) == stored
+    assert media(download(app, f"studies/{study}"), tmp_path) == stored
