@@ -143,6 +143,9 @@ def _element(data: bytes, pos: int, implicit: bool) -> tuple[int, int, int]:
     tag = group << 16 | number
     if implicit:
         return tag, pos + 8, _U32.unpack_from(data, pos + 4)[0]
+    if not (vr.isalpha() and vr.isupper()):
+        # Not a VR: an Implicit VR data set labelled Explicit (PS3.5 Section 7.1.3), read by pydicom.
+        raise ValueError("an explicit VR element without a VR")
     if vr in _LONG_VRS:
         if pos + 12 > len(data):
             raise _Truncated("the bytes end inside an element header")
