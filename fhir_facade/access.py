@@ -85,6 +85,17 @@ def local_patient_ids(grant: authz.AccessGrant, params: list[tuple[str, str]]) -
             for name, raw in params]
 
 
+def public_search_params(grant: authz.AccessGrant, echo: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The search parameters a Bundle's links echo (FHIR R4 §3.1.1.4.2), with the patient named as
+    the grant's client knows it: an EHR token's ``patient`` / ``subject`` / ``_id`` values back
+    in the EHR's Patient id, so that its ``next`` link is a search that token may make."""
+    if grant.ehr_patient is None:
+        return echo
+    names = (*PATIENT_PARAMS, "_id")
+    return [(name, ",".join(grant.public_patient(value) for value in raw.split(","))
+             if name.partition(":")[0] in names else raw) for name, raw in echo]
+
+
 def public_patient(grant: authz.AccessGrant, patient: dict) -> dict:
     """A Patient resource with the id the grant's client knows it by: the EHR's Patient id for
     an EHR token's patient (a copy), else *patient* itself."""

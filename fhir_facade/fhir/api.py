@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from smart import api as authz  # the one smart module the facade may import
 
-from fhir_facade.access import check_owners, local_patient_ids, local_patient_params, public_patient, public_subject
+from fhir_facade.access import (check_owners, local_patient_ids, local_patient_params, public_patient, public_search_params,
+                                public_subject)
 from fhir_facade.dicom import dicom_json as dj
 from fhir_facade.dicom.patient_ids import InvalidPatientId, to_fhir_id, to_patient_id
 from fhir_facade.fhir import bundle, capability
@@ -243,6 +244,7 @@ def search_imaging_study():
         if len(per_patient) == 1:
             search = per_patient[0]
         found = [ds for one in per_patient for ds in _find_studies(studies, one)]
+    search.echo = public_search_params(grant, search.echo)
     found = _one_per_study_uid(found)
     for keep in search.study_filters:
         found = [ds for ds in found if keep(ds)]
@@ -376,6 +378,7 @@ def search_patient():
         found = [ds for pid in sorted(search.patient_ids) for ds in studies.find_studies([("PatientID", pid)])]
     else:
         found = studies.find_studies([])
+    search.echo = public_search_params(grant, search.echo)
     newest = _newest_per_patient(found)
     resources = [public_patient(grant, r) for r in _patients([newest[pid] for pid in sorted(newest)])]
     for keep in search.filters:

@@ -239,3 +239,45 @@ def test_the_ehr_down_and_back(ehr_world, monkeypatch):
     for client_id in ("imaging-app-opaque", "imaging-app"):
         assert _search(ehr_world, ehr.token(client_id)).status_code == 200
     assert _search(ehr_world, ehr.token("imaging-app", login="bob"), "ehr-bob").status_code == 200
+
+
+def test_no_patient_search_of_an_ehr_token_reaches_another_patient(ehr_world):
+    token = ehr_world["ehr"].token("imaging-app", scope="launch/patient patient/ImagingStudy.rs patient/Patient.rs")
+    client = ehr_world["client"]
+    form = {**bearer(token), "Content-Type": "application/x-www-form-urlencoded"}
+    for body in ("_id=ehr-bob", "_id=ehr-alice,ehr-bob", "_id=ehr-alice&_id=ehr-bob", "_id="):
+        assert client.post("/fhir/Patient/_search", data=body, headers=form).status_code == 403, body
+    assert client.post("/fhir/Patient/_search?_id=ehr-alice", data="_id=ehr-bob", headers=form).status_code == 403
+    answer = client.post("/fhir/Patient/_search", data="_id=ehr-alice", headers=form)
+    assert [e["resource"]["id"] for e in answer.get_json()["entry"]] == ["ehr-alice"]
+    for query in ("_id:not=ehr-bob", "_id:exact=ehr-bob"):
+        assert client.get(f"/fhir/Patient?{query}", headers=bearer(token)).status_code == 400, query
+    for query in (f"identifier=EHR-B-{ehr_world['mrn_a'][6:]}", "gender=male,female,other,unknown", "name=a",
+                  "_count=1000"):
+        found = client.get(f"/fhir/Patient?{query}", headers=bearer(token)).get_json()
+        assert {e["resource"]["id"] for e in found.get("entry", [])} <= {"ehr-alice"}, query
+
+
+def test_the_patient_search_bundle_links_speak_the_ehrs_id(ehr_world):
+    token = ehr_world["ehr"].token("imaging-app", scope="launch/patient patient/ImagingStudy.rs patient/Patient.rs")
+    client = ehr_world["client"]
+    answer = client.get("/fhir/Patient?_id=ehr-alice", headers=bearer(token)).get_json()
+    [self_link] = [link["url"] for link in answer["link"] if link["relation"] == "self"]
+    assert "_id=ehr-alice" in self_link, self_link
+    assert ehr_world["mrn_a"] not in self_link
+    again = client.get(self_link[self_link.index("/fhir/"):], headers=bearer(token))
+    assert again.status_code == 200
+    assert [e["resource"]["id"] for e in again.get_json()["entry"]] == ["ehr-alice"]
+
+
+def test_the_imaging_study_search_next_page_of_an_ehr_token_is_its_own(ehr_world):
+    token = ehr_world["ehr"].token("imaging-app", scope="launch/patient patient/ImagingStudy.rs patient/Patient.rs")
+    client = ehr_world["client"]
+    for query in ("patient=ehr-alice&_count=1", "_count=1"):
+        first = client.get(f"/fhir/ImagingStudy?{query}", headers=bearer(token)).get_json()
+        links = {link["relation"]: link["url"] for link in first["link"]}
+        assert ehr_world["mrn_a"] not in " ".join(links.values()), links
+        second = client.get(links["next"][links["next"].index("/fhir/"):], headers=bearer(token))
+        assert second.status_code == 200, second.get_json()
+        uids = [e["resource"]["identifier"][0]["value"] for e in first["entry"] + second.get_json()["entry"]]
+        assert sorted(uid.removeprefix("urn:oid:") for uid in uids) == ehr_world["studies_a"], query

@@ -227,3 +227,21 @@ def test_share_events_are_in_the_audit_trail_without_the_secret(sh, orthanc):
                     ("110135", "D", "0")]
     dump = json.dumps(rows)
     assert secret not in dump and "8642" not in dump
+
+
+def test_a_shares_token_gets_its_study_as_zip_and_no_other(sh):
+    import io
+    import zipfile
+    _, share_token = redeem(sh, create(sh, {"study": sh["a"]}).get_json()["url"])
+    client = sh["app"].test_client()
+    zipped = {**bearer(share_token), "Accept": "application/zip"}
+    answer = client.get(f"/dicomweb/studies/{sh['a']}", headers=zipped)
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(answer.data))
+    [member] = archive.namelist()[:-1]
+    assert pydicom.dcmread(io.BytesIO(archive.read(member))).StudyInstanceUID == sh["a"]
+    for study in (sh["b"], sh["other"], sh["mixed"]):
+        for path in (f"studies/{study}", f"studies/{study}?accept=application/zip"):
+            refused = client.get(f"/dicomweb/{path}", headers=zipped)
+            assert refused.status_code == 403, (path, refused.status_code)
+            assert refused.headers["Content-Type"] != "application/zip"
