@@ -142,3 +142,14 @@ def worker_exit(server, worker):
     from smart.audit import close_all
 
     close_all()
+
+
+def post_worker_init(worker):
+    """Move what the worker holds once the app is loaded (modules, pydicom's and fhir.resources'
+    tables, the app) out of the garbage collector's reach (:func:`gc.freeze`): a full collection,
+    which a request allocating many objects sets off (a DICOMDIR of a new study), then walks what
+    the request made, not the hundreds of thousands of objects that live as long as the worker."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
