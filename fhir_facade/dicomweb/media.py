@@ -9,9 +9,11 @@ the headers of the very files in the ZIP with the records pydicom's FileSet woul
 (:class:`fhir_facade.dicom.dicomdir.Dicomdir`, in one pass; FileSet itself is quadratic).
 
 Memory is bounded: the study comes from the PACS as one WADO-RS retrieval, parsed as it streams
-(:func:`fhir_facade.dicomweb.multipart.each_part`), and each instance is zipped as it arrives
-(stream-zip, without compression: DICOM pixel data hardly shrinks and deflating would halve
-throughput), so the facade holds one instance and the headers of the others. The ``DICOMDIR`` is
+(:func:`fhir_facade.dicomweb.multipart.each_part_into`), and each instance is zipped as it arrives
+(zipstream-ng, stored without compression: DICOM pixel data hardly shrinks and deflating would
+halve throughput), so the facade holds three instances at most and the headers of the others.
+zipstream-ng passes a member's bytes through as given, so an instance goes from the buffer the
+PACS socket read it into to the client socket without another copy (:func:`zip_pieces`). The ``DICOMDIR`` is
 therefore the last member: a ZIP's central directory lets readers find it wherever it is, and
 only headers that were really sent are listed. The File IDs are given as the instances arrive,
 by FileSet's own rule (:class:`Names`), and the DICOMDIR references exactly those; a DICOMDIR is
@@ -22,17 +24,13 @@ holds a truncated ZIP, which every unzip tool reports (no central directory).
 """
 from __future__ import annotations
 
-import datetime
 import itertools
-import time
-import types
-import zlib
 from collections.abc import Iterator
 
-import stream_zip as _stream_zip
+import zipstream.ng as _zipstream_ng
 from flask import Response, request, stream_with_context
 from isal.isal_zlib import crc32
-from stream_zip import NO_COMPRESSION_64, stream_zip
+from zipstream import ZIP_STORED, ZipStream
 
 from fhir_facade.dicom.hierarchy import hierarchy
 from fhir_facade.dicomweb import multipart, zerocopy
@@ -40,26 +38,25 @@ from fhir_facade.dicomweb.media_directory import Listing, MediaError, Names, dir
 from fhir_facade.dicomweb.negotiation import media_ranges, parse_media_type
 from fhir_facade.pacs.client import READ_ERRORS, broken_answer, get_pacs
 
-__all__ = ["MediaError", "Names", "ZIP", "wants_zip", "stored_instances", "members", "zip_response"]
+__all__ = ["MediaError", "Names", "ZIP", "wants_zip", "stored_instances", "members", "zip_pieces", "joined",
+           "zip_response"]
 
 ZIP = "application/zip"
 #: Each instance as stored (PS3.18 Section 8.7.3.5.2: ``transfer-syntax=*``).
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-#: Permissions of the ZIP's members (read-only files).
-MEMBER_MODE = 0o100444
-#: Bytes written to the client at a time: stream-zip joins its output into blocks of this size.
+#: Bytes of the ZIP sent at a time (joined, or written with one ``writev``).
 BLOCK = 256 * 1024
 #: Instances of BLOCK to this many bytes are read into memory reused from one to the next
 #: (:class:`Places`); others into memory of their own.
 REUSED_UP_TO = 8 * 1024 * 1024
 
-#: stream-zip computes every member's CRC-32 with ``zlib.crc32``, which is CPython's system zlib
-#: (1.2.13 here: 2.3 GB/s, a third of the facade's CPU for a study). ISA-L's CRC-32 (python-isal,
-#: the same CRC: ISO 3309 / ITU-T V.42, as PKWARE's APPNOTE 4.4.7 asks) uses the CPU's carry-less
-#: multiply, ten times as fast. stream-zip looks ``zlib`` up in its module at each call, so its
-#: name there is bound to a module of zlib's own functions with ISA-L's ``crc32``; stream-zip is
-#: pinned and ``tests/.../test_media_zip.py`` checks the binding and every member's CRC.
-_stream_zip.zlib = types.SimpleNamespace(**{**vars(zlib), "crc32": crc32})
+#: zipstream-ng computes every member's CRC-32 with ``crc32`` imported into its module from
+#: zipfile, which is CPython's system zlib (1.2.13 here: 2.3 GB/s, a third of the facade's CPU for
+#: a study). ISA-L's CRC-32 (python-isal, the same CRC: ISO 3309 / ITU-T V.42, as PKWARE's
+#: APPNOTE 4.4.7 asks) uses the CPU's carry-less multiply, ten times as fast; zipstream-ng looks the
+#: name up at each call, so it is bound to ISA-L's there. zipstream-ng is pinned and
+#: ``tests/fhir_facade/dicomweb/test_media_zip.py`` checks the binding and every member's CRC.
+_zipstream_ng.crc32 = crc32
 
 
 def wants_zip(accept: str | None) -> bool:
@@ -76,11 +73,11 @@ class Places:
 
     Instances of :data:`BLOCK` to :data:`REUSED_UP_TO` bytes take turns in three buffers reused
     from one to the next (read into by the socket: no allocation, no page faults); others get
-    memory of their own. Reuse is safe because stream-zip joins its output into blocks of
-    :data:`BLOCK` bytes and reads the next instance only when this one is used up: a block that
-    holds bytes of an instance of at least :data:`BLOCK` bytes is complete, joined and sent
-    before the instance after the next one is read, so a buffer is never written while a block
-    still refers to it (two would do; the third is margin).
+    memory of their own. Reuse is safe because the ZIP's pieces are sent or copied as soon as
+    :data:`BLOCK` bytes are pending (:func:`joined`, :func:`zerocopy.write_pieces`) and
+    zipstream-ng passes an instance as one piece, before the next instance is read: an instance of
+    at least :data:`BLOCK` bytes is out before its buffer can be read into again (one would do;
+    the other two are margin).
     """
 
     TURNS = 3
@@ -145,14 +142,13 @@ def stored_instances(study_uid: str, series_uid: str | None = None) -> Iterator[
     return parts()
 
 
-def members(parts: Iterator[bytes]) -> Iterator[tuple]:
-    """stream-zip members: each instance under its File ID as it arrives, then the ``DICOMDIR``.
+def members(parts: Iterator[bytes | memoryview]) -> Iterator[tuple[str, bytes | memoryview]]:
+    """The ZIP's members, ``(name, bytes)``: each instance under its File ID as it arrives, then
+    the ``DICOMDIR``.
 
-    Each instance is one chunk, in stream-zip's buffered mode (one method object for all, where
-    the streamed mode makes a class per member: 30 µs and garbage-collector work each). Of each
-    instance only its place in the hierarchy is read, for its File ID
-    (:func:`~fhir_facade.dicom.hierarchy.hierarchy`); its header is parsed only when not kept from an earlier download
-    (:class:`~fhir_facade.dicomweb.media_directory.Listing`).
+    Of each instance only its place in the hierarchy is read, for its File ID
+    (:func:`~fhir_facade.dicom.hierarchy.hierarchy`); its header is parsed only when not kept from
+    an earlier download (:class:`~fhir_facade.dicomweb.media_directory.Listing`).
 
     Raises
     ------
@@ -160,7 +156,6 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
         An instance pydicom cannot read or list (the stream then breaks off).
     """
     names, listing = Names(), Listing(directories())
-    modified_at = datetime.datetime(*time.gmtime()[:6])
     for data in parts:
         try:
             keys = hierarchy(data)
@@ -168,9 +163,34 @@ def members(parts: Iterator[bytes]) -> Iterator[tuple]:
             raise MediaError(f"an instance of the study is not a DICOM file pydicom can read: {exc}") from exc
         name = names.file_id(keys)
         listing.add(data, name, keys.SOPInstanceUID)
-        yield name, modified_at, MEMBER_MODE, NO_COMPRESSION_64, (data,)
+        yield name, data
         del data
-    yield "DICOMDIR", modified_at, MEMBER_MODE, NO_COMPRESSION_64, (listing.dicomdir(),)
+    yield "DICOMDIR", listing.dicomdir()
+
+
+def zip_pieces(parts: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
+    """The ZIP of *parts* (PKWARE APPNOTE 6.3: stored members, data descriptors, ZIP64 where
+    needed), piece by piece as zipstream-ng writes it: each member's local header, its bytes as
+    given (not copied), its data descriptor; the central directory last."""
+    stream = ZipStream(compress_type=ZIP_STORED)
+    for name, data in members(parts):
+        stream.add([data], name, size=len(data))
+        yield from stream.file()
+    yield from stream.footer()
+
+
+def joined(pieces: Iterator[bytes | memoryview], size: int = BLOCK) -> Iterator[bytes]:
+    """*pieces* joined into blocks of at least *size* bytes (copies, taken as soon as *size* bytes
+    are pending): what a WSGI server takes."""
+    pending, count = [], 0
+    for piece in pieces:
+        pending.append(piece)
+        count += len(piece)
+        if count >= size:
+            yield b"".join(pending)
+            pending, count = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
@@ -179,8 +199,8 @@ def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
     The PACS is asked, and the first block of the ZIP made, before the answer starts: a refusal,
     or a first instance that cannot be zipped, is then a proper DICOMweb error, not a 500 or a
     broken stream. Authorization is the caller's (the proxy's ``authorize_study``). Under the
-    production server the other blocks go to the client socket from here
-    (:func:`~fhir_facade.dicomweb.zerocopy.write_blocks`).
+    production server the rest goes to the client socket from here, each instance from the
+    buffer it was read into (:func:`~fhir_facade.dicomweb.zerocopy.write_pieces`).
 
     Raises
     ------
@@ -189,16 +209,17 @@ def zip_response(study_uid: str, series_uid: str | None = None) -> Response:
         the answer started.
     """
     parts = stored_instances(study_uid, series_uid)
-    blocks = stream_zip(members(parts), chunk_size=BLOCK)
+    client = zerocopy.client_socket(request.environ)
+    if client is not None:
+        blocks = zerocopy.write_pieces(zip_pieces(parts), *client, get_pacs().timeout, BLOCK)
+    else:
+        blocks = joined(zip_pieces(parts))
     try:
         first = next(blocks)
     except BaseException:
         parts.close()  # the PACS answer, at once
         raise
     blocks = itertools.chain((first,), blocks)
-    client = zerocopy.client_socket(request.environ)
-    if client is not None:
-        blocks = zerocopy.write_blocks(blocks, *client, get_pacs().timeout)
     response = Response(stream_with_context(blocks), mimetype=ZIP)
     response.headers["Content-Disposition"] = f'attachment; filename="study-{study_uid}.zip"'
     response.headers["Cache-Control"] = "no-store"

@@ -39,6 +39,8 @@ PIPE_SIZE = 1 << 20
 _AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 #: HTTP versions whose framing :class:`Splicer` writes: chunked for 1.1, none for 1.0.
 _FRAMING = {"HTTP/1.1": True, "HTTP/1.0": False}
+#: Pieces written in one ``writev`` at most (Linux's IOV_MAX is 1024).
+_MAX_PIECES = 512
 #: ``struct timeval`` (seconds, microseconds), for ``SO_SNDTIMEO``.
 _TIMEVAL = struct.Struct("@ll")
 _enabled = False
@@ -242,14 +244,22 @@ def splicer_for(upstream, environ: dict, timeout: float) -> Splicer | None:
 
 
 def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, timeout: float) -> Iterator[bytes]:
-    """A response body that writes *blocks* to the client socket itself, each in one system call
-    (``writev(2)``: the chunk framing around it, RFC 9112 Section 7.1, without copying it into
-    one buffer as gunicorn does).
+    """:func:`write_pieces` of *blocks*, each block written alone (one ``writev``, one chunk)."""
+    return write_pieces(blocks, sink, chunked, timeout, size=1)
 
-    The first block is yielded, for the server to send the status line and headers with it; the
-    others are written as the iteration resumes. A blocking socket (gunicorn hands it over so) gets
-    a send timeout meanwhile (``SO_SNDTIMEO``, socket(7)), so that a client that stops reading is
-    given up after *timeout* seconds instead of holding the thread. For a socket from
+
+def write_pieces(pieces: Iterator[bytes | memoryview], sink: socket.socket, chunked: bool, timeout: float,
+                 size: int) -> Iterator[bytes]:
+    """A response body that writes *pieces* (bytes-like) to the client socket itself, at least
+    *size* bytes at a time in one system call each (``writev(2)``: the pieces as they are, with
+    the chunk framing around them, RFC 9112 Section 7.1; neither joined into one buffer as
+    gunicorn does).
+
+    The pieces up to the first *size* bytes are yielded joined, for the server to send the status
+    line and headers with them; the others are written as the iteration resumes, each piece before
+    the next is asked for once *size* bytes are pending. A blocking socket (gunicorn hands it over
+    so) gets a send timeout meanwhile (``SO_SNDTIMEO``, socket(7)), so that a client that stops
+    reading is given up after *timeout* seconds instead of holding the thread. For a socket from
     :func:`client_socket`.
 
     Raises
@@ -257,10 +267,17 @@ def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, ti
     OSError
         The client socket fails, or stalls for *timeout* seconds.
     """
-    blocks = iter(blocks)
-    for first in blocks:
-        yield first
-        break
+    pieces = iter(pieces)
+    first, count = [], 0
+    for piece in pieces:
+        first.append(piece)
+        count += len(piece)
+        if count >= size:
+            break
+    if not first:
+        return
+    yield b"".join(first)
+    del first
     fd, blocking = sink.fileno(), sink.getblocking()
     if blocking:  # as gunicorn's gthread worker hands it over: the kernel bounds each write instead
         before = sink.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size)
@@ -268,10 +285,17 @@ def write_blocks(blocks: Iterator[bytes], sink: socket.socket, chunked: bool, ti
         sink.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         _TIMEVAL.pack(int(seconds), int(seconds % 1 * 1_000_000)))
     try:
-        for block in blocks:
-            if block:
-                _write_all(fd, [b"%X\r\n" % len(block), block, b"\r\n"] if chunked else [block], timeout,
+        pending, count = [], 0
+        for piece in pieces:
+            if piece:
+                pending.append(piece)
+                count += len(piece)
+            if count >= size or len(pending) >= _MAX_PIECES:
+                _write_all(fd, [b"%X\r\n" % count, *pending, b"\r\n"] if chunked else pending, timeout,
                            waited=blocking)
+                pending, count = [], 0
+        if pending:
+            _write_all(fd, [b"%X\r\n" % count, *pending, b"\r\n"] if chunked else pending, timeout, waited=blocking)
     finally:
         if blocking:
             sink.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, before)

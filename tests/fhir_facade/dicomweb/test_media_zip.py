@@ -137,16 +137,16 @@ def test_names_are_the_file_ids_pydicom_gives(tmp_path):
 @pytest.mark.parametrize("data", [b"", b"a", bytes(range(256)) * 4099, numpy.random.default_rng(15).bytes(1 << 20)],
                          ids=["empty", "one", "pattern", "random"])
 @pytest.mark.parametrize("start", [None, 0, 1, 0xFFFFFFFF, 0x1234ABCD])
-def test_stream_zip_computes_member_crcs_with_isa_l_and_the_crc_is_zlibs(data, start):
-    """stream-zip looks ``zlib.crc32`` up in its own module: media binds it to ISA-L's, the same CRC-32."""
+def test_zipstream_computes_member_crcs_with_isa_l_and_the_crc_is_zlibs(data, start):
+    """zipstream-ng looks ``crc32`` up in its own module: media binds it to ISA-L's, the same CRC-32."""
     import zlib
 
-    import stream_zip
+    import zipstream.ng
     from isal import isal_zlib
 
     from fhir_facade.dicomweb import media
-    assert stream_zip.zlib.crc32 is isal_zlib.crc32
-    assert stream_zip.zlib.compressobj is zlib.compressobj  # the rest of zlib is left as it is
+    assert zipstream.ng.crc32 is isal_zlib.crc32
+    assert zipfile.crc32 is zlib.crc32  # zipfile's own is left as it is
     assert media.crc32 is isal_zlib.crc32
     if start is None:
         assert isal_zlib.crc32(data) == zlib.crc32(data)
@@ -155,29 +155,78 @@ def test_stream_zip_computes_member_crcs_with_isa_l_and_the_crc_is_zlibs(data, s
     assert isal_zlib.crc32(memoryview(data)) == zlib.crc32(data)
 
 
-def test_a_zip_of_reused_memory_holds_each_member_as_it_was():
-    """stream-zip's blocks are copies: members read into buffers reused by Places come out intact."""
-    from stream_zip import NO_COMPRESSION_64, stream_zip
+#: Runs of equal sizes, as in a CT series: with fewer turns, or pieces held past BLOCK bytes, the next
+#: instance would overwrite the one before while it is still to be sent.
+REUSE_SIZES = [20_000, 256 * 1024, 300_000, 600_000, 5_000, 270_000, 1_500_000, 256 * 1024 + 1, 100_000,
+               2 * 256 * 1024 - 3, 700_000, 525_400, 525_400, 525_400, 525_400, 300_000, 2_000, 300_000, 300_000]
 
-    from fhir_facade.dicomweb.media import BLOCK, MEMBER_MODE, Places
-    rng = numpy.random.default_rng(4)
-    # Runs of equal sizes, as in a CT series: with fewer turns, the next instance would overwrite the tail of
-    # the one before while stream-zip still holds it for a block.
-    sizes = [20_000, BLOCK, 300_000, 600_000, 5_000, 270_000, 1_500_000, BLOCK + 1, 100_000, 2 * BLOCK - 3, 700_000,
-             525_400, 525_400, 525_400, 525_400, 300_000, 2_000, 300_000, 300_000]
-    originals = [rng.bytes(size) for size in sizes]
-    places = Places()
 
-    def files():
-        for n, data in enumerate(originals):
-            place = places(len(data))
-            place[:] = data
-            yield f"IM{n:06d}", datetime.datetime(2026, 1, 1), MEMBER_MODE, NO_COMPRESSION_64, (place,)
+def reused_pieces(originals):
+    """The ZIP's pieces as media.zip_pieces makes them, each member read into memory from Places."""
+    from zipstream import ZIP_STORED, ZipStream
 
-    blocks = list(stream_zip(files(), chunk_size=BLOCK))  # all held, as a buffering client would
-    archive = zipfile.ZipFile(io.BytesIO(b"".join(blocks)))
+    from fhir_facade.dicomweb.media import Places
+    places, stream = Places(), ZipStream(compress_type=ZIP_STORED)
+    for n, data in enumerate(originals):
+        place = places(len(data))
+        place[:] = data
+        stream.add([place], f"IM{n:06d}", size=len(place))
+        yield from stream.file()
+    yield from stream.footer()
+
+
+def check_reused(body: bytes, originals) -> None:
+    archive = zipfile.ZipFile(io.BytesIO(body))
     assert archive.testzip() is None
-    assert [sha(archive.read(f"IM{n:06d}")) for n in range(len(sizes))] == [sha(data) for data in originals]
+    assert [sha(archive.read(f"IM{n:06d}")) for n in range(len(originals))] == [sha(data) for data in originals]
+
+
+def test_a_zip_of_reused_memory_holds_each_member_as_it_was():
+    """media.joined copies each block as soon as BLOCK bytes are pending: members read into buffers
+    reused by Places come out intact."""
+    from fhir_facade.dicomweb.media import joined
+    rng = numpy.random.default_rng(4)
+    originals = [rng.bytes(size) for size in REUSE_SIZES]
+    blocks = list(joined(reused_pieces(originals)))  # all held, as a buffering client would
+    check_reused(b"".join(blocks), originals)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_zip_of_reused_memory_written_to_a_socket_holds_each_member_as_it_was(chunked):
+    """zerocopy.write_pieces writes each piece before the next is asked for once BLOCK bytes are pending."""
+    import socket
+    import threading
+
+    from fhir_facade.dicomweb import zerocopy
+    from fhir_facade.dicomweb.media import BLOCK
+    rng = numpy.random.default_rng(5)
+    originals = [rng.bytes(size) for size in REUSE_SIZES]
+    facade_out, client_side = socket.socketpair()
+    received = []
+
+    def read():
+        while data := client_side.recv(1 << 20):
+            received.append(data)
+    reader = threading.Thread(target=read)
+    reader.start()
+    body = zerocopy.write_pieces(reused_pieces(originals), facade_out, chunked, 10, BLOCK)
+    first = next(body)
+    assert len(first) >= BLOCK
+    assert list(body) == []
+    facade_out.close()
+    reader.join(10)
+    stream = b"".join(received)
+    if chunked:  # RFC 9112 Section 7.1: size line, data, CRLF; each write at least BLOCK bytes but the last
+        out, pos = [], 0
+        while pos < len(stream):
+            line_end = stream.index(b"\r\n", pos)
+            size = int(stream[pos:line_end], 16)
+            out.append(stream[line_end + 2:line_end + 2 + size])
+            assert stream[line_end + 2 + size:line_end + 4 + size] == b"\r\n"
+            pos = line_end + 4 + size
+        assert all(len(chunk) >= BLOCK for chunk in out[:-1]) and out[-1]
+        stream = b"".join(out)
+    check_reused(first + stream, originals)
 
 
 def test_places_take_turns_in_three_buffers_for_the_sizes_reused():
