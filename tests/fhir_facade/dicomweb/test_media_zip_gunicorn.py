@@ -25,6 +25,7 @@ import pytest
 
 import devpacs
 import samples
+from test_dicomweb_gunicorn import _http_get, _start_gunicorn, _stop, _wait_until_up
 
 ROOT = Path(__file__).resolve().parents[3]
 PATIENT = "ZIP-GUNICORN"
@@ -58,31 +59,14 @@ def served(orthanc, tmp_path_factory):
     with create_app(config.from_environ(env)).app_context():
         token, _ = issue_access_token("zip-test", "tester", "patient/ImagingStudy.rs", context={"patient": PATIENT})
         other, _ = issue_access_token("zip-test", "tester", "patient/ImagingStudy.rs", context={"patient": "NOBODY"})
-    log_path = workdir / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+    process, log_path = _start_gunicorn(env, workdir / "http")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        _wait_until_up(process, log_path, lambda: _http_get(port, "/fhir/metadata").startswith(b"HTTP/1.1 200"))
         yield {"port": port, "token": token, "other": other, "stored": stored, "process": process,
                "path": f"/dicomweb/studies/{study}", "log": log_path,
                "orthanc_port": int(orthanc.dicomweb_url.split(":")[2].split("/")[0])}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def request_head(served, method="GET", version="HTTP/1.1", token=None) -> bytes:
