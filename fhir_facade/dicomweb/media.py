@@ -34,7 +34,7 @@ from zipstream import ZIP_STORED, ZipStream
 
 from fhir_facade.dicom.hierarchy import hierarchy
 from fhir_facade.dicomweb import multipart, zerocopy
-from fhir_facade.dicomweb.media_directory import Listing, MediaError, Names, directories
+from fhir_facade.dicomweb.media_directory import Listing, MediaError, MediaNotFound, Names, directories
 from fhir_facade.dicomweb.negotiation import media_ranges, parse_media_type
 from fhir_facade.pacs.client import READ_ERRORS, broken_answer, get_pacs
 
@@ -117,7 +117,8 @@ def stored_instances(study_uid: str, series_uid: str | None = None) -> Iterator[
     if response.status_code != 200 or not boundary:
         status = response.status_code
         response.close()
-        raise MediaError(f"the PACS answered {status} without the instances", upstream_status=status)
+        error = MediaNotFound if status == 404 else MediaError
+        raise error(f"the PACS answered {status} without the instances", upstream_status=status)
     unframed = zerocopy.unframed_answer(response)
 
     def read(size: int) -> bytes:

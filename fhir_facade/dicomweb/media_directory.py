@@ -37,6 +37,12 @@ class MediaError(PacsError):
     """The PACS answered an instance the ZIP cannot hold (not one DICOM part)."""
 
 
+class MediaNotFound(MediaError):
+    """The PACS has none of the instances asked for (404, as the multipart retrieval answers)."""
+
+    status = 404
+
+
 class Names:
     """PS3.10 File IDs as pydicom's FileSet assigns them (PS3.10 Section 8.2: components of at
     most 8 upper case characters): ``PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn``, each number the

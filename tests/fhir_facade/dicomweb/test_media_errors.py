@@ -40,7 +40,7 @@ def multipart(*bodies: bytes) -> tuple[int, dict, bytes]:
 @pytest.mark.parametrize("retrieval, status", [
     (multipart(b"not a DICOM file at all" * 100), 502),
     (multipart(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x40\x00" + b"1.2" * 30), 502),
-    ((404, {"Content-Type": "application/dicom+json"}, b"[]"), 502),
+    ((404, {"Content-Type": "application/dicom+json"}, b"[]"), 404),  # as the multipart retrieval answers
     ((200, {"Content-Type": "application/json"}, b"{}"), 502),
 ])
 def test_a_zip_that_cannot_start_is_a_dicomweb_error(fake_app, retrieval, status):
