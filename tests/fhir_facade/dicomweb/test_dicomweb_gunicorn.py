@@ -51,14 +51,7 @@ def served(orthanc, tmp_path_factory):
         assert devpacs.store_file(orthanc.url, data) is not None
         stored[str(ds.SOPInstanceUID)] = sha(data)
     workdir = tmp_path_factory.mktemp("gunicorn")
-    port = devpacs.free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=url, FACADE_HOST="127.0.0.1",
-               FACADE_PORT=str(port), FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db", FACADE_WORKERS="1",
-               FACADE_THREADS="4", HOME=str(workdir / "home"))
-    env.pop("XDG_RUNTIME_DIR", None)  # so gunicorn's default control socket would be under HOME
-    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "init-db"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    env, port = _facade_env(orthanc.dicomweb_url, workdir)
     from app import create_app
     from fhir_facade import config
     from smart.tokens.jwt import issue_access_token
@@ -72,6 +65,19 @@ def served(orthanc, tmp_path_factory):
                "path": f"/dicomweb/studies/{study}", "env": env, "workdir": workdir}
     finally:
         _stop(process)
+
+
+def _facade_env(pacs_url: str, workdir: Path) -> tuple[dict, int]:
+    """The environment of a one-worker, four-thread facade on a free loopback port whose database
+    (SQLite in *workdir*) is initialised; and the port."""
+    port = devpacs.free_port()
+    env = dict(os.environ, FACADE_PACS_URL=pacs_url, FACADE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+               FACADE_HOST="127.0.0.1", FACADE_PORT=str(port), FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db",
+               FACADE_WORKERS="1", FACADE_THREADS="4", HOME=str(workdir / "home"))
+    env.pop("XDG_RUNTIME_DIR", None)  # so gunicorn's default control socket would be under HOME
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "init-db"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return env, port
 
 
 def _start_gunicorn(env: dict, workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:

@@ -14,8 +14,6 @@ import io
 import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 
 import devpacs
 import samples
-from test_dicomweb_gunicorn import _http_get, _start_gunicorn, _stop, _wait_until_up
+from test_dicomweb_gunicorn import _facade_env, _http_get, _start_gunicorn, _stop, _wait_until_up
 
 ROOT = Path(__file__).resolve().parents[3]
 PATIENT = "ZIP-GUNICORN"
@@ -46,13 +44,7 @@ def served(orthanc, tmp_path_factory):
         assert devpacs.store_file(orthanc.url, data) is not None
         stored[str(ds.SOPInstanceUID)] = sha(data)
     workdir = tmp_path_factory.mktemp("zip-gunicorn")
-    port = devpacs.free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, FACADE_PACS_URL=orthanc.dicomweb_url, FACADE_PUBLIC_URL=url, FACADE_HOST="127.0.0.1",
-               FACADE_PORT=str(port), FACADE_DATABASE_URL=f"sqlite:///{workdir}/facade.db", FACADE_WORKERS="1",
-               FACADE_THREADS="4", HOME=str(workdir / "home"))
-    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "init-db"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    env, port = _facade_env(orthanc.dicomweb_url, workdir)
     from app import create_app
     from fhir_facade import config
     from smart.tokens.jwt import issue_access_token
