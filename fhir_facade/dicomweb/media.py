@@ -103,7 +103,7 @@ def stored_instances(study_uid: str, series_uid: str | None = None) -> Iterator[
     -------
     iterator of bytes-like
         PS3.10 files, in memory reused from one to the next (:class:`Places`): each is valid until
-        the one after the next is asked for. The PACS was asked before this returns, so a refusal
+        the third after it is asked for. The PACS was asked before this returns, so a refusal
         is an exception here.
 
     Raises
