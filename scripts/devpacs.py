@@ -159,6 +159,29 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float, signal_number: int = signal.SIGTERM) -> None:
+    """Stop a throwaway server: send it *signal_number* (SIGTERM unless told), wait up to *timeout*
+    seconds, then SIGKILL it and reap it. Nothing happens when it is not running.
+
+    Parameters
+    ----------
+    process : subprocess.Popen or None
+        The server's process.
+    timeout : float
+        Seconds to wait after the signal before SIGKILL.
+    signal_number : int, optional
+        The signal asking it to stop.
+    """
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal_number)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _set_parent_death_signal() -> None:
     """Ask Linux to SIGTERM the child when the parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
     try:
@@ -396,16 +419,7 @@ class Orthanc:
         timeout : float, optional
             Seconds to wait after SIGTERM before SIGKILL.
         """
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(self.process, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         """Return the last *lines* lines of Orthanc's log ('' when there is none)."""

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devpacs import LOOPBACK, free_port  # one free-port probe for every throwaway server
+from devpacs import LOOPBACK, free_port, stop_process  # one port probe and one stop for every throwaway server
 
 #: The Debian package that provides initdb and postgres.
 DEBIAN_PACKAGE = "postgresql"
@@ -251,15 +251,7 @@ class PostgreSQL:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server ("fast" shutdown: SIGINT), keeping the cluster for a later :meth:`start`."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(self.process, timeout, signal.SIGINT)
 
     def destroy(self) -> None:
         """Stop the server and delete the cluster's folder."""

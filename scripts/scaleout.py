@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devpacs import LOOPBACK, free_port  # one free-port probe for every throwaway server
+from devpacs import LOOPBACK, free_port, stop_process  # one port probe and one stop for every throwaway server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,17 +96,6 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def _stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 class Instance:
     """One facade instance: gunicorn with ``gunicorn.conf.py`` on a free loopback port.
 
@@ -152,7 +141,7 @@ class Instance:
 
     def stop(self) -> None:
         """SIGTERM gunicorn (graceful), SIGKILL after 30 s."""
-        _stop(self.process)
+        stop_process(self.process, 30.0)
 
 
 class Nginx:
@@ -211,7 +200,7 @@ class Nginx:
 
     def stop(self) -> None:
         """Stop nginx (SIGTERM: fast shutdown) and delete its prefix."""
-        _stop(self.process)
+        stop_process(self.process, 30.0)
         if self.prefix is not None:
             shutil.rmtree(self.prefix, ignore_errors=True)
             self.prefix = None

@@ -55,14 +55,8 @@ class Ehr:
         raise RuntimeError("the EHR (oidc-provider) did not start")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        devpacs.stop_process(self.process, 10)
+        self.process = None
 
     def token(self, client_id: str = "imaging-app", login: str = "alice", resource: str | None = None,
               scope: str = "launch/patient patient/ImagingStudy.rs") -> str:

@@ -73,13 +73,7 @@ def _start(env: dict, workdir: Path) -> tuple[subprocess.Popen, Path]:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    devpacs.stop_process(process, 40)  # past FACADE_GRACEFUL_TIMEOUT of the graceful-stop tests
 
 
 def _environment(workdir: Path, pacs_url: str, **extra: str) -> dict:

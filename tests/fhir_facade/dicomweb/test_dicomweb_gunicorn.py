@@ -96,12 +96,7 @@ def _start_gunicorn(env: dict, workdir: Path, *args: str) -> tuple[subprocess.Po
 
 
 def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    devpacs.stop_process(process, 20)
 
 
 def _http_get(port: int, path: str) -> bytes:
